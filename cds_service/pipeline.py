@@ -1,0 +1,59 @@
+"""One order-select call without HTTP: parse -> decide -> render.
+
+Shared by the Flask endpoint and ``vcf-cds evaluate`` so both give the same answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .engine import Decision, decide
+from .errors import RequestError
+from .fhir_input import ParsedRequest, RequestSchemas, parse_order_select
+from .knowledge import Knowledge
+from .render import RenderOptions, Rendered, render
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A successful evaluation: the parsed request, the decision and the rendered response."""
+
+    request: ParsedRequest
+    decision: Decision
+    rendered: Rendered
+
+
+def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, service_id: str,
+             options: RenderOptions, max_depth: int = 100) -> Outcome:
+    """Evaluate a request body (parsed JSON) for service ``service_id``.
+
+    Raises :class:`RequestError` (404 unknown service; 400/412 from ``parse_order_select``).
+    """
+    service = knowledge.services.get(service_id)
+    if service is None:
+        raise RequestError(404, "not-found", f"no CDS service with id '{service_id}'")
+    parsed = parse_order_select(body, hook=service.hook, schemas=schemas, max_depth=max_depth)
+    raw = lambda items: [r.raw for r in items]  # noqa: E731 - engine reads raw JSON
+    decision = decide(knowledge, selections=raw(parsed.selections), draft_orders=raw(parsed.draft_orders),
+                      conditions=raw(parsed.conditions), procedures=raw(parsed.procedures))
+    issues = [{k: v for k, v in vars(i).items() if v is not None} for i in parsed.issues]
+    rendered = render(knowledge, decision, draft_orders=raw(parsed.draft_orders), patient_id=parsed.patient_id,
+                      options=options, input_issues=issues)
+    return Outcome(parsed, decision, rendered)
+
+
+def discovery(knowledge: Knowledge) -> dict[str, Any]:
+    """CDS Hooks 2.0 §Discovery response: ``{"services": [...]}``."""
+    out = []
+    for s in knowledge.services.values():
+        entry: dict[str, Any] = {"hook": s.hook, "title": s.title, "description": s.description, "id": s.id,
+                                 "prefetch": dict(s.prefetch)}
+        if s.usageRequirements:
+            entry["usageRequirements"] = s.usageRequirements
+        out.append(entry)
+    return {"services": out}
+
+
+def status_of(exc: RequestError) -> tuple[int, Mapping[str, Any]]:
+    return exc.status, exc.to_operation_outcome()
