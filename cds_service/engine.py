@@ -115,11 +115,15 @@ def _advisories(knowledge: Knowledge, oc: OrderClass, facts: FactSet, choice: Va
             out.append("augment-neuro")
         if "infection" in facts:
             out.append("augment-infection")
-        named_missing = any("marrow-edema" in gap for gap in choice.missing)
-        if "marrow-edema" not in facts and not named_missing:
-            out.append("augment-no-edema")
-        if "osteoporosis-therapy" not in facts:
-            out.append("augment-no-therapy")
+        # Reminders belong to the routine pathway; a red flag has already taken the patient
+        # out of it (decision-rules.md §2.1), and the critical card says what to do instead.
+        if "neuro-red-flag" not in facts:
+            named_missing = any("marrow-edema" in gap for gap in choice.missing)
+            if "marrow-edema" not in facts and not named_missing:
+                out.append("augment-no-edema")
+            # Rule §2.6 concerns osteoporotic fractures; a pathologic fracture has other care.
+            if "osteoporotic" in facts and "osteoporosis-therapy" not in facts:
+                out.append("augment-no-therapy")
     if p.modality == "MR" and "augmentation-history" in facts:
         out.append("post-augmentation-mri")
     v = choice.variant

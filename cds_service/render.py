@@ -228,10 +228,7 @@ class _Renderer:
                 self.card("may-be-appropriate", "info", self.text["mayBeAppropriate"].format(procedure=name),
                           self.variant_detail(od, v, f"{name} is rated **{r.category_display}**; better-rated options are listed below."),
                           v, self.replace_suggestions(od, od.alternatives))
-            elif r.provenance == "SECONDARY":
-                # A UA rating needs no card, except to say it rests on a secondary source.
-                self.card("usually-appropriate", "info", self.text["usuallyAppropriate"].format(procedure=name),
-                          self.variant_detail(od, v, f"{name} is rated **{r.category_display}**."), v)
+            # Usually appropriate: silence (the rating travels in systemActions); no alert fatigue.
         elif choice.status == "selected" and v is not None:
             self.card("no-criteria", "info", self.text["noCriteria"].format(procedure=name),
                       self.variant_detail(od, v, f"The ACR table for this variant does not rate {name}."),
@@ -300,7 +297,7 @@ class _Renderer:
                                  urgent=True, reasons=d.red_flags)
             if new is None:
                 continue
-            suggestions.append({"label": f"Order urgent {proc.display[0].lower()}{proc.display[1:]}", "uuid": self.o.new_id(),
+            suggestions.append({"label": f"Order urgent: {proc.display}", "uuid": self.o.new_id(),
                                 "actions": [{"type": "create", "description": f"Urgent {proc.display}", "resource": new}]})
         lines = [self.text["redFlagDetail"], "", "**Red flags in the record**",
                  *dict.fromkeys(f"- {_code_text(e)} ({e.resource})" for e in d.red_flags)]

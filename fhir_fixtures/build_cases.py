@@ -646,8 +646,10 @@ def build():
         "this procedure). No contrast/imaging card. An info card pointing to radiation oncology "
         "consultation (V8 UA, SECONDARY) would be clinically sensible and is acceptable; no "
         "order code for it exists in §4, so no suggestion action. The radiation-oncology "
-        "order case (v8-pathologic-radonc) was NOT built: §4 has no code for that consultation.",
-        acceptable_indicators=[[], ["info"]])
+        "order case (v8-pathologic-radonc) was NOT built: §4 has no code for that consultation. "
+        "Augmentation orders also get the reminder that no MRI evidence of edema is on record "
+        "(decision-rules §2.3); no osteoporosis-therapy reminder, the fracture being pathologic.",
+        acceptable_indicators=[[], ["info"], ["info", "info"]])
 
     # ---- negatives ----------------------------------------------------------------
     for cid, ver in [("negative-refuted-vcf", "refuted"), ("negative-entered-in-error", "entered-in-error")]:

@@ -17,7 +17,7 @@ from cds_service.fhir_input import (
     parse_order_select,
 )
 
-INTEROP = Path("/work/shared/interop")
+INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
 ARGONAUT_REQUEST = INTEROP / "argonaut-pama" / "scenario-01-outbound-request.json"
 SYNTHEA_RECORD = INTEROP / "synthea" / "Keira_Huel_279e1ce8-1a84-492b-bb78-b1d13a0d564c.json"
 

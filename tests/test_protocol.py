@@ -26,7 +26,7 @@ from cds_service.protocol import (
     to_wire,
 )
 
-ARGONAUT_SUGGESTION_RESPONSE = Path("/work/shared/interop/argonaut-pama/scenario-02-suggestion-response.json")
+ARGONAUT_SUGGESTION_RESPONSE = Path(__file__).resolve().parents[2] / "shared/interop/argonaut-pama/scenario-02-suggestion-response.json"
 
 CARD_UUID = "4e0a3a1e-3283-4575-ab82-028d55fe2719"
 SUGGESTION_UUID = "e56e1945-20b3-4393-8503-a1a20fd73152"

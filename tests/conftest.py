@@ -1,0 +1,43 @@
+"""Shared test fixtures: paths to the repo's fixtures and to ../shared (beside the clone in CI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+INTEROP = SHARED / "interop"
+FIXTURES = ROOT / "fhir_fixtures"
+
+
+def load_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def knowledge():
+    from cds_service.knowledge import load_knowledge
+
+    return load_knowledge()
+
+
+@pytest.fixture(scope="session")
+def schemas():
+    from cds_service.fhir_input import load_request_schemas
+
+    return load_request_schemas()
+
+
+@pytest.fixture()
+def app():
+    from cds_service.app import create_app
+
+    return create_app({})
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
