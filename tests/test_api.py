@@ -239,6 +239,14 @@ def _nested(depth: int) -> str:
     return DEEP + str(depth)
 
 
+def _nested_extensions(levels: int) -> list[dict[str, Any]]:
+    """Valid FHIR: an extension nesting ``levels`` complex extensions (2 JSON levels each)."""
+    ext: dict[str, Any] = {"url": "http://example.org/x", "valueString": "leaf"}
+    for _ in range(levels):
+        ext = {"url": "http://example.org/x", "extension": [ext]}
+    return [ext]
+
+
 def _set_condition_resource(value: Any):
     def mutate(body):
         _first_condition(body)["resource"] = value
@@ -254,6 +262,11 @@ JUNK = {
     "draft-resourceType-int": _set_draft("resourceType", 1),
     "draft-is-string": lambda b: b["context"]["draftOrders"]["entry"].__setitem__(0, {"resource": "x"}),
     "deep-list-unknown-field": lambda b: b.__setitem__("junk", _nested(3000)),
+    "deep-list-150-unknown-field": lambda b: b.__setitem__("junk", _nested(150)),
+    "deep-list-90-in-draft": lambda b: _draft(b).__setitem__("note", _nested(90)),
+    "deep-list-90-in-condition": lambda b: _first_condition(b)["resource"].__setitem__("note", _nested(90)),
+    "nested-extensions-40-in-draft": lambda b: _draft(b).__setitem__("extension", _nested_extensions(40)),
+    "nested-extensions-60-in-draft": lambda b: _draft(b).__setitem__("extension", _nested_extensions(60)),
     "deep-list-in-draft": lambda b: _draft(b).__setitem__("note", _nested(3000)),
     "deep-list-in-condition": lambda b: _first_condition(b)["resource"].__setitem__("note", _nested(3000)),
     "condition-is-list": _set_condition_resource([1, 2]),
@@ -269,14 +282,15 @@ JUNK = {
     "prefetch-is-list": lambda b: b.__setitem__("prefetch", []),
     "selections-int": lambda b: b["context"].__setitem__("selections", 5),
     "huge-string-unknown-field": lambda b: b.__setitem__("junk", "x" * (1024 * 1024)),
+    "huge-code-in-draft-status": lambda b: _draft(b).__setitem__("status", "x" * (512 * 1024)),
+    "lone-surrogate-in-draft-text": lambda b: _draft(b)["code"].__setitem__("text", "\ud800"),
     "huge-string-in-draft-text": lambda b: _draft(b)["code"].__setitem__("text", "x" * (1024 * 1024)),
 }
 
 
-@pytest.mark.parametrize("name", list(JUNK))
-def test_junk_is_never_500(client, name):
+def _post_junk(client, mutate) -> None:
     body = request_body("v1-new-vcf-mri-with-contrast")
-    JUNK[name](body)
+    mutate(body)
     text = json.dumps(body)
     text = re.sub(rf'"{DEEP}(\\d+)"', lambda m: "[" * int(m.group(1)) + "]" * int(m.group(1)), text)
     resp = post_raw(client, text)
@@ -285,6 +299,23 @@ def test_junk_is_never_500(client, name):
         assert check_response(resp.get_json()) == []
     else:
         assert_operation_outcome(resp)
+
+
+@pytest.mark.parametrize("name", list(JUNK))
+def test_junk_is_never_500(client, name):
+    _post_junk(client, JUNK[name])
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda b: b.__setitem__("junk", _nested(900)),
+    lambda b: _draft(b).__setitem__("note", _nested(900)),
+    lambda b: _first_condition(b)["resource"].__setitem__("note", _nested(900)),
+    lambda b: _draft(b).__setitem__("extension", _nested_extensions(200)),
+    lambda b: _draft(b).__setitem__("extension", _nested_extensions(450)),
+], ids=["unknown-field", "draft-note", "condition-note", "draft-extensions-200", "draft-extensions-450"])
+def test_deep_junk_with_highest_depth_limit_is_never_500(mutate):
+    """MAX_JSON_DEPTH=1000 lets deep JSON reach the FHIR models and the renderer."""
+    _post_junk(create_app({"MAX_JSON_DEPTH": 1000}).test_client(), mutate)
 
 
 # ------------------------------------------------------------- malformed input is reported
