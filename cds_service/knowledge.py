@@ -284,9 +284,21 @@ def _parse(model: type[BaseModel], data: Any, rel: str, names: Mapping[str, list
                 break
             if isinstance(node, dict) and isinstance(node.get("id"), str):
                 labels.append(f"'{node['id']}'")
+            elif isinstance(node, dict) and isinstance(node.get("procedure"), str):
+                labels.append(f"rating of '{node['procedure']}'")
         if labels:
             entry = f"{entry} ({' / '.join(labels)})"
         raise KnowledgeError(rel, entry, err["msg"]) from None
+
+
+def _first_problem(exc: Exception) -> str:
+    """The first concrete problem of a validation error ('status: Value ... is required')."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return f"{where}: {err['msg']}" if where else err["msg"]
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return " ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
 
 
 def _ext(element: Mapping, url: str) -> Any:
@@ -303,7 +315,7 @@ def _load_valueset(path: Path, rel: str) -> ValueSetDef:
     try:
         ValueSet.model_validate(raw)
     except (ValidationError, ValueError, TypeError, KeyError) as exc:
-        raise KnowledgeError(rel, "ValueSet", f"not a valid FHIR R4 ValueSet: {str(exc).splitlines()[0]}") from None
+        raise KnowledgeError(rel, "ValueSet", f"not a valid FHIR R4 ValueSet: {_first_problem(exc)}") from None
     if raw.get("id") != path.stem:
         raise KnowledgeError(rel, "id", f"'{raw.get('id')}' does not match the file name '{path.stem}'")
     compose = raw.get("compose") or {}
@@ -382,7 +394,10 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     # Facts
     rel = "facts.json"
     ff: FactsFile = _parse(FactsFile, _read_json(root / rel, rel), rel)
-    unique(rel, "fact", [f.id for f in ff.facts] + [d.id for d in ff.derived] + sorted(COMPUTED_FACTS))
+    for f in [*ff.facts, *ff.derived]:
+        if f.id in COMPUTED_FACTS:
+            raise KnowledgeError(rel, f"fact '{f.id}'", "this id is reserved for the built-in acuity fact")
+    unique(rel, "fact", [f.id for f in ff.facts] + [d.id for d in ff.derived])
     for f in ff.facts:
         need_vs(rel, f"fact '{f.id}'", f.valueSet)
         if f.valueSet is None and not f.optional:
@@ -409,14 +424,17 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         need_vs(rel, f"region '{r.id}'", r.valueSet)
     for name in ("augmentation", "redFlagImaging", "redFlagConsultation"):
         pid = getattr(pf.preferredReferral, name)
-        if pid not in procedures or procedures[pid].valueSet is None:
-            raise KnowledgeError(rel, f"preferredReferral.{name}", f"'{pid}' is not an orderable procedure")
+        if pid not in procedures:
+            raise KnowledgeError(rel, f"preferredReferral.{name}", f"unknown procedure '{pid}'")
+        if procedures[pid].valueSet is None:
+            raise KnowledgeError(rel, f"preferredReferral.{name}", f"'{pid}' has no value set, so it cannot be ordered")
     region_ids = {r.id for r in pf.regions}
 
     # ACR topics
     topics: list[Topic] = []
     variants: dict[str, Variant] = {}
     variant_topic: dict[str, Topic] = {}
+    variant_file: dict[str, str] = {}
     for path in sorted((root / "acr").glob("*.json")):
         if path.name == "procedures.json":
             continue
@@ -425,7 +443,7 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         for v in topic.variants:
             entry = f"variant '{v.id}'"
             if v.id in variants:
-                raise KnowledgeError(rel, entry, f"duplicate variant id (also in {variant_topic[v.id].id})")
+                raise KnowledgeError(rel, entry, f"duplicate variant id (also in {variant_file[v.id]})")
             for fact in v.criteria.all + v.criteria.none:
                 if fact not in all_facts:
                     raise KnowledgeError(rel, entry, f"criteria name unknown fact '{fact}'")
@@ -443,13 +461,14 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
                     raise KnowledgeError(rel, where, "procedure rated twice in one variant")
                 seen.add(r.procedure)
                 if procedures[r.procedure].kind != v.orderKind:
-                    raise KnowledgeError(rel, where, f"a {procedures[r.procedure].kind} procedure in a {v.orderKind} variant")
+                    raise KnowledgeError(rel, where, f"{procedures[r.procedure].kind} procedure in a {v.orderKind} variant")
                 if r.score is not None and r.score not in SCORE_RANGE[r.category]:
                     raise KnowledgeError(rel, where, f"score {r.score} is outside category {r.category}")
                 if r.rrl is not None and not re.fullmatch(r"O|☢{1,5}|Varies", r.rrl):
                     raise KnowledgeError(rel, where, f"relative radiation level '{r.rrl}' is not O, ☢..☢☢☢☢☢ or Varies")
             variants[v.id] = v
             variant_topic[v.id] = topic
+            variant_file[v.id] = rel
         topics.append(topic)
     if not variants:
         raise KnowledgeError("acr/", "directory", "no ACR topic with variants found")
