@@ -19,6 +19,7 @@ Advisory = Literal[
     "augment-bleeding", "augment-neuro", "augment-infection", "augment-no-edema",
     "augment-no-therapy", "post-augmentation-mri", "steer-ir",
 ]
+RATED_STATUSES = frozenset({"draft", "active", "on-hold"})
 PAMA_BY_CATEGORY: Mapping[str, PamaRating] = {
     "UA": "appropriate", "MBA": "appropriate", "MBA-D": "appropriate", "UNA": "not-appropriate",
 }
@@ -139,8 +140,10 @@ def _advisories(knowledge: Knowledge, oc: OrderClass, facts: FactSet, choice: Va
 def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Mapping],
                  procedures: Sequence[Mapping], as_of: date | None = None) -> OrderDecision:
     """Decide one order (raw FHIR ServiceRequest JSON) against the patient's record."""
-    oc = classify_order(knowledge, raw)
     ref = f"{raw.get('resourceType', 'ServiceRequest')}/{raw.get('id')}"
+    # Only orders still being placed are rated; a revoked, completed or entered-in-error
+    # request is not a decision the clinician is making now.
+    oc = classify_order(knowledge, raw) if raw.get("status", "draft") in RATED_STATUSES else OrderClass(None, None, None)
     facts = extract_facts(knowledge, conditions=conditions, procedures=procedures, order=raw,
                           as_of=as_of or reference_date(raw))
     if oc.procedure is None:

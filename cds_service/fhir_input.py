@@ -253,7 +253,7 @@ def parse_order_select(
 
     patient_id: str = context["patientId"]
     draft_orders = _parse_draft_orders(context["draftOrders"]["entry"])
-    selections = _resolve_selections(context["selections"], draft_orders)
+    selections = _resolve_selections(context["selections"], draft_orders, context["patientId"])
 
     issues: list[InputIssue] = []
     prefetch: Mapping[str, Any] = body.get("prefetch") or {}
@@ -391,7 +391,7 @@ def _parse_draft_orders(entries: list[dict[str, Any]]) -> tuple[InputResource, .
 
 
 def _resolve_selections(
-    selections: list[str], draft_orders: tuple[InputResource, ...]
+    selections: list[str], draft_orders: tuple[InputResource, ...], patient_id: str
 ) -> tuple[InputResource, ...]:
     by_reference = {order.reference: order for order in draft_orders if order.reference}
     resolved: list[InputResource] = []
@@ -403,6 +403,15 @@ def _resolve_selections(
                 "not-found",
                 f"context.selections[{index}] '{_clip(selection, 80)}' does not match any "
                 "context.draftOrders entry (expected 'Type/id' of a draft order)",
+                [f"context.selections[{index}]"],
+            )
+        subject = order.raw.get("subject")
+        if isinstance(subject, dict) and _refers_to_other_patient(subject.get("reference"), patient_id):
+            # Rating one patient's order against another patient's record would be unsafe.
+            raise RequestError(
+                400,
+                "invalid",
+                f"context.selections[{index}]: the selected order's subject is not context.patientId",
                 [f"context.selections[{index}]"],
             )
         if order not in resolved:

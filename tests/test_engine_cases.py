@@ -233,3 +233,19 @@ def test_inactive_and_refuted_conditions_are_not_facts(knowledge, schemas):
 def test_same_request_same_response(knowledge, schemas):
     body = body_of("seed-000-neuro-red-flags-mri")
     assert run(knowledge, schemas, body).rendered.response == run(knowledge, schemas, body).rendered.response
+
+
+@pytest.mark.parametrize("status", ["entered-in-error", "revoked", "completed"])
+def test_orders_no_longer_being_placed_are_not_rated(status, knowledge, schemas):
+    body = body_of("v1-new-vcf-mri-with-contrast")
+    body["context"]["draftOrders"]["entry"][0]["resource"]["status"] = status
+    out = run(knowledge, schemas, body)
+    assert out.decision.orders[0].pama is None and out.rendered.response["cards"] == []
+
+
+def test_an_order_for_another_patient_is_refused(knowledge, schemas):
+    body = body_of("v1-new-vcf-mri-with-contrast")
+    body["context"]["draftOrders"]["entry"][0]["resource"]["subject"] = {"reference": "Patient/someone-else"}
+    with pytest.raises(RequestError) as err:
+        run(knowledge, schemas, body)
+    assert err.value.status == 400 and "someone-else" not in err.value.diagnostic

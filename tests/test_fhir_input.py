@@ -386,6 +386,8 @@ def test_synthea_conditions_and_procedures_all_parse(body, schemas):
     assert conditions and procedures
 
     body["context"]["patientId"] = patient["id"]
+    for entry in body["context"]["draftOrders"]["entry"]:
+        entry["resource"]["subject"] = {"reference": f"Patient/{patient['id']}"}
     body["prefetch"] = {
         "patient": patient,
         "conditions": _searchset(*conditions),
