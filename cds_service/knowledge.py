@@ -210,7 +210,7 @@ class CardsFile(BaseModel):
 
 
 REQUIRED_CARD_TEXT = (
-    "notAppropriate", "mayBeAppropriate", "usuallyAppropriate", "noCriteria", "missingFacts",
+    "notAppropriate", "mayBeAppropriate", "noCriteria", "missingFacts",
     "missingFactsShort", "conflict", "traumatic", "redFlag", "redFlagDetail", "steerToIr", "augmentBleeding",
     "augmentBleedingDetail", "augmentNeuro", "augmentNeuroDetail", "augmentInfection",
     "augmentInfectionDetail", "augmentNoEdema", "augmentNoEdemaDetail", "augmentNoTherapy",

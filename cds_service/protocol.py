@@ -472,8 +472,7 @@ def _check_source(where: str, source: Any, problems: list[str]) -> None:
     if not isinstance(source, Mapping):
         problems.append(f"{where}: required object")
         return
-    if not isinstance(source.get("label"), str) or not source["label"].strip():
-        problems.append(f"{where}.label: required non-empty string")
+    _require_text(where, source, "label", problems)
     for name in ("url", "icon"):
         if name in source and (p := _absolute_url_problem(source[name])):
             problems.append(f"{where}.{name}: {p}")
@@ -481,13 +480,17 @@ def _check_source(where: str, source: Any, problems: list[str]) -> None:
         _check_coding(f"{where}.topic", source["topic"], problems, display_required=False)
 
 
+def _require_text(where: str, obj: Mapping, name: str, problems: list[str]) -> None:
+    if not isinstance(obj.get(name), str) or not obj[name].strip():
+        problems.append(f"{where}.{name}: required non-empty string")
+
+
 def _check_coding(where: str, coding: Any, problems: list[str], *, display_required: bool) -> None:
     if not isinstance(coding, Mapping):
         problems.append(f"{where}: must be a Coding object")
         return
     for name in ("system", "code"):
-        if not isinstance(coding.get(name), str) or not coding[name].strip():
-            problems.append(f"{where}.{name}: required non-empty string")
+        _require_text(where, coding, name, problems)
     if display_required and (not isinstance(coding.get("display"), str) or not coding["display"].strip()):
         problems.append(f"{where}.display: required for override reasons")
 
@@ -496,8 +499,7 @@ def _check_suggestion(where: str, suggestion: Any, problems: list[str]) -> None:
     if not isinstance(suggestion, Mapping):
         problems.append(f"{where}: must be an object")
         return
-    if not isinstance(suggestion.get("label"), str) or not suggestion["label"].strip():
-        problems.append(f"{where}.label: required non-empty string")
+    _require_text(where, suggestion, "label", problems)
     if "uuid" in suggestion and (p := _uuid_problem(suggestion["uuid"])):
         problems.append(f"{where}.uuid: {p}")
     if "isRecommended" in suggestion and not isinstance(suggestion["isRecommended"], bool):
@@ -516,8 +518,7 @@ def _check_action(where: str, action: Any, problems: list[str]) -> None:
         return
     if action.get("type") not in ACTION_TYPES:
         problems.append(f"{where}.type: required, one of {', '.join(ACTION_TYPES)}")
-    if not isinstance(action.get("description"), str) or not action["description"].strip():
-        problems.append(f"{where}.description: required non-empty string")
+    _require_text(where, action, "description", problems)
     for p in _action_problems(action.get("type"), action.get("resource"), action.get("resourceId")):
         problems.append(f"{where}: {p}")
 
@@ -526,8 +527,7 @@ def _check_link(where: str, link: Any, problems: list[str]) -> None:
     if not isinstance(link, Mapping):
         problems.append(f"{where}: must be an object")
         return
-    if not isinstance(link.get("label"), str) or not link["label"].strip():
-        problems.append(f"{where}.label: required non-empty string")
+    _require_text(where, link, "label", problems)
     if p := _absolute_url_problem(link.get("url")):
         problems.append(f"{where}.url: {p}")
     if link.get("type") not in LINK_TYPES:

@@ -8,7 +8,7 @@ and the code that produced it, so cards and audit records can show why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from types import MappingProxyType
 from typing import Iterable, Literal, Mapping
 
@@ -80,7 +80,7 @@ def _to_date(value: object) -> date | None:
 
 def reference_date(order_raw: Mapping) -> date:
     """The date acuity is measured against: the order's ``authoredOn``, else today (UTC)."""
-    return _to_date(order_raw.get("authoredOn")) or datetime.utcnow().date()
+    return _to_date(order_raw.get("authoredOn")) or datetime.now(timezone.utc).date()
 
 
 def is_active_condition(raw: Mapping) -> bool:
