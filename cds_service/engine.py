@@ -81,8 +81,7 @@ def classify_order(knowledge: Knowledge, raw: Mapping) -> OrderClass:
     """Classify an order by its ``code.coding`` (CPT, LOINC, SNOMED CT; decision-rules.md §3.1)."""
     term = knowledge.terminology
     procedure = region = coding = None
-    by_vs = {p.valueSet: p for p in knowledge.procedures.values() if p.valueSet}
-    region_by_vs = {r.valueSet: r for r in knowledge.regions}
+    by_vs, region_by_vs = knowledge.procedure_by_valueset, knowledge.region_by_valueset
     code = raw.get("code") if isinstance(raw.get("code"), dict) else {}
     for c in code.get("coding") or ():
         if not isinstance(c, dict):

@@ -241,6 +241,10 @@ class Knowledge:
     variant_topic: Mapping[str, Topic]
     services: Mapping[str, ServiceDef]
     cards: CardsFile
+    # Lookups for the hot path, built once here rather than on every request.
+    fact_index: Mapping[tuple[str, str], tuple[str, ...]]
+    procedure_by_valueset: Mapping[str, Procedure]
+    region_by_valueset: Mapping[str, Region]
 
     def askable(self, fact_id: str) -> bool:
         """Whether a card may ask the clinician to record this fact when it is missing
@@ -489,6 +493,12 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         if key not in cf.text:
             raise KnowledgeError(rel, f"text.{key}", "missing")
 
+    fact_index: dict[tuple[str, str], list[str]] = {}
+    for f in ff.facts:
+        if f.valueSet is not None:
+            for origin in f.from_:
+                fact_index.setdefault((f.valueSet, origin), []).append(f.id)
+
     return Knowledge(
         directory=root,
         version=digest.hexdigest()[:12],
@@ -504,4 +514,7 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         variant_topic=MappingProxyType(variant_topic),
         services=MappingProxyType({s.id: s for s in sf.services}),
         cards=cf,
+        fact_index=MappingProxyType({k: tuple(v) for k, v in fact_index.items()}),
+        procedure_by_valueset=MappingProxyType({p.valueSet: p for p in pf.procedures if p.valueSet}),
+        region_by_valueset=MappingProxyType({r.valueSet: r for r in pf.regions}),
     )

@@ -6,7 +6,7 @@ Shared by the Flask endpoint and ``vcf-cds evaluate`` so both give the same answ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .engine import Decision, decide
 from .errors import RequestError
@@ -54,6 +54,3 @@ def discovery(knowledge: Knowledge) -> dict[str, Any]:
         out.append(entry)
     return {"services": out}
 
-
-def status_of(exc: RequestError) -> tuple[int, Mapping[str, Any]]:
-    return exc.status, exc.to_operation_outcome()

@@ -55,6 +55,10 @@ def _summary(text: str) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
+def _evidence_line(e: Evidence, label: str | None = None) -> str:
+    return f"- {label + ': ' if label else ''}{_code_text(e)} ({e.resource})"
+
+
 def _code_text(e: Evidence) -> str:
     system = {"http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM", SNOMED: "SNOMED CT", CPT: "CPT",
               LOINC: "LOINC"}.get(e.system, e.system)
@@ -142,6 +146,13 @@ class _Renderer:
                                 for e in reasons]
         return sr
 
+    def suggestion(self, label: str, actions: list[dict], recommended: bool = False) -> dict:
+        """A CDS Hooks Suggestion; its uuid is drawn after the actions' resource ids."""
+        s: dict[str, Any] = {"label": _summary(label), "uuid": self.o.new_id(), "actions": actions}
+        if recommended:
+            s["isRecommended"] = True
+        return s
+
     def replace_suggestions(self, od: OrderDecision, ratings: Iterable[Rating], recommend_first: bool = True) -> list[dict]:
         out: list[dict] = []
         for r in ratings:
@@ -152,14 +163,11 @@ class _Renderer:
                                  reasons=od.facts.evidence.get("vcf", ()))
             if new is None:
                 continue
-            s = {"label": _summary(f"Replace with {new['code']['coding'][0].get('display') if 'coding' in new['code'] else new['code']['text']}"), "uuid": self.o.new_id(),
-                 "actions": [
-                     {"type": "delete", "description": f"Remove the draft order {od.ref}", "resourceId": od.ref},
-                     {"type": "create", "description": f"Order {proc.display} ({CATEGORY_DISPLAY[r.category]}, ACR)",
-                      "resource": new}]}
-            if recommend_first and not out:
-                s["isRecommended"] = True
-            out.append(s)
+            name = new["code"]["coding"][0].get("display") if "coding" in new["code"] else new["code"]["text"]
+            out.append(self.suggestion(f"Replace with {name}", [
+                {"type": "delete", "description": f"Remove the draft order {od.ref}", "resourceId": od.ref},
+                {"type": "create", "description": f"Order {proc.display} ({CATEGORY_DISPLAY[r.category]}, ACR)",
+                 "resource": new}], recommended=recommend_first and not out))
         return out
 
     # ---- detail text --------------------------------------------------------------------
@@ -170,7 +178,7 @@ class _Renderer:
             if fact in self.k.derived or (wanted and fact not in wanted and fact in ("vcf-new", "vcf-prior")):
                 continue
             for e in evs:
-                facts.append(f"- {self.k.fact_label(fact)}: {_code_text(e)} ({e.resource})")
+                facts.append(_evidence_line(e, self.k.fact_label(fact)))
         return list(dict.fromkeys(facts))
 
     def rating_line(self, r: Rating) -> str:
@@ -273,15 +281,15 @@ class _Renderer:
                 aug = self.k.procedures[self.k.preferred.augmentation]
                 new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get("vcf", ()))
                 rating = v.rating_for(aug.id)
-                sug = [{"label": f"Add: {self.k.preferred.augmentationText}", "uuid": self.o.new_id(), "isRecommended": True,
-                        "actions": [{"type": "create", "description": self.k.preferred.augmentationText, "resource": new}]}]
+                sug = [self.suggestion(f"Add: {self.k.preferred.augmentationText}", [
+                    {"type": "create", "description": self.k.preferred.augmentationText, "resource": new}], recommended=True)]
                 self.card("steer-ir", "info", t["steerToIr"],
                           self.variant_detail(od, v, f"{aug.display} is also Usually appropriate for this scenario.", [rating]),
                           v, sug)
                 continue
             indicator, key, facts = simple[adv]
             lines = [t[key + "Detail"]]
-            ev = [f"- {self.k.fact_label(f)}: {_code_text(e)} ({e.resource})" for f in facts for e in od.facts.evidence.get(f, ())]
+            ev = [_evidence_line(e, self.k.fact_label(f)) for f in facts for e in od.facts.evidence.get(f, ())]
             if ev:
                 lines += ["", "**Evidence in the record**", *dict.fromkeys(ev)]
             self.card(adv, indicator, t[key], "\n".join(lines), v, override=indicator == "warning")
@@ -297,10 +305,10 @@ class _Renderer:
                                  urgent=True, reasons=d.red_flags)
             if new is None:
                 continue
-            suggestions.append({"label": f"Order urgent: {proc.display}", "uuid": self.o.new_id(),
-                                "actions": [{"type": "create", "description": f"Urgent {proc.display}", "resource": new}]})
+            suggestions.append(self.suggestion(f"Order urgent: {proc.display}", [
+                {"type": "create", "description": f"Urgent {proc.display}", "resource": new}]))
         lines = [self.text["redFlagDetail"], "", "**Red flags in the record**",
-                 *dict.fromkeys(f"- {_code_text(e)} ({e.resource})" for e in d.red_flags)]
+                 *dict.fromkeys(_evidence_line(e) for e in d.red_flags)]
         routed = next((od.variant for od in d.orders if od.variant is not None and od.variant.routing), None)
         if routed is not None:
             lines += ["", f"Imaging is rated under ACR {self.k.variant_topic[routed.id].title}, variant: {routed.title}"]

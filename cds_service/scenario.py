@@ -105,15 +105,6 @@ def _encounter(knowledge: Knowledge, system: str, code: str) -> Literal["initial
     return None
 
 
-def _index(knowledge: Knowledge) -> Mapping[tuple[str, str], tuple[str, ...]]:
-    """(valueset id, origin) -> fact ids; tiny, built per call (a few dozen entries)."""
-    idx: dict[tuple[str, str], list[str]] = {}
-    for f in knowledge.facts.values():
-        for origin in f.from_:
-            idx.setdefault((f.valueSet, origin), []).append(f.id)
-    return {k: tuple(v) for k, v in idx.items()}
-
-
 def extract_facts(
     knowledge: Knowledge,
     *,
@@ -128,7 +119,7 @@ def extract_facts(
     reference date for onset-based acuity (``reference_date``). Returns a :class:`FactSet`
     including derived facts and ``vcf-new`` / ``vcf-prior`` (decision-rules.md §3.2).
     """
-    idx = _index(knowledge)
+    idx = knowledge.fact_index
     term = knowledge.terminology
     found: dict[str, list[Evidence]] = {}
 

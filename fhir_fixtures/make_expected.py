@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent

@@ -6,7 +6,6 @@ Flask test client exactly as a CDS Client would send it.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from typing import Any
