@@ -31,11 +31,20 @@ def schemas():
     return load_request_schemas()
 
 
-@pytest.fixture()
-def app():
+# Settings every test app starts from; a test overrides only what it is about.
+TEST_APP_CONFIG: dict = {}
+
+
+def make_app(**overrides):
+    """A Flask app on the test defaults plus ``overrides`` (setting names in upper case)."""
     from cds_service.app import create_app
 
-    return create_app({})
+    return create_app({**TEST_APP_CONFIG, **overrides})
+
+
+@pytest.fixture()
+def app():
+    return make_app()
 
 
 @pytest.fixture()

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from cds_service.app import create_app
 from cds_service.protocol import CdsDiscovery, check_response
 
-from conftest import FIXTURES, load_json
+from conftest import FIXTURES, load_json, make_app
 
 SERVICE_URL = "/cds-services/vcf-order-select"
 CASES = load_json(FIXTURES / "cases.json")
@@ -138,7 +137,7 @@ def test_fixture_request_gets_expected_status(client, case):
 @pytest.mark.parametrize("case_id", [c["id"] for c in CASES
                                      if c["expect"]["status"] == 200 and any(c["expect"]["ratings"].values())])
 def test_argonaut_copy_can_be_switched_off(case_id):
-    client = create_app({"ARGONAUT_SYSTEM_ACTIONS": False}).test_client()
+    client = make_app(ARGONAUT_SYSTEM_ACTIONS=False).test_client()
     resp = post(client, request_body(case_id))
     assert resp.status_code == 200
     payload = resp.get_json()
@@ -200,7 +199,7 @@ def test_wrong_method_is_405_with_allow(client, method, url):
 
 @pytest.mark.parametrize("path", SYNTHEA_FILES, ids=[p.stem for p in SYNTHEA_FILES])
 def test_body_over_limit_is_413(path):
-    client = create_app({"MAX_BODY_BYTES": 2048}).test_client()
+    client = make_app(MAX_BODY_BYTES=2048).test_client()
     data = path.read_bytes()
     assert len(data) > 2048
     assert_operation_outcome(post_raw(client, data), 413)
@@ -315,7 +314,7 @@ def test_junk_is_never_500(client, name):
 ], ids=["unknown-field", "draft-note", "condition-note", "draft-extensions-200", "draft-extensions-450"])
 def test_deep_junk_with_highest_depth_limit_is_never_500(mutate):
     """MAX_JSON_DEPTH=1000 lets deep JSON reach the FHIR models and the renderer."""
-    _post_junk(create_app({"MAX_JSON_DEPTH": 1000}).test_client(), mutate)
+    _post_junk(make_app(MAX_JSON_DEPTH=1000).test_client(), mutate)
 
 
 # ------------------------------------------------------------- malformed input is reported
