@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
+from .fhir_client import FhirClient
 from .fhir_input import load_request_schemas
 from .knowledge import load_knowledge
 from .render import RenderOptions
@@ -19,7 +20,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the CDS Hooks app.
 
     ``config`` keys are setting names in upper case (``KNOWLEDGE_DIR``, ``MAX_BODY_BYTES``,
-    ``ARGONAUT_SYSTEM_ACTIONS``, ``QCDSM``, ``MAX_JSON_DEPTH``); without ``config`` they come
+    ``ARGONAUT_SYSTEM_ACTIONS``, ``QCDSM``, ``MAX_JSON_DEPTH``, ``FHIR_ALLOWLIST`` ...; see
+    :class:`cds_service.settings.Settings`); without ``config`` they come
     from ``VCF_CDS_*`` environment variables. Knowledge is loaded and cross-checked once here.
 
     Raises :class:`cds_service.knowledge.KnowledgeError` (bad knowledge, naming file and
@@ -34,6 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "settings": settings,
         "knowledge": knowledge,
         "schemas": load_request_schemas(),
+        "fhir_client": FhirClient(settings.fetch_policy()),
         "render_options": RenderOptions(argonaut_copy=settings.argonaut_system_actions, qcdsm=settings.qcdsm),
     }
     from .api import bp

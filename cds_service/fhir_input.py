@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -69,6 +69,12 @@ _RESOURCE_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 PREFETCH_PATIENT = "patient"
 PREFETCH_CONDITIONS = "conditions"
 PREFETCH_PROCEDURES = "procedures"
+PREFETCH_KEYS = (PREFETCH_PATIENT, PREFETCH_CONDITIONS, PREFETCH_PROCEDURES)
+
+FetchMissing = Callable[[list[str], Mapping[str, Any]], Mapping[str, Any]]
+"""Called with the prefetch keys that are absent or an OperationOutcome, and the checked
+request body; returns key -> fetched resource for the keys it could fetch, or raises
+:class:`RequestError` (412) when it cannot (see :mod:`cds_service.fhir_client`)."""
 
 _REQUEST_SCHEMA = "cds-hooks-request.schema.json"
 _ORDER_SELECT_CONTEXT_SCHEMA = "order-select-context.schema.json"
@@ -203,6 +209,7 @@ def parse_order_select(
     hook: str = "order-select",
     schemas: RequestSchemas,
     max_depth: int = MAX_JSON_DEPTH,
+    fetch_missing: FetchMissing | None = None,
 ) -> ParsedRequest:
     """Check an order-select request body and return its typed content.
 
@@ -211,13 +218,17 @@ def parse_order_select(
     matches; order-select context schema; every ``draftOrders`` entry validates on
     its own as an R4B resource (the Bundle itself is not model-validated, since
     the spec's examples omit ``Bundle.type``); every selection resolves to a draft
-    order; prefetch is read per CDS Hooks 2.0 "Prefetch Template".
+    order; ``fhirAuthorization.patient``, when given, is ``context.patientId``; prefetch
+    keys that are absent or an OperationOutcome are handed to ``fetch_missing`` (CDS Hooks
+    2.0 "Prefetch Template": the service fetches what the client did not send); prefetch is
+    read per CDS Hooks 2.0 "Prefetch Template".
 
     Args:
         body: the decoded JSON request body.
         hook: the hook this service answers.
         schemas: from :func:`load_request_schemas`.
-        max_depth: maximum JSON nesting depth accepted.
+        max_depth: maximum JSON nesting depth accepted (request and fetched data).
+        fetch_missing: fetches absent prefetch keys; None to use prefetch only.
 
     Returns:
         ParsedRequest. Malformed or foreign prefetched resources are skipped and
@@ -229,7 +240,9 @@ def parse_order_select(
             diagnostic names the path); 400 ``not-supported`` wrong hook or unknown
             draft order resourceType; 400 ``invalid`` draft order that is not valid
             R4B or duplicated; 400 ``not-found`` selection not in draftOrders;
-            412 ``required`` prefetch ``conditions`` missing or an OperationOutcome.
+            400 ``invalid`` fhirAuthorization.patient is another patient; 412 from
+            ``fetch_missing``; 412 ``required`` prefetch ``conditions`` missing or an
+            OperationOutcome and not fetched.
     """
     if not isinstance(body, Mapping):
         raise RequestError(400, "structure", "request body must be a JSON object")
@@ -252,11 +265,29 @@ def parse_order_select(
     _check_schema(schemas.order_select_context, context, prefix="context")
 
     patient_id: str = context["patientId"]
+    authorization = body.get("fhirAuthorization")
+    if authorization is not None and authorization.get("patient") not in (None, patient_id):
+        # A token scoped to another patient would fetch someone else's record.
+        raise RequestError(
+            400,
+            "invalid",
+            "fhirAuthorization.patient is not context.patientId",
+            ["fhirAuthorization.patient"],
+        )
     draft_orders = _parse_draft_orders(context["draftOrders"]["entry"])
     selections = _resolve_selections(context["selections"], draft_orders, context["patientId"])
 
     issues: list[InputIssue] = []
-    prefetch: Mapping[str, Any] = body.get("prefetch") or {}
+    prefetch: dict[str, Any] = dict(body.get("prefetch") or {})
+    missing = [key for key in PREFETCH_KEYS if _unavailable(prefetch, key)]
+    if missing and fetch_missing is not None:
+        for key, value in fetch_missing(missing, body).items():
+            if _deeper_than(value, max_depth):
+                raise RequestError(
+                    412, "too-long", f"prefetch '{key}' fetched from fhirServer is nested deeper "
+                    f"than {max_depth} levels", [f"prefetch.{key}"]
+                )
+            prefetch[key] = value
 
     conditions = _prefetched(prefetch, PREFETCH_CONDITIONS, "Condition", patient_id, issues)
     if conditions is None:
@@ -266,7 +297,7 @@ def parse_order_select(
             412,
             "required",
             f"prefetch '{PREFETCH_CONDITIONS}' is missing (or an OperationOutcome, or "
-            "unusable) and this service cannot fetch it from the FHIR server yet",
+            "unusable) and was not fetched: the request names no fhirServer, or fetching is not configured",
             [f"prefetch.{PREFETCH_CONDITIONS}"],
         )
     procedures = _prefetched(prefetch, PREFETCH_PROCEDURES, "Procedure", patient_id, issues)
@@ -422,6 +453,15 @@ def _resolve_selections(
 # ------------------------------------------------------------------------ prefetch
 
 
+def _unavailable(prefetch: Mapping[str, Any], key: str) -> bool:
+    """Absent, or an OperationOutcome: the client could not run the query (CDS Hooks 2.0
+    §Prefetch Template). ``null`` is not unavailable: it means the query found nothing."""
+    if key not in prefetch:
+        return True
+    value = prefetch[key]
+    return isinstance(value, Mapping) and value.get("resourceType") == "OperationOutcome"
+
+
 def _prefetched(
     prefetch: Mapping[str, Any],
     key: str,
@@ -436,15 +476,13 @@ def _prefetched(
     send null when the query has no results, and an OperationOutcome when it
     could not run it.
     """
-    if key not in prefetch:
+    if _unavailable(prefetch, key):
         return None
     value = prefetch[key]
     where = f"prefetch.{key}"
     if value is None:
         return ()
     resource_type = value.get("resourceType")
-    if resource_type == "OperationOutcome":
-        return None
 
     candidates: list[tuple[str, Any]] = []
     if resource_type == "Bundle":

@@ -1,4 +1,4 @@
-"""One order-select call without HTTP: parse -> decide -> render.
+"""One order-select call without HTTP: parse (fetching missing prefetch) -> decide -> render.
 
 Shared by the Flask endpoint and ``vcf-cds evaluate`` so both give the same answer.
 """
@@ -6,10 +6,12 @@ Shared by the Flask endpoint and ``vcf-cds evaluate`` so both give the same answ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from .engine import Decision, decide
 from .errors import RequestError
+from .fhir_client import FhirClient
 from .fhir_input import ParsedRequest, RequestSchemas, parse_order_select
 from .knowledge import Knowledge
 from .render import RenderOptions, Rendered, render
@@ -25,15 +27,30 @@ class Outcome:
 
 
 def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, service_id: str,
-             options: RenderOptions, max_depth: int = 100) -> Outcome:
+             options: RenderOptions, max_depth: int = 100, fhir_client: FhirClient | None = None) -> Outcome:
     """Evaluate a request body (parsed JSON) for service ``service_id``.
 
-    Raises :class:`RequestError` (404 unknown service; 400/412 from ``parse_order_select``).
+    With ``fhir_client``, prefetch the request lacks is fetched from its ``fhirServer``
+    (CDS Hooks 2.0 §Prefetch Template) using the service's prefetch templates.
+
+    Raises :class:`RequestError` (404 unknown service; 400/412 from ``parse_order_select``
+    and from ``fhir_client``).
     """
     service = knowledge.services.get(service_id)
     if service is None:
         raise RequestError(404, "not-found", f"no CDS service with id '{service_id}'")
-    parsed = parse_order_select(body, hook=service.hook, schemas=schemas, max_depth=max_depth)
+
+    def fetch_missing(keys: list[str], checked: Mapping[str, Any]) -> Mapping[str, Any]:
+        keys = [k for k in keys if k in service.prefetch]
+        if fhir_client is None or not keys or not checked.get("fhirServer"):
+            return {}
+        authorization = checked.get("fhirAuthorization") or {}
+        return fhir_client.fetch(fhir_server=checked["fhirServer"], access_token=authorization.get("access_token"),
+                                 templates=service.prefetch, keys=keys, context=checked["context"],
+                                 user_id=checked["context"].get("userId"))
+
+    parsed = parse_order_select(body, hook=service.hook, schemas=schemas, max_depth=max_depth,
+                                fetch_missing=fetch_missing)
     raw = lambda items: [r.raw for r in items]  # noqa: E731 - engine reads raw JSON
     decision = decide(knowledge, selections=raw(parsed.selections), draft_orders=raw(parsed.draft_orders),
                       conditions=raw(parsed.conditions), procedures=raw(parsed.procedures))
