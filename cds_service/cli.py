@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import RequestError
+from .fhir_client import FhirClient
 from .fhir_input import load_request_schemas
 from .knowledge import CATEGORY_DISPLAY, KnowledgeError, load_knowledge
 from .pipeline import evaluate
@@ -52,7 +53,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         out = evaluate(knowledge, load_request_schemas(), body, service_id=args.service,
                        options=RenderOptions(argonaut_copy=settings.argonaut_system_actions, qcdsm=settings.qcdsm),
-                       max_depth=settings.max_json_depth)
+                       max_depth=settings.max_json_depth, fhir_client=FhirClient(settings.fetch_policy()))
     except RequestError as exc:
         if args.json:
             print(json.dumps(exc.to_operation_outcome(), indent=2))
