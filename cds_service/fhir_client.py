@@ -278,9 +278,11 @@ class FhirClient:
     def _fetch_one(self, key: str, template: str, base: str, query: str, headers: dict[str, str],
                    deadline: float) -> dict[str, Any]:
         started = time.monotonic()
+        url = urljoin(base, _with_count(query, self.policy.page_size))
         try:
-            resource, pages = self._run(urljoin(base, _with_count(query, self.policy.page_size)),
-                                        _expected_type(query), headers, deadline)
+            if not self.policy.allowed(url):  # a template that climbs out of the base path
+                raise _Failure("the query leaves the allowlisted FHIR base URL")
+            resource, pages = self._run(url, _expected_type(query), headers, deadline)
         except _Failure as exc:
             log.warning("fetch of prefetch %s failed after %.0f ms: %s", key,
                         (time.monotonic() - started) * 1000, exc)
