@@ -1,4 +1,4 @@
-"""CDS Hooks request body -> typed FHIR R4B resources for the order-select hook.
+"""CDS Hooks request body -> typed FHIR R4B resources for the order-select and order-sign hooks.
 
 Implements, for this service:
 
@@ -7,6 +7,8 @@ Implements, for this service:
 - the ``order-select`` hook context (``userId``, ``patientId``, ``encounterId``,
   ``selections``, ``draftOrders``), checked with
   ``schemas/order-select-context.schema.json``;
+- the ``order-sign`` hook context (CDS Hooks library; the same without ``selections``:
+  every draft order is being signed);
 - CDS Hooks 2.0 "Prefetch Template" / "Prefetch tokens": a prefetch value may be
   ``null``, a Bundle, a single resource or an OperationOutcome.
 
@@ -76,6 +78,9 @@ FetchMissing = Callable[[list[str], Mapping[str, Any]], Mapping[str, Any]]
 request body; returns key -> fetched resource for the keys it could fetch, or raises
 :class:`RequestError` (412) when it cannot (see :mod:`cds_service.fhir_client`)."""
 
+ORDER_SELECT = "order-select"
+ORDER_SIGN = "order-sign"
+
 _REQUEST_SCHEMA = "cds-hooks-request.schema.json"
 _ORDER_SELECT_CONTEXT_SCHEMA = "order-select-context.schema.json"
 
@@ -90,10 +95,17 @@ class RequestSchemas:
     Attributes:
         request: the CDS Hooks 2.0 request envelope validator.
         order_select_context: the order-select ``context`` validator.
+        order_sign_context: the order-sign ``context`` validator (the order-select one
+            without ``selections``: CDS Hooks library, order-sign hook, Context).
     """
 
     request: Draft202012Validator
     order_select_context: Draft202012Validator
+    order_sign_context: Draft202012Validator
+
+    def context_for(self, hook: str) -> Draft202012Validator:
+        """The context validator of ``hook`` (``order-select`` or ``order-sign``)."""
+        return self.order_sign_context if hook == ORDER_SIGN else self.order_select_context
 
 
 @dataclass(frozen=True)
@@ -145,8 +157,9 @@ class ParsedRequest:
         hook, hook_instance, fhir_server: from the envelope (``fhir_server`` may be None).
         patient_id, user_id, encounter_id: from ``context`` (``encounter_id`` may be None).
         draft_orders: every ``context.draftOrders`` entry, in order, each validated with R4B.
-        selections: the draft orders named by ``context.selections``, in that order
-            (a selection repeated in the request appears once).
+        selections: the draft orders to rate: for order-select those named by
+            ``context.selections``, in that order (a selection repeated in the request
+            appears once); for order-sign every draft order.
         conditions: prefetched Conditions of this patient that validated.
         procedures: prefetched Procedures of this patient that validated.
         patient: the prefetched Patient, or None if absent, unusable or another patient.
@@ -182,13 +195,21 @@ def load_request_schemas() -> RequestSchemas:
         RuntimeError: naming the file, if a schema file is missing, is not JSON,
             or is not a valid draft 2020-12 schema.
     """
+    order_select = _load_schema(_ORDER_SELECT_CONTEXT_SCHEMA)
+    # order-sign's context is order-select's without selections: every draft order is rated.
+    order_sign = copy.deepcopy(order_select)
+    order_sign["$id"] = order_sign["$id"].replace("order-select", "order-sign")
+    order_sign["title"] = "order-sign hook context"
+    order_sign["required"] = [name for name in order_sign["required"] if name != "selections"]
+    del order_sign["properties"]["selections"]
     return RequestSchemas(
-        request=_load_validator(_REQUEST_SCHEMA),
-        order_select_context=_load_validator(_ORDER_SELECT_CONTEXT_SCHEMA),
+        request=Draft202012Validator(_load_schema(_REQUEST_SCHEMA)),
+        order_select_context=Draft202012Validator(order_select),
+        order_sign_context=Draft202012Validator(order_sign),
     )
 
 
-def _load_validator(name: str) -> Draft202012Validator:
+def _load_schema(name: str) -> dict[str, Any]:
     path = resources.files("cds_service").joinpath("schemas").joinpath(name)
     try:
         schema = json.loads(path.read_text(encoding="utf-8"))
@@ -197,7 +218,7 @@ def _load_validator(name: str) -> Draft202012Validator:
         raise RuntimeError(f"schemas/{name}: cannot load: {exc}") from exc
     except Exception as exc:  # jsonschema.SchemaError and friends
         raise RuntimeError(f"schemas/{name}: not a valid JSON Schema: {exc}") from exc
-    return Draft202012Validator(schema)
+    return schema
 
 
 # ------------------------------------------------------------------------- parsing
@@ -206,26 +227,27 @@ def _load_validator(name: str) -> Draft202012Validator:
 def parse_order_select(
     body: Mapping[str, Any],
     *,
-    hook: str = "order-select",
+    hook: str = ORDER_SELECT,
     schemas: RequestSchemas,
     max_depth: int = MAX_JSON_DEPTH,
     fetch_missing: FetchMissing | None = None,
 ) -> ParsedRequest:
-    """Check an order-select request body and return its typed content.
+    """Check an order-select or order-sign request body and return its typed content.
 
     Steps, each failing fast: body is a JSON object; nesting is at most
     ``max_depth``; envelope schema (CDS Hooks 2.0 "HTTP Request"); ``hook``
-    matches; order-select context schema; every ``draftOrders`` entry validates on
+    matches; the hook's context schema; every ``draftOrders`` entry validates on
     its own as an R4B resource (the Bundle itself is not model-validated, since
-    the spec's examples omit ``Bundle.type``); every selection resolves to a draft
-    order; ``fhirAuthorization.patient``, when given, is ``context.patientId``; prefetch
+    the spec's examples omit ``Bundle.type``); order-select: every selection resolves
+    to a draft order of this patient; order-sign: every draft order is "selected" and
+    must be this patient's; ``fhirAuthorization.patient``, when given, is ``context.patientId``; prefetch
     keys that are absent or an OperationOutcome are handed to ``fetch_missing`` (CDS Hooks
     2.0 "Prefetch Template": the service fetches what the client did not send); prefetch is
     read per CDS Hooks 2.0 "Prefetch Template".
 
     Args:
         body: the decoded JSON request body.
-        hook: the hook this service answers.
+        hook: the hook this service answers: ``order-select`` or ``order-sign``.
         schemas: from :func:`load_request_schemas`.
         max_depth: maximum JSON nesting depth accepted (request and fetched data).
         fetch_missing: fetches absent prefetch keys; None to use prefetch only.
@@ -262,7 +284,7 @@ def parse_order_select(
             ["hook"],
         )
     context = body["context"]
-    _check_schema(schemas.order_select_context, context, prefix="context")
+    _check_schema(schemas.context_for(hook), context, prefix="context")
 
     patient_id: str = context["patientId"]
     authorization = body.get("fhirAuthorization")
@@ -275,7 +297,10 @@ def parse_order_select(
             ["fhirAuthorization.patient"],
         )
     draft_orders = _parse_draft_orders(context["draftOrders"]["entry"])
-    selections = _resolve_selections(context["selections"], draft_orders, context["patientId"])
+    if hook == ORDER_SIGN:
+        selections = _every_order(draft_orders, patient_id)
+    else:
+        selections = _resolve_selections(context["selections"], draft_orders, patient_id)
 
     issues: list[InputIssue] = []
     prefetch: dict[str, Any] = dict(body.get("prefetch") or {})
@@ -428,26 +453,33 @@ def _resolve_selections(
     resolved: list[InputResource] = []
     for index, selection in enumerate(selections):
         order = by_reference.get(selection)
+        where = f"context.selections[{index}]"
         if order is None:
             raise RequestError(
                 400,
                 "not-found",
-                f"context.selections[{index}] '{_clip(selection, 80)}' does not match any "
+                f"{where} '{_clip(selection, 80)}' does not match any "
                 "context.draftOrders entry (expected 'Type/id' of a draft order)",
-                [f"context.selections[{index}]"],
+                [where],
             )
-        subject = order.raw.get("subject")
-        if isinstance(subject, dict) and _refers_to_other_patient(subject.get("reference"), patient_id):
-            # Rating one patient's order against another patient's record would be unsafe.
-            raise RequestError(
-                400,
-                "invalid",
-                f"context.selections[{index}]: the selected order's subject is not context.patientId",
-                [f"context.selections[{index}]"],
-            )
+        _check_subject(order, patient_id, where, "the selected order's")
         if order not in resolved:
             resolved.append(order)
     return tuple(resolved)
+
+
+def _every_order(draft_orders: tuple[InputResource, ...], patient_id: str) -> tuple[InputResource, ...]:
+    """order-sign: every draft order is about to be signed, so every one is rated."""
+    for index, order in enumerate(draft_orders):
+        _check_subject(order, patient_id, f"context.draftOrders.entry[{index}].resource", "the order's")
+    return draft_orders
+
+
+def _check_subject(order: InputResource, patient_id: str, where: str, whose: str) -> None:
+    subject = order.raw.get("subject")
+    if isinstance(subject, dict) and _refers_to_other_patient(subject.get("reference"), patient_id):
+        # Rating one patient's order against another patient's record would be unsafe.
+        raise RequestError(400, "invalid", f"{where}: {whose} subject is not context.patientId", [where])
 
 
 # ------------------------------------------------------------------------ prefetch

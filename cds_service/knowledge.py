@@ -209,6 +209,9 @@ class CardsFile(BaseModel):
     text: dict[str, str]
 
 
+# The hooks whose context fhir_input can read (CDS Hooks library: order-select, order-sign).
+SUPPORTED_HOOKS = ("order-select", "order-sign")
+
 REQUIRED_CARD_TEXT = (
     "notAppropriate", "mayBeAppropriate", "noCriteria", "missingFacts",
     "missingFactsShort", "conflict", "traumatic", "redFlag", "redFlagDetail", "steerToIr", "augmentBleeding",
@@ -483,6 +486,9 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     for s in sf.services:
         if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", s.id):
             raise KnowledgeError(rel, f"service '{s.id}'", "id must be kebab-case")
+        if s.hook not in SUPPORTED_HOOKS:
+            raise KnowledgeError(rel, f"service '{s.id}'", f"hook '{s.hook}' is not one of "
+                                 f"{', '.join(SUPPORTED_HOOKS)}")
         for key in s.requiredPrefetch:
             if key not in s.prefetch:
                 raise KnowledgeError(rel, f"service '{s.id}'", f"required prefetch '{key}' has no template")

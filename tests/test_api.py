@@ -91,24 +91,23 @@ def card_digest(payload: dict[str, Any]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------- discovery
 
 
-def test_discovery_lists_the_order_select_service(client):
+def test_discovery_lists_the_order_select_and_order_sign_services(client):
     resp = client.get("/cds-services")
     assert resp.status_code == 200
     assert resp.mimetype == "application/json"
     payload = resp.get_json()
     CdsDiscovery.model_validate(payload)
     services = payload["services"]
-    assert len(services) == 1
-    svc = services[0]
-    assert svc["hook"] == "order-select"
-    assert svc["id"] == "vcf-order-select"
-    assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", svc["id"])
-    assert svc["title"].strip()
-    assert svc["description"].strip()
-    prefetch = svc["prefetch"]
-    assert {"patient", "conditions", "procedures"} <= set(prefetch)
-    assert all(isinstance(v, str) and v.strip() for v in prefetch.values())
-    assert "{{context.patientId}}" in prefetch["patient"]
+    assert [(s["id"], s["hook"]) for s in services] == [("vcf-order-select", "order-select"),
+                                                       ("vcf-order-sign", "order-sign")]
+    for svc in services:
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", svc["id"])
+        assert svc["title"].strip()
+        assert svc["description"].strip()
+        prefetch = svc["prefetch"]
+        assert {"patient", "conditions", "procedures"} <= set(prefetch)
+        assert all(isinstance(v, str) and v.strip() for v in prefetch.values())
+        assert "{{context.patientId}}" in prefetch["patient"]
 
 
 # ------------------------------------------------------------------ every fixture request
