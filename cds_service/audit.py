@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, MutableMapping
 
-from sqlalchemy import insert
+from sqlalchemy import delete, func, insert, select
 
-from .db import Database, ensure_data_dir
+from .db import Database, DatabaseReplayCache, ensure_data_dir
 from .errors import RequestError
-from .models import AuditCall, AuditCard, AuditOrder
+from .models import AuditCall, AuditCard, AuditOrder, Feedback, ReplayEntry
 from .pipeline import Outcome
 from .render import PAMA_BASE
 from .settings import Settings, SettingsError
@@ -205,3 +205,45 @@ def _count_failure(state: MutableMapping[str, Any], service_id: str, exc: Except
     # The exception type only: database messages repeat the statement's parameters.
     log.error("audit record of a %s call not written (%s); %d failures so far", service_id,
               type(exc).__name__, state["audit_failures"])
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """What :func:`purge` deleted (or, for a dry run, would delete): audit calls (with their
+    orders and cards), feedback entries, expired JWT replay entries."""
+
+    calls: int
+    feedback: int
+    replay_entries: int
+
+
+def purge(db: Database, before: datetime, *, dry_run: bool = False, batch: int = 2000) -> PurgeResult:
+    """Delete audit records of calls made before ``before`` and feedback received before it,
+    plus JWT replay entries already expired (the retention rule, ``AUDIT_RETENTION_DAYS``).
+
+    Calls go in batches of ``batch``, one short transaction each, so hooks writing their
+    audit records meanwhile wait at most one batch. Raises ``SQLAlchemyError`` on failure
+    (batches already committed stay deleted; running it again finishes the job).
+    """
+    now = time.time()
+    if dry_run:
+        with db.engine.connect() as conn:
+            count = lambda stmt: conn.execute(stmt).scalar_one()  # noqa: E731
+            return PurgeResult(
+                count(select(func.count()).select_from(AuditCall).where(AuditCall.called_at < before)),
+                count(select(func.count()).select_from(Feedback).where(Feedback.received_at < before)),
+                count(select(func.count()).select_from(ReplayEntry).where(ReplayEntry.expires_at <= now)))
+    calls = 0
+    while True:
+        with db.transaction() as conn:
+            ids = conn.execute(select(AuditCall.id).where(AuditCall.called_at < before)
+                               .order_by(AuditCall.id).limit(batch)).scalars().all()
+            if not ids:
+                break
+            # Children first: the foreign keys cascade too, but not every SQLite connection has them on.
+            conn.execute(delete(AuditOrder).where(AuditOrder.call_id.in_(ids)))
+            conn.execute(delete(AuditCard).where(AuditCard.call_id.in_(ids)))
+            calls += conn.execute(delete(AuditCall).where(AuditCall.id.in_(ids))).rowcount
+    with db.transaction() as conn:
+        feedback = conn.execute(delete(Feedback).where(Feedback.received_at < before)).rowcount
+    return PurgeResult(calls, feedback, DatabaseReplayCache(db).purge_expired(now))

@@ -180,11 +180,12 @@ class Database:
         self.engine.dispose()
 
 
-def open_database(settings: Settings) -> Database:
-    """The app's database at start-up: the embedded default is migrated to the newest
-    schema (raising :class:`DatabaseError` if that fails); a configured ``DATABASE_URL`` is
-    only checked, and a database that is down or behind is logged, not fatal, so hooks
-    are still answered. No connection stays open: gunicorn forks workers after this.
+def open_database(settings: Settings, *, strict: bool = False) -> Database:
+    """The database at start-up: the embedded default is migrated to the newest schema
+    (raising :class:`DatabaseError` if that fails); a configured ``DATABASE_URL`` is only
+    checked. For the app (``strict=False``) a database that is down or behind is logged,
+    not fatal, so hooks are still answered; command-line tools pass ``strict=True`` and
+    get the :class:`DatabaseError`. No connection stays open: gunicorn forks after this.
     """
     database = Database.from_settings(settings)
     if database.embedded:
@@ -193,6 +194,8 @@ def open_database(settings: Settings) -> Database:
         try:
             database.check_schema()
         except DatabaseError as exc:
+            if strict:
+                raise
             log.error("%s; audit records and feedback fail until it is fixed", exc)
     database.dispose()
     return database
@@ -223,8 +226,9 @@ class DatabaseReplayCache:
         stmt = stmt.on_conflict_do_update(index_elements=[table.c.key_hash],
                                           set_={"expires_at": stmt.excluded.expires_at},
                                           where=table.c.expires_at <= time.time())
+        # RETURNING, not rowcount: psycopg reports no row count for INSERT ... ON CONFLICT.
         with self.db.transaction() as conn:
-            return conn.execute(stmt).rowcount == 1
+            return conn.execute(stmt.returning(table.c.key_hash)).first() is not None
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete entries that expired before ``now`` (default: the current time); return how many."""

@@ -166,8 +166,8 @@ def store_feedback(db: Database, service_id: str, entries: list[FeedbackEntry],
     """
     now = now or datetime.now(timezone.utc)
     cards = sorted({e.card.lower() for e in entries})
-    # Read before the write transaction opens: a SQLite transaction that reads first
-    # cannot wait for the write lock and would fail at once under concurrent writers.
+    # Read outside the write transaction, which then only inserts: it stays short, and a
+    # SQLite transaction never has to upgrade a read lock (that fails at once when busy).
     with db.engine.connect() as conn:
         issued = conn.execute(
             select(AuditCard.uuid, AuditCard.suggestions).join(AuditCall, AuditCall.id == AuditCard.call_id)
@@ -178,7 +178,7 @@ def store_feedback(db: Database, service_id: str, entries: list[FeedbackEntry],
     with db.transaction() as conn:
         for row in rows:
             stmt = db.insert(Feedback).values(**row).on_conflict_do_nothing(index_elements=["dedup_key"])
-            if conn.execute(stmt).rowcount == 1:
+            if conn.execute(stmt.returning(Feedback.id)).first() is not None:
                 stored += 1
                 flagged += row["flag"] is not None
     return StoreResult(len(rows), stored, len(rows) - stored, flagged)
