@@ -118,9 +118,9 @@ def _knowledge(args: argparse.Namespace) -> int:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from .db import Database, head_revision
 
-    db = Database.from_settings(Settings.load())
-    before = db.revision()
-    db.upgrade()
+    with Database.from_settings(Settings.load()) as db:
+        before = db.revision()
+        db.upgrade()
     print(f"{db.backend} database: schema revision {before or 'none'} -> {head_revision()}")
     return 0
 
@@ -134,7 +134,8 @@ def _purge(args: argparse.Namespace) -> int:
     settings = Settings.load()
     days = settings.audit_retention_days if args.days is None else args.days
     before = datetime.now(timezone.utc) - timedelta(days=days)
-    result = purge(open_database(settings, strict=True), before, dry_run=args.dry_run)
+    with open_database(settings, strict=True) as db:
+        result = purge(db, before, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {result.calls} audit records of calls and {result.feedback} feedback entries older than "
           f"{days} days (before {before:%Y-%m-%d %H:%M} UTC), and {result.replay_entries} expired JWT replay entries")
@@ -148,7 +149,8 @@ def _report(args: argparse.Namespace) -> int:
     settings = Settings.load()
     reasons = load_knowledge(settings.knowledge_dir).cards.overrideReasons
     labels = {(reasons["system"], r["code"]): r["display"] for r in reasons["codes"]}
-    report = build_report(open_database(settings, strict=True), args.since, labels)
+    with open_database(settings, strict=True) as db:
+        report = build_report(db, args.since, labels)
     text = RENDERERS[args.format](report)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

@@ -179,6 +179,12 @@ class Database:
         """Close pooled connections (at shutdown, and in a child process after fork)."""
         self.engine.dispose()
 
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dispose()
+
 
 def open_database(settings: Settings, *, strict: bool = False) -> Database:
     """The database at start-up: the embedded default is migrated to the newest schema
@@ -195,6 +201,7 @@ def open_database(settings: Settings, *, strict: bool = False) -> Database:
             database.check_schema()
         except DatabaseError as exc:
             if strict:
+                database.dispose()
                 raise
             log.error("%s; audit records and feedback fail until it is fixed", exc)
     database.dispose()
