@@ -83,14 +83,15 @@ def make_engine(url: URL) -> Engine:
     """An engine for ``url`` with this service's connection settings.
 
     SQLite: WAL journal, foreign keys on, ``busy_timeout`` 5 s. PostgreSQL: 3 s connect
-    timeout and a liveness check before a pooled connection is reused (a restarted server
-    costs one failed audit write at most, not one per pooled connection).
+    timeout; no liveness ping before each use (it would add a round trip to every hook):
+    after a server restart the first write fails (one audit failure counted, or a 503 the
+    client retries) and SQLAlchemy then replaces the whole pool.
     """
     if url.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S})
+    return create_engine(url, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -246,7 +246,7 @@ def sections(report: Report) -> list[Section]:
          ["card kind", "indicator", "issued", "accepted", "overridden", "acceptance rate", "override rate"],
          [[c.kind, c.indicator, c.issued, c.accepted, c.overridden, _pct(c.acceptance_rate), _pct(c.override_rate)]
           for c in report.cards]),
-        (f"Top override reasons (of {sum(r.count for r in report.override_reasons)} shown)",
+        (f"Top override reasons (up to {TOP_REASONS})",
          ["reason", "code", "system", "overrides"],
          [[r.display, r.code or "", r.system or "", r.count] for r in report.override_reasons]),
         ("Trend per week (weeks start on Monday, UTC)",
@@ -337,8 +337,12 @@ def _ratings_chart(report: Report) -> str:
             left = [a + b for a, b in zip(left, values)]
         ax.set_xlabel("orders")
         ax.invert_yaxis()
-        ax.legend(loc="lower right", fontsize=8)
-    return _svg(draw)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    return _svg(draw, height=_bars_height(len(by_variant)))
+
+
+def _bars_height(bars: int) -> float:
+    return 1.4 + 0.3 * max(bars, 2)
 
 
 def _cards_chart(report: Report) -> str:
@@ -357,8 +361,8 @@ def _cards_chart(report: Report) -> str:
         ax.set_xlim(0, 100)
         ax.set_xlabel("% of cards issued")
         ax.invert_yaxis()
-        ax.legend(loc="lower right", fontsize=8)
-    return _svg(draw)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    return _svg(draw, height=_bars_height(len(report.cards)))
 
 
 def _reasons_chart(report: Report) -> str:
@@ -370,8 +374,9 @@ def _reasons_chart(report: Report) -> str:
         ax.barh([r.display for r in report.override_reasons], [r.count for r in report.override_reasons],
                 color="#6a1b9a")
         ax.set_xlabel("overrides")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.invert_yaxis()
-    return _svg(draw)
+    return _svg(draw, height=_bars_height(len(report.override_reasons)))
 
 
 def _trend_chart(report: Report) -> str:
@@ -391,7 +396,7 @@ def _trend_chart(report: Report) -> str:
         ax.set_ylim(0, 100)
         ax.set_ylabel("%")
         ax.set_xticks(x, [d.isoformat() for d in x], rotation=30, ha="right")
-        ax.legend(fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return _svg(draw)
 
 
