@@ -300,36 +300,43 @@ def render_csv(report: Report) -> str:
 # ---------------------------------------------------------------------------- html
 
 
-def _svg(draw: Callable[[Any], None], width: float = 7.5, height: float = 3.6) -> str:
+def _chart(title: str, has_data: bool, draw: Callable[[Any], None], height: float = 3.6) -> str:
+    """A matplotlib figure with one Axes (``draw(ax)`` fills it; "no data" when there is
+    none) as an inline ``<svg>`` element."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
     # Text stays text (searchable, scales) and ids are stable, so the same data gives the same page.
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": "vcf-cds-report", "font.size": 9}):
-        fig = Figure(figsize=(width, height), layout="constrained")
-        draw(fig)
+        fig = Figure(figsize=(7.5, height), layout="constrained")
+        ax = fig.subplots()
+        ax.set_title(title)
+        if has_data:
+            draw(ax)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
     svg = buf.getvalue()
     return svg[svg.index("<svg"):]
 
 
-def _no_data(ax: Any) -> None:
-    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    ax.set_axis_off()
+def _bars_height(bars: int) -> float:
+    return 1.4 + 0.3 * max(bars, 2)
+
+
+def _legend_outside(ax: Any) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 
 
 def _ratings_chart(report: Report) -> str:
     by_variant: dict[str, Counter] = defaultdict(Counter)
     for row in report.ratings:
         by_variant[row.variant].update(row.counts)
+    variants = sorted(by_variant)
 
-    def draw(fig: Any) -> None:
-        ax = fig.subplots()
-        ax.set_title("Orders by ACR variant and PAMA rating")
-        if not by_variant:
-            return _no_data(ax)
-        variants = sorted(by_variant)
+    def draw(ax: Any) -> None:
         left = [0] * len(variants)
         for rating, color in zip([*PAMA_RATINGS, UNRATED], ["#2e7d32", "#c62828", "#f9a825", "#9e9e9e"]):
             values = [by_variant[v].get(rating, 0) for v in variants]
@@ -337,67 +344,54 @@ def _ratings_chart(report: Report) -> str:
             left = [a + b for a, b in zip(left, values)]
         ax.set_xlabel("orders")
         ax.invert_yaxis()
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    return _svg(draw, height=_bars_height(len(by_variant)))
-
-
-def _bars_height(bars: int) -> float:
-    return 1.4 + 0.3 * max(bars, 2)
+        _legend_outside(ax)
+    return _chart("Orders by ACR variant and PAMA rating", bool(variants), draw, _bars_height(len(variants)))
 
 
 def _cards_chart(report: Report) -> str:
-    def draw(fig: Any) -> None:
-        ax = fig.subplots()
-        ax.set_title("Acceptance and override rate by card kind")
-        if not report.cards:
-            return _no_data(ax)
-        kinds = [c.kind for c in report.cards]
-        y = range(len(kinds))
+    def draw(ax: Any) -> None:
+        y = range(len(report.cards))
         ax.barh([i - 0.2 for i in y], [100 * c.acceptance_rate for c in report.cards], height=0.4,
                 label="accepted", color="#2e7d32")
         ax.barh([i + 0.2 for i in y], [100 * c.override_rate for c in report.cards], height=0.4,
                 label="overridden", color="#c62828")
-        ax.set_yticks(list(y), kinds)
+        ax.set_yticks(list(y), [c.kind for c in report.cards])
         ax.set_xlim(0, 100)
         ax.set_xlabel("% of cards issued")
         ax.invert_yaxis()
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    return _svg(draw, height=_bars_height(len(report.cards)))
+        _legend_outside(ax)
+    return _chart("Acceptance and override rate by card kind", bool(report.cards), draw,
+                  _bars_height(len(report.cards)))
 
 
 def _reasons_chart(report: Report) -> str:
-    def draw(fig: Any) -> None:
-        ax = fig.subplots()
-        ax.set_title("Top override reasons")
-        if not report.override_reasons:
-            return _no_data(ax)
-        ax.barh([r.display for r in report.override_reasons], [r.count for r in report.override_reasons],
-                color="#6a1b9a")
+    reasons = report.override_reasons
+
+    def draw(ax: Any) -> None:
+        ax.barh([r.display for r in reasons], [r.count for r in reasons], color="#6a1b9a")
         ax.set_xlabel("overrides")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.invert_yaxis()
-    return _svg(draw, height=_bars_height(len(report.override_reasons)))
+    return _chart("Top override reasons", bool(reasons), draw, _bars_height(len(reasons)))
 
 
 def _trend_chart(report: Report) -> str:
-    def draw(fig: Any) -> None:
-        ax = fig.subplots()
-        ax.set_title("Trend per week")
-        if not report.weeks:
-            return _no_data(ax)
-        x = [w.start for w in report.weeks]
-        rated = [sum(w.ratings.get(r, 0) for r in PAMA_RATINGS) for w in report.weeks]
-        ax.plot(x, [100 * w.ratings.get("not-appropriate", 0) / n if n else 0 for w, n in zip(report.weeks, rated)],
+    weeks = report.weeks
+
+    def draw(ax: Any) -> None:
+        x = [w.start for w in weeks]
+        rated = [sum(w.ratings.get(r, 0) for r in PAMA_RATINGS) for w in weeks]
+        ax.plot(x, [100 * w.ratings.get("not-appropriate", 0) / n if n else 0 for w, n in zip(weeks, rated)],
                 marker="o", label="% of rated orders not appropriate", color="#c62828")
-        ax.plot(x, [100 * w.accepted / w.cards if w.cards else 0 for w in report.weeks], marker="s",
+        ax.plot(x, [100 * w.accepted / w.cards if w.cards else 0 for w in weeks], marker="s",
                 label="% of cards accepted", color="#2e7d32")
-        ax.plot(x, [100 * w.overridden / w.cards if w.cards else 0 for w in report.weeks], marker="^",
+        ax.plot(x, [100 * w.overridden / w.cards if w.cards else 0 for w in weeks], marker="^",
                 label="% of cards overridden", color="#6a1b9a")
         ax.set_ylim(0, 100)
         ax.set_ylabel("%")
         ax.set_xticks(x, [d.isoformat() for d in x], rotation=30, ha="right")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    return _svg(draw)
+        _legend_outside(ax)
+    return _chart("Trend per week", bool(weeks), draw)
 
 
 def _html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from cds_service.models import Feedback
 
-from conftest import FIXTURES
+from conftest import FIXTURES, make_app
 from dbsupport import app_factory, database, db_app, db_config, run_in_processes  # noqa: F401
 from replay import FEEDBACK_URL, SERVICE_URL, accepted, overridden, post_feedback, table_rows
 
@@ -143,42 +143,42 @@ GOOD = {"card": UNKNOWN_CARD, "outcome": "overridden", "outcomeTimestamp": "2020
     ({"feedback": [{**GOOD, "outcomeTimestamp": 1607644800}]}, "feedback[0].outcomeTimestamp", "invalid"),
     ({"feedback": [GOOD, {**GOOD, "outcome": None}]}, "feedback[1].outcome", "invalid"),
 ], ids=lambda v: None if isinstance(v, (dict, list)) else str(v))
-def test_invalid_feedback_is_400_naming_the_member_and_stores_nothing(db_app, database, body, where, code):
-    issue = _assert_outcome(db_app.test_client().post(FEEDBACK_URL, json=body), 400, code)
+def test_invalid_feedback_is_400_naming_the_member_and_stores_nothing(app, body, where, code):
+    issue = _assert_outcome(app.test_client().post(FEEDBACK_URL, json=body), 400, code)
     assert issue["expression"] == [where]
     assert issue["diagnostics"].startswith(where + ": ")
-    assert table_rows(database, Feedback) == []
+    assert table_rows(app.extensions["vcf_cds"]["db"], Feedback) == []
 
 
 @pytest.mark.parametrize("data", ["{", "", '{"feedback": NaN}', "\xff"])
-def test_malformed_json_is_400(db_app, data):
-    _assert_outcome(db_app.test_client().post(FEEDBACK_URL, data=data.encode("latin-1"),
+def test_malformed_json_is_400(client, data):
+    _assert_outcome(client.post(FEEDBACK_URL, data=data.encode("latin-1"),
                                               content_type="application/json"), 400)
 
 
-def test_unknown_values_are_never_echoed(db_app):
-    resp = post_feedback(db_app.test_client(), {**GOOD, "card": "Patient/secret-123"})
+def test_unknown_values_are_never_echoed(client):
+    resp = post_feedback(client, {**GOOD, "card": "Patient/secret-123"})
     assert "secret-123" not in resp.get_data(as_text=True)
 
 
-def test_unknown_members_and_extensions_are_accepted(db_app):
+def test_unknown_members_and_extensions_are_accepted(client):
     entry = {**GOOD, "extension": {"org.example.ui": "sidebar"}, "somethingNew": 1}
-    resp = db_app.test_client().post(FEEDBACK_URL, json={"feedback": [entry], "extension": {"x": 1}})
+    resp = client.post(FEEDBACK_URL, json={"feedback": [entry], "extension": {"x": 1}})
     assert resp.status_code == 200
 
 
-def test_unknown_service_is_404(db_app):
-    _assert_outcome(post_feedback(db_app.test_client(), GOOD, url="/cds-services/nope/feedback"), 404, "not-found")
+def test_unknown_service_is_404(client):
+    _assert_outcome(post_feedback(client, GOOD, url="/cds-services/nope/feedback"), 404, "not-found")
 
 
-def test_get_is_405_with_allow(db_app):
-    resp = db_app.test_client().get(FEEDBACK_URL)
+def test_get_is_405_with_allow(client):
+    resp = client.get(FEEDBACK_URL)
     _assert_outcome(resp, 405)
     assert "POST" in resp.headers["Allow"]
 
 
-def test_body_over_limit_is_413(app_factory):
-    client = app_factory(MAX_BODY_BYTES=2048).test_client()
+def test_body_over_limit_is_413():
+    client = make_app(MAX_BODY_BYTES=2048).test_client()
     entries = [dict(GOOD, outcomeTimestamp=f"2020-12-11T00:00:{i:02d}Z") for i in range(60)]
     _assert_outcome(client.post(FEEDBACK_URL, data=json.dumps({"feedback": entries}),
                                 content_type="application/json"), 413)
