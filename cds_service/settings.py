@@ -31,7 +31,7 @@ class Settings(BaseModel):
     qcdsm: str = Field("vcf-cds-hooks", min_length=1, description="pama-rating-qcdsm-consulted value")
     max_json_depth: int = Field(100, ge=10, le=1000, description="400 for deeper JSON nesting")
     data_dir: Path = Field(Path("var"), description="embedded database and generated audit key; relative to the working directory")
-    database_url: str | None = Field(None, min_length=1, description="SQLAlchemy URL; default: SQLite file in DATA_DIR")
+    database_url: str | None = Field(None, min_length=1, repr=False, description="SQLAlchemy URL; default: SQLite file in DATA_DIR")
     audit_hmac_key: str | None = Field(None, min_length=32, repr=False, description="secret keying the patient id hash in audit records")
     audit_retention_days: int = Field(365, ge=1, description="vcf-cds purge deletes audit records and feedback older than this")
 
