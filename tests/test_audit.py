@@ -3,7 +3,6 @@ database failure never changes what the EHR gets back."""
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -16,8 +15,7 @@ from cds_service.render import PAMA_BASE
 
 from conftest import FIXTURES, load_json, make_app
 from dbsupport import app_factory, database, db_app, db_config, env_for  # noqa: F401
-from replay import (CASES, FEEDBACK_URL, SERVICE_URL, accepted, dump_text, overridden, post_feedback,
-                    replay_fixtures, table_rows)
+from replay import CASES, SERVICE_URL, dump_text, overridden, post_feedback, replay_fixtures, table_rows
 
 DOWN_DATABASE = {"DATABASE_URL": "postgresql+psycopg://cds:secret@127.0.0.1:1/nowhere", "AUDIT_HMAC_KEY": "k" * 32}
 

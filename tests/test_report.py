@@ -19,7 +19,7 @@ from cds_service.cli import main
 from cds_service.report import PAMA_RATINGS, UNRATED, build_report, code_label, render_html
 
 from dbsupport import app_factory, database, db_app, db_config, env_for  # noqa: F401
-from replay import CASES, accepted, overridden, post_feedback, replay_fixtures
+from replay import accepted, overridden, post_feedback, replay_fixtures
 
 NEVER_ISSUED = "f6b95768-b1c8-40dc-8385-bf3504b82ffb"
 
