@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from .audit import record_outcome, record_rejection
 from .errors import RequestError, operation_outcome
 from .pipeline import discovery, evaluate
 
@@ -64,10 +65,12 @@ def call_service(service_id: str) -> Response:
                            fhir_client=st["fhir_client"])
     except RequestError as exc:
         log.info("service %s: %d %s", service_id, exc.status, exc.code)
+        record_rejection(st, service_id, body, exc, started)
         return _json(exc.to_operation_outcome(), exc.status)
     log.info("service %s: 200 in %.1f ms, %d cards, %d ratings", service_id,
              (time.perf_counter() - started) * 1000, len(outcome.rendered.response["cards"]),
              len(outcome.rendered.response.get("systemActions", ())))
+    record_outcome(st, service_id, outcome, started)
     return _json(outcome.rendered.response)
 
 

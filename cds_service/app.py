@@ -7,6 +7,8 @@ from typing import Any, Mapping
 
 from flask import Flask
 
+from .audit import load_hmac_key
+from .db import open_database
 from .fhir_client import FhirClient
 from .fhir_input import load_request_schemas
 from .knowledge import load_knowledge
@@ -26,9 +28,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     Raises :class:`cds_service.knowledge.KnowledgeError` (bad knowledge, naming file and
     entry) or :class:`cds_service.settings.SettingsError` (bad setting): the app does not start.
+    The embedded SQLite database is migrated here (:class:`cds_service.db.DatabaseError` if
+    that fails); a configured ``DATABASE_URL`` is only checked, and a database that is down
+    or behind is logged, not fatal: hooks are still answered (see ``cds_service.audit``).
     """
     settings = Settings.load(config)
     knowledge = load_knowledge(settings.knowledge_dir)
+    database = open_database(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
@@ -38,10 +44,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "schemas": load_request_schemas(),
         "fhir_client": FhirClient(settings.fetch_policy()),
         "render_options": RenderOptions(argonaut_copy=settings.argonaut_system_actions, qcdsm=settings.qcdsm),
+        "db": database,
+        "audit_key": load_hmac_key(settings),
+        "audit_failures": 0,
     }
     from .api import bp
+    from .feedback import bp as feedback_bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(feedback_bp)
     log.info("knowledge %s loaded from %s: %d variants, %d value sets", knowledge.version, knowledge.directory,
              len(knowledge.variants), len(knowledge.terminology.valuesets))
     return app

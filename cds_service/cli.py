@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .db import DatabaseError
 from .errors import RequestError
 from .fhir_client import FhirClient
 from .fhir_input import load_request_schemas
@@ -115,6 +116,65 @@ def _knowledge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from .db import Database, head_revision
+
+    with Database.from_settings(Settings.load()) as db:
+        before = db.revision()
+        db.upgrade()
+    print(f"{db.backend} database: schema revision {before or 'none'} -> {head_revision()}")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from .audit import purge
+    from .db import open_database
+
+    settings = Settings.load()
+    days = settings.audit_retention_days if args.days is None else args.days
+    before = datetime.now(timezone.utc) - timedelta(days=days)
+    with open_database(settings, strict=True) as db:
+        result = purge(db, before, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {result.calls} audit records of calls and {result.feedback} feedback entries older than "
+          f"{days} days (before {before:%Y-%m-%d %H:%M} UTC), and {result.replay_entries} expired JWT replay entries")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .db import open_database
+    from .report import RENDERERS, build_report
+
+    settings = Settings.load()
+    reasons = load_knowledge(settings.knowledge_dir).cards.overrideReasons
+    labels = {(reasons["system"], r["code"]): r["display"] for r in reasons["codes"]}
+    with open_database(settings, strict=True) as db:
+        report = build_report(db, args.since, labels)
+    text = RENDERERS[args.format](report)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of days of at least 1: {value!r}")
+    return int(value)
+
+
+def _date(value: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vcf-cds`` console script; returns the exit status."""
     parser = argparse.ArgumentParser(prog="vcf-cds", description=__doc__)
@@ -132,11 +192,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("knowledge", help="print the loaded variants, ratings and provenance")
     p.add_argument("--dir", help="knowledge directory (default: setting or bundled)")
     p.set_defaults(func=_knowledge)
+    p = sub.add_parser("report", help="appropriateness, acceptance and override report from the audit trail")
+    p.add_argument("--since", type=_date, help="only calls on or after this UTC date (YYYY-MM-DD)")
+    p.add_argument("--format", choices=["table", "csv", "html"], default="table")
+    p.add_argument("--output", "-o", help="write to this file instead of standard output")
+    p.set_defaults(func=_report)
+    p = sub.add_parser("purge", help="delete audit records and feedback older than the retention period")
+    p.add_argument("--days", type=_positive_int, help="retention in days (default: setting AUDIT_RETENTION_DAYS)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    p.set_defaults(func=_purge)
+    p = sub.add_parser("db", help="database schema")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    p = dbsub.add_parser("upgrade", help="migrate the database schema to this version (Alembic upgrade head)")
+    p.set_defaults(func=_db_upgrade)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (KnowledgeError, SettingsError) as exc:
+    except (KnowledgeError, SettingsError, DatabaseError) as exc:
         print(f"vcf-cds: {exc}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,7 @@ ISSUE_CODES = frozenset(
         "too-long",
         "exception",
         "timeout",
+        "transient",
     }
 )
 

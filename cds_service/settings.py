@@ -61,6 +61,10 @@ class Settings(BaseModel):
             max_resources=self.fhir_max_resources,
             max_response_bytes=self.fhir_max_response_bytes,
         )
+    data_dir: Path = Field(Path("var"), description="embedded database and generated audit key; relative to the working directory")
+    database_url: str | None = Field(None, min_length=1, repr=False, description="SQLAlchemy URL; default: SQLite file in DATA_DIR")
+    audit_hmac_key: str | None = Field(None, min_length=32, repr=False, description="secret keying the patient id hash in audit records")
+    audit_retention_days: int = Field(365, ge=1, description="vcf-cds purge deletes audit records and feedback older than this")
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":

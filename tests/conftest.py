@@ -42,6 +42,13 @@ def make_app(**overrides):
     return create_app({**TEST_APP_CONFIG, **overrides})
 
 
+@pytest.fixture(autouse=True)
+def _private_data_dir(tmp_path, monkeypatch):
+    """Every test app keeps its database and audit key under the test's tmp_path,
+    never in the developer's data directory."""
+    monkeypatch.setitem(TEST_APP_CONFIG, "DATA_DIR", str(tmp_path / "var"))
+
+
 @pytest.fixture()
 def app():
     return make_app()
