@@ -10,6 +10,8 @@ from flask import Flask
 from .fhir_input import load_request_schemas
 from .knowledge import load_knowledge
 from .render import RenderOptions
+from .replay import MemoryReplayCache
+from .security import install_security
 from .settings import Settings
 
 log = logging.getLogger("cds_service")
@@ -37,8 +39,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "render_options": RenderOptions(argonaut_copy=settings.argonaut_system_actions, qcdsm=settings.qcdsm),
     }
     from .api import bp
+    from .openapi import bp as openapi_bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(openapi_bp)
+    # The one place the jti replay cache is chosen (in memory: per process).
+    install_security(app, settings, replay_cache=MemoryReplayCache())
     log.info("knowledge %s loaded from %s: %d variants, %d value sets", knowledge.version, knowledge.directory,
              len(knowledge.variants), len(knowledge.terminology.valuesets))
     return app

@@ -24,6 +24,7 @@ ISSUE_CODES = frozenset(
         "processing",
         "too-long",
         "exception",
+        "login",
     }
 )
 
