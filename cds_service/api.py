@@ -60,7 +60,7 @@ def call_service(service_id: str) -> Response:
         return _error(400, "structure", f"request body is not valid JSON ({type(exc).__name__})")
     try:
         outcome = evaluate(st["knowledge"], st["schemas"], body, service_id=service_id,
-                           options=st["render_options"], max_depth=st["settings"].max_json_depth)
+                           options=st["render_options"], **st["settings"].request_limits)
     except RequestError as exc:
         log.info("service %s: %d %s", service_id, exc.status, exc.code)
         return _json(exc.to_operation_outcome(), exc.status)

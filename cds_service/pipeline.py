@@ -10,7 +10,7 @@ from typing import Any
 
 from .engine import Decision, decide
 from .errors import RequestError
-from .fhir_input import ParsedRequest, RequestSchemas, parse_order_select
+from .fhir_input import MAX_DRAFT_ORDERS, MAX_PREFETCH_ENTRIES, ParsedRequest, RequestSchemas, parse_order_select
 from .knowledge import Knowledge
 from .render import RenderOptions, Rendered, render
 
@@ -25,15 +25,18 @@ class Outcome:
 
 
 def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, service_id: str,
-             options: RenderOptions, max_depth: int = 100) -> Outcome:
+             options: RenderOptions, max_depth: int = 100, max_draft_orders: int = MAX_DRAFT_ORDERS,
+             max_prefetch_entries: int = MAX_PREFETCH_ENTRIES) -> Outcome:
     """Evaluate a request body (parsed JSON) for service ``service_id``.
 
-    Raises :class:`RequestError` (404 unknown service; 400/412 from ``parse_order_select``).
+    Raises :class:`RequestError` (404 unknown service; 400/412/413 from ``parse_order_select``,
+    which applies the ``max_*`` limits).
     """
     service = knowledge.services.get(service_id)
     if service is None:
         raise RequestError(404, "not-found", f"no CDS service with id '{service_id}'")
-    parsed = parse_order_select(body, hook=service.hook, schemas=schemas, max_depth=max_depth)
+    parsed = parse_order_select(body, hook=service.hook, schemas=schemas, max_depth=max_depth,
+                                max_draft_orders=max_draft_orders, max_prefetch_entries=max_prefetch_entries)
     raw = lambda items: [r.raw for r in items]  # noqa: E731 - engine reads raw JSON
     decision = decide(knowledge, selections=raw(parsed.selections), draft_orders=raw(parsed.draft_orders),
                       conditions=raw(parsed.conditions), procedures=raw(parsed.procedures))

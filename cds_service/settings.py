@@ -59,6 +59,12 @@ class Settings(BaseModel):
         return value
 
     @property
+    def request_limits(self) -> dict[str, int]:
+        """The parser limits, as keyword arguments of :func:`cds_service.pipeline.evaluate`."""
+        return {"max_depth": self.max_json_depth, "max_draft_orders": self.max_draft_orders,
+                "max_prefetch_entries": self.max_prefetch_entries}
+
+    @property
     def cors_origin_list(self) -> list[str]:
         """``cors_origins`` split into origins (``["*"]``, ``["https://a.example", ...]`` or ``[]``)."""
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
