@@ -1,0 +1,193 @@
+"""Fuzzing: no input gets a 5xx, and every error is a JSON OperationOutcome.
+
+- schemathesis drives the app in-process from its own ``/openapi.json`` (positive, negative,
+  coverage and fuzzing phases, and its authentication probes), each case carrying a fresh
+  sandbox-signed token, so the fuzz reaches the parser behind the authentication;
+- hypothesis feeds ``parse_order_select`` and the POST endpoint real fixture bodies with one
+  spot replaced by junk JSON, a wrong type, a huge string, deep nesting or an unknown
+  resourceType, and whole bodies of junk.
+
+Bounded for CI (``FUZZ_EXAMPLES``, default 50, per test); ``make fuzz`` runs 2000. The numbers
+of cases that ran are printed at the end of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from cds_service.errors import RequestError
+from cds_service.fhir_input import ParsedRequest, parse_order_select
+from cds_service.protocol import check_response
+
+from client_tokens import BASE, SANDBOX_JKU, bearer, sandbox_file_app, sandbox_token
+from conftest import FIXTURES, load_json, make_app
+
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
+SERVICE = "/cds-services/vcf-order-select"
+BODIES = {p.stem: load_json(p) for p in sorted((FIXTURES / "requests").glob("*.json"))}
+RUNS: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_case_counts(request):
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and RUNS:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("\nfuzz cases run: " + ", ".join(f"{name} {n}" for name, n in sorted(RUNS.items())))
+
+
+def assert_json_answer(status: int, content: bytes, content_type: str) -> Any:
+    assert status < 500, content[:500]
+    assert content_type.startswith("application/json"), content_type
+    payload = json.loads(content)
+    if status >= 400:
+        assert payload["resourceType"] == "OperationOutcome"
+        assert payload["issue"] and payload["issue"][0]["severity"] == "error"
+    return payload
+
+
+# ------------------------------------------------------------------------- schemathesis
+
+
+API = schemathesis.openapi.from_wsgi("/openapi.json", sandbox_file_app())
+
+
+@API.parametrize()
+@FUZZ
+def test_schemathesis_finds_no_server_error(case):
+    RUNS["schemathesis"] += 1
+    token = sandbox_token(BASE + case.formatted_path, jku=SANDBOX_JKU)
+    # positive_data_acceptance is left out: a schema-valid body is still refused when a selection
+    # names no draft order or a draft order is not valid FHIR R4B, which JSON Schema cannot say.
+    resp = case.call_and_validate(headers=bearer(token), excluded_checks=[positive_data_acceptance])
+    content_type = next((v[0] for k, v in resp.headers.items() if k.lower() == "content-type"), "")
+    if case.method == "OPTIONS":
+        assert resp.status_code == 200  # Flask's Allow answer (a CORS preflight when origins are set): no body
+        return
+    assert_json_answer(resp.status_code, resp.content, content_type)
+
+
+# --------------------------------------------------------------------------- hypothesis
+
+DEEP = "__DEEP__"
+
+json_leaves = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+               | st.text(max_size=20))
+junk_json = st.recursive(json_leaves, lambda children: st.lists(children, max_size=4)
+                         | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=12)
+huge_strings = st.builds(lambda n, c: c * n, st.integers(10_000, 300_000), st.sampled_from(["x", "é", "\ud800", "0"]))
+# Nesting is written into the sent text (see _wire): json.dumps itself would recurse that deep.
+deep_nesting = st.integers(20, 5000).map(lambda n: f"{DEEP}{n}")
+resource_types = st.sampled_from(["Nope", "Resource", "DomainResource", "Coding", "Bundle", "Patient",
+                                  "OperationOutcome", "serviceRequest", "", "ServiceRequest "]) \
+    | st.from_regex(r"[A-Z][A-Za-z]{0,30}", fullmatch=True)
+replacements = junk_json | huge_strings | deep_nesting | resource_types
+
+
+def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every location in a JSON value, as a key/index tuple (the root excluded)."""
+    found = []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        found.append(prefix + (key,))
+        found.extend(_paths(child, prefix + (key,)))
+    return found
+
+
+@st.composite
+def mutated_bodies(draw) -> Any:
+    """A real fixture body with one spot replaced; resourceType spots get unknown types more often."""
+    body = json.loads(json.dumps(BODIES[draw(st.sampled_from(sorted(BODIES)))]))
+    paths = _paths(body)
+    type_paths = [p for p in paths if p[-1] == "resourceType"]
+    path = draw(st.sampled_from(type_paths) if type_paths and draw(st.booleans()) else st.sampled_from(paths))
+    parent = body
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = draw(resource_types if path[-1] == "resourceType" else replacements)
+    return body
+
+
+bodies = mutated_bodies() | junk_json
+
+
+def _wire(body: Any) -> str:
+    text = json.dumps(body)
+    return re.sub(rf'"{DEEP}(\d+)"', lambda m: "[" * int(m.group(1)) + "]" * int(m.group(1)), text)
+
+
+def _deep_value(marker: str) -> Any:
+    value: Any = []
+    for _ in range(int(marker[len(DEEP):]) - 1):
+        value = [value]
+    return value
+
+
+def _materialise(body: Any) -> Any:
+    """The body as the parser gets it after json.loads: deep markers become real nesting."""
+    if isinstance(body, dict):
+        return {k: _materialise(v) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_materialise(v) for v in body]
+    if isinstance(body, str) and body.startswith(DEEP):
+        return _deep_value(body)
+    return body
+
+
+def test_parse_order_select_raises_only_request_errors(schemas):
+    runs = Counter()
+
+    @FUZZ
+    @given(body=bodies)
+    def run(body):
+        runs["cases"] += 1
+        try:
+            parsed = parse_order_select(_materialise(body), schemas=schemas)
+        except RequestError as exc:
+            assert 400 <= exc.status < 500
+            assert exc.to_operation_outcome()["issue"][0]["diagnostics"]
+            runs[exc.status] += 1
+        else:
+            assert isinstance(parsed, ParsedRequest)
+            runs["parsed"] += 1
+
+    run()
+    RUNS["hypothesis parse_order_select"] += runs["cases"]
+    assert runs["cases"] >= min(FUZZ_EXAMPLES, 10)
+    assert runs[400] > 0  # the junk reached the checks
+
+
+def test_post_endpoint_answers_json_and_never_5xx():
+    client = make_app().test_client()
+    runs = Counter()
+
+    @FUZZ
+    @given(body=bodies | st.binary(max_size=64).map(lambda b: b"\xff" + b))
+    def run(body):
+        runs["cases"] += 1
+        data = body if isinstance(body, bytes) else _wire(body)
+        resp = client.post(SERVICE, data=data, content_type="application/json")
+        payload = assert_json_answer(resp.status_code, resp.get_data(), resp.content_type)
+        if resp.status_code == 200:
+            assert check_response(payload) == []
+        runs[resp.status_code] += 1
+
+    run()
+    RUNS["hypothesis POST endpoint"] += runs["cases"]
+    assert runs["cases"] >= min(FUZZ_EXAMPLES, 10)
+    assert runs[400] > 0
