@@ -153,11 +153,6 @@ class TrustedIssuer:
             for url in jku
         }
 
-    @property
-    def jku(self) -> tuple[str, ...]:
-        """The allowlisted JWK Set URLs (empty for a pinned key set)."""
-        return tuple(self._clients)
-
     def signing_key(self, kid: str, jku: str | None) -> jwt.PyJWK:
         """The public key ``kid`` of this issuer.
 

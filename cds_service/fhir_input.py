@@ -216,8 +216,8 @@ def parse_order_select(
 
     Steps, each failing fast: body is a JSON object; nesting is at most
     ``max_depth``; at most ``max_draft_orders`` draftOrders entries and
-    ``max_prefetch_entries`` Bundle entries in all of prefetch; envelope schema (CDS Hooks 2.0 "HTTP Request"); ``hook``
-    matches; order-select context schema; every ``draftOrders`` entry validates on
+    ``max_prefetch_entries`` Bundle entries in all of prefetch; envelope
+    schema (CDS Hooks 2.0 "HTTP Request"); ``hook`` matches; order-select context schema; every ``draftOrders`` entry validates on
     its own as an R4B resource (the Bundle itself is not model-validated, since
     the spec's examples omit ``Bundle.type``); every selection resolves to a draft
     order; prefetch is read per CDS Hooks 2.0 "Prefetch Template".

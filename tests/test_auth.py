@@ -12,9 +12,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import time
 import types
 
+import gunicorn.app.base
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -214,6 +216,9 @@ BAD_TOKENS = {
     "signed-by-another-key": (_other_key_same_kid, "signature does not verify"),
     "unknown-kid": (lambda s: sandbox_token(BASE + SERVICE, jku=s.url_for(SANDBOX_JWKS_PATH), kid="no-such-kid"),
                     "no key with this kid in the issuer's JWK Set"),
+    "missing-kid": (lambda s: jwt.encode(sandbox_claims(BASE + SERVICE), sandbox_private_key(), algorithm="ES384",
+                                         headers={"typ": "JWT", "jku": s.url_for(SANDBOX_JWKS_PATH)}),
+                    "kid missing, or kid or jku not a string"),
     "missing-jti": (lambda s: sandbox(s, jti=None), "a required claim is missing"),
     "missing-exp": (lambda s: sandbox(s, exp=None), "a required claim is missing"),
     "typ-not-jwt": (_typ_not_jwt, "typ header is not JWT"),
@@ -344,8 +349,13 @@ def test_auth_on_without_trusted_issuers_refuses_to_start():
 
 def test_auth_is_on_by_default(monkeypatch, capsys):
     """``vcf-cds serve`` with no settings stops before serving, saying what to set."""
-    for name in [n for n in __import__("os").environ if n.startswith("VCF_CDS_")]:
+    for name in [n for n in os.environ if n.startswith("VCF_CDS_")]:
         monkeypatch.delenv(name)
+
+    def serve(self):
+        raise AssertionError("the server started without trusted issuers")
+
+    monkeypatch.setattr(gunicorn.app.base.BaseApplication, "run", serve)
     assert cli_main(["serve", "--port", "1"]) == 2
     assert "VCF_CDS_TRUSTED_ISSUERS" in capsys.readouterr().err
 
