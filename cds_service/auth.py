@@ -179,7 +179,7 @@ class TrustedIssuer:
             raise AuthError("the issuer's JWK Set could not be fetched") from None
         except jwt.PyJWKClientError:
             raise AuthError("no key with this kid in the issuer's JWK Set") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError):  # ValueError: a body that is not JSON
             raise AuthError("the issuer's JWK Set is unusable") from None
 
 

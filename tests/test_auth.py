@@ -313,6 +313,16 @@ def test_unreachable_key_set_is_refused(tmp_path, caplog):
     assert "the issuer's JWK Set could not be fetched" in caplog.text
 
 
+@pytest.mark.parametrize("answer", ["not json", json.dumps({"keys": []}), json.dumps([1])],
+                         ids=["html", "no-keys", "not-an-object"])
+def test_unusable_key_set_is_refused(client, jwks_server, caplog, answer):
+    jwks_server.clear_all_handlers()
+    jwks_server.expect_request(SANDBOX_JWKS_PATH).respond_with_data(answer, content_type="text/html")
+    with caplog.at_level(logging.WARNING, logger="cds_service"):
+        assert_refused(post(client, sandbox(jwks_server)))
+    assert "401 for POST" in caplog.text
+
+
 # --------------------------------------------------------------------- what is covered
 
 
