@@ -25,11 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from cds_service.auth import AuthError, TokenVerifier, load_trusted_issuers
 from cds_service.errors import RequestError
 from cds_service.fhir_input import ParsedRequest, parse_order_select
 from cds_service.protocol import check_response
 
-from client_tokens import BASE, SANDBOX_JKU, bearer, sandbox_file_app, sandbox_token
+from client_tokens import (BASE, SANDBOX_ISS, SANDBOX_ISSUERS_FILE, SANDBOX_JKU, SANDBOX_KID, bearer,
+                           hand_made_token, sandbox_claims, sandbox_file_app, sandbox_token)
+from cds_service.replay import MemoryReplayCache
 from conftest import FIXTURES, load_json, make_app
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
@@ -191,3 +194,42 @@ def test_post_endpoint_answers_json_and_never_5xx():
     RUNS["hypothesis POST endpoint"] += runs["cases"]
     assert runs["cases"] >= min(FUZZ_EXAMPLES, 10)
     assert runs[400] > 0
+
+
+header_values = st.sampled_from(["ES384", "RS384", "none", "HS256", "JWT", SANDBOX_KID, SANDBOX_JKU, SANDBOX_ISS]) \
+    | junk_json
+# The sandbox's header with some fields replaced, so many tokens get as far as the signature check.
+jose_headers = st.builds(lambda extra: {"alg": "ES384", "typ": "JWT", "kid": SANDBOX_KID, **extra},
+                         st.dictionaries(st.sampled_from(["alg", "typ", "kid", "jku", "crit", "b64"]), header_values,
+                                         max_size=2))
+claim_sets = st.builds(lambda base, extra: {**base, **extra}, st.just(sandbox_claims(BASE + SERVICE)),
+                       st.dictionaries(st.sampled_from(["iss", "aud", "exp", "iat", "nbf", "jti", "tenant"]),
+                                       junk_json | st.integers(-2**70, 2**70)))
+authorization_values = (
+    st.builds(lambda h, c, sig: "Bearer " + hand_made_token(h, c, (lambda _: sig) if sig else None),
+              jose_headers, claim_sets, st.binary(max_size=96))
+    | st.text(max_size=200).map(lambda t: "Bearer " + t)
+    | st.text(max_size=200)
+)
+
+
+def test_token_verifier_raises_only_auth_errors():
+    """Hostile Authorization headers: random JOSE headers and claims (wrong types, huge numbers,
+    alg none, crit ...), random signatures, random text: only AuthError, never anything else."""
+    verifier = TokenVerifier(load_trusted_issuers(SANDBOX_ISSUERS_FILE), MemoryReplayCache())
+    runs = Counter()
+
+    @FUZZ
+    @given(authorization=authorization_values)
+    def run(authorization):
+        runs["cases"] += 1
+        try:
+            verifier.verify_request_token(authorization, BASE + SERVICE)
+        except AuthError as exc:
+            runs[exc.reason] += 1
+        else:
+            raise AssertionError("a token without a valid signature was accepted")
+
+    run()
+    RUNS["hypothesis verify_request_token"] += runs["cases"]
+    assert runs["cases"] >= min(FUZZ_EXAMPLES, 10)
