@@ -91,8 +91,13 @@ DEEP = "__DEEP__"
 
 json_leaves = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
                | st.text(max_size=20))
-junk_json = st.recursive(json_leaves, lambda children: st.lists(children, max_size=4)
-                         | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=12)
+
+
+def _containers(children: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+
+
+junk_json = st.recursive(json_leaves, _containers, max_leaves=12)
 huge_strings = st.builds(lambda n, c: c * n, st.integers(10_000, 300_000), st.sampled_from(["x", "é", "\ud800", "0"]))
 # Nesting is written into the sent text (see _wire): json.dumps itself would recurse that deep.
 deep_nesting = st.integers(20, 5000).map(lambda n: f"{DEEP}{n}")
