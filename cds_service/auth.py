@@ -269,14 +269,17 @@ class TokenVerifier:
             # RSA keys to RS256. The algorithm list is ours, so the token cannot pick HMAC.
             claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=iss,
                                 leeway=self._leeway, options={"require": list(REQUIRED_CLAIMS)})
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
             raise AuthError(_pyjwt_reason(exc)) from None
         jti, tenant = claims["jti"], claims.get("tenant")
         if not isinstance(jti, str) or not jti:
             raise AuthError("jti is not a non-empty string")
         if tenant is not None and not isinstance(tenant, str):
             raise AuthError("tenant is not a string")
-        expires_at = float(claims["exp"])
+        try:
+            expires_at = float(claims["exp"])
+        except (OverflowError, ValueError, TypeError):
+            raise AuthError("exp is out of range") from None
         if not self._replay.remember(f"{iss} {jti}", expires_at + self._leeway):
             raise AuthError("jti replayed")
         return VerifiedClient(issuer=iss, tenant=tenant, token_id=jti, expires_at=expires_at)

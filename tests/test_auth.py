@@ -223,6 +223,7 @@ BAD_TOKENS = {
     "missing-exp": (lambda s: sandbox(s, exp=None), "a required claim is missing"),
     "typ-not-jwt": (_typ_not_jwt, "typ header is not JWT"),
     "tenant-not-string": (lambda s: sandbox(s, tenant=7), "tenant is not a string"),
+    "exp-beyond-float": (lambda s: sandbox(s, exp=10**400), "exp is out of range"),  # found by the fuzz
     "malformed-segments": (lambda s: "eyJhbGciOiJFUzM4NCJ9.not-base64!.x", "Authorization is not 'Bearer <JWT>'"),
     "malformed-json": (lambda s: "bm90IGpzb24.bm90IGpzb24.c2ln", "token is not a well-formed JWT"),
 }
