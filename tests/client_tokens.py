@@ -4,8 +4,9 @@
   see ../shared/interop/README.md) signs every call with its published P-384 key: header
   {alg ES384, typ JWT, kid, jku}, claims {iss https://sandbox.cds-hooks.org, aud = the exact URL
   called, exp = iat + 300, iat, jti uuid4}.
-- The CDS Hooks 2.0 specification's example (§Trusting CDS Clients, "Example"): its token, JWK Set
-  and private JWK are published in the spec text and copied below verbatim.
+- The CDS Hooks 2.0 specification's example (https://cds-hooks.hl7.org/2.0/, §Trusting CDS
+  Clients, "Example"; source text github.com/cds-hooks/docs docs/specification): its token, JWK
+  Set and private JWK are test vectors published in the spec, so they are copied exactly.
 """
 
 from __future__ import annotations
