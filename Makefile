@@ -16,11 +16,20 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	@touch $(STAMP)
 
+# Local use: client authentication off unless VCF_CDS_AUTH=on is given (off is logged as a
+# warning), bound to this machine only.
+VCF_CDS_AUTH ?= off
 run: $(STAMP)
-	$(BIN)/vcf-cds serve --host 127.0.0.1 --port 8080
+	VCF_CDS_AUTH=$(VCF_CDS_AUTH) $(BIN)/vcf-cds serve --host 127.0.0.1 --port 8080
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The fuzz tests of `make test`, with FUZZ_EXAMPLES (default 2000) cases per test instead of 50.
+FUZZ_EXAMPLES ?= 2000
+.PHONY: fuzz
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

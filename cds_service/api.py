@@ -61,8 +61,8 @@ def call_service(service_id: str) -> Response:
         return _error(400, "structure", f"request body is not valid JSON ({type(exc).__name__})")
     try:
         outcome = evaluate(st["knowledge"], st["schemas"], body, service_id=service_id,
-                           options=st["render_options"], max_depth=st["settings"].max_json_depth,
-                           fhir_client=st["fhir_client"])
+                           options=st["render_options"], fhir_client=st["fhir_client"],
+                           **st["settings"].request_limits)
     except RequestError as exc:
         log.info("service %s: %d %s", service_id, exc.status, exc.code)
         record_rejection(st, service_id, body, exc, started)

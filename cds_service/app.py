@@ -8,11 +8,13 @@ from typing import Any, Mapping
 from flask import Flask
 
 from .audit import load_hmac_key
-from .db import open_database
+from .db import DatabaseReplayCache, open_database
 from .fhir_client import FhirClient
 from .fhir_input import load_request_schemas
 from .knowledge import load_knowledge
 from .render import RenderOptions
+from .replay import FallbackReplayCache, MemoryReplayCache
+from .security import install_security
 from .settings import Settings
 
 log = logging.getLogger("cds_service")
@@ -50,9 +52,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     }
     from .api import bp
     from .feedback import bp as feedback_bp
+    from .openapi import bp as openapi_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(feedback_bp)
+    app.register_blueprint(openapi_bp)
+    # The one place the jti replay cache is chosen: the database, shared by every worker and
+    # host, with a per-process cache standing in while the database cannot answer.
+    install_security(app, settings, replay_cache=FallbackReplayCache(DatabaseReplayCache(database), MemoryReplayCache()))
     log.info("knowledge %s loaded from %s: %d variants, %d value sets", knowledge.version, knowledge.directory,
              len(knowledge.variants), len(knowledge.terminology.valuesets))
     return app

@@ -54,7 +54,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         out = evaluate(knowledge, load_request_schemas(), body, service_id=args.service,
                        options=RenderOptions(argonaut_copy=settings.argonaut_system_actions, qcdsm=settings.qcdsm),
-                       max_depth=settings.max_json_depth, fhir_client=FhirClient(settings.fetch_policy()))
+                       fhir_client=FhirClient(settings.fetch_policy()), **settings.request_limits)
     except RequestError as exc:
         if args.json:
             print(json.dumps(exc.to_operation_outcome(), indent=2))

@@ -226,7 +226,7 @@ class DatabaseReplayCache:
         Returns True when first seen (or seen before but expired: the old entry is
         replaced), False when it was seen before and has not expired (a replay).
         Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot be written:
-        the caller must then refuse the token, since a replay cannot be ruled out.
+        the app then falls back to a per-process cache (``replay.FallbackReplayCache``).
         """
         table = ReplayEntry.__table__
         stmt = self.db.insert(table).values(key_hash=_key_hash(key), expires_at=float(expires_at))

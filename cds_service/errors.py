@@ -26,6 +26,7 @@ ISSUE_CODES = frozenset(
         "exception",
         "timeout",
         "transient",
+        "login",
     }
 )
 

@@ -38,7 +38,9 @@ from .errors import RequestError
 __all__ = [
     "InputIssue",
     "InputResource",
+    "MAX_DRAFT_ORDERS",
     "MAX_JSON_DEPTH",
+    "MAX_PREFETCH_ENTRIES",
     "ParsedRequest",
     "RequestSchemas",
     "load_request_schemas",
@@ -49,6 +51,10 @@ __all__ = [
 # extension > value > coding ...). Anything far deeper is hostile or broken, and
 # recursive validators would otherwise hit RecursionError deep inside libraries.
 MAX_JSON_DEPTH = 100
+# An order-select call carries a handful of draft orders; a long record a few hundred prefetched
+# resources. Counted before any schema or model runs, since those are what large input costs.
+MAX_DRAFT_ORDERS = 50
+MAX_PREFETCH_ENTRIES = 5000
 
 _DIAGNOSTIC_MAX = 300
 
@@ -231,12 +237,16 @@ def parse_order_select(
     schemas: RequestSchemas,
     max_depth: int = MAX_JSON_DEPTH,
     fetch_missing: FetchMissing | None = None,
+    max_draft_orders: int = MAX_DRAFT_ORDERS,
+    max_prefetch_entries: int = MAX_PREFETCH_ENTRIES,
 ) -> ParsedRequest:
     """Check an order-select or order-sign request body and return its typed content.
 
     Steps, each failing fast: body is a JSON object; nesting is at most
-    ``max_depth``; envelope schema (CDS Hooks 2.0 "HTTP Request"); ``hook``
-    matches; the hook's context schema; every ``draftOrders`` entry validates on
+    ``max_depth``; at most ``max_draft_orders`` draftOrders entries and
+    ``max_prefetch_entries`` Bundle entries in all of prefetch; envelope
+    schema (CDS Hooks 2.0 "HTTP Request"); ``hook`` matches; the hook's context
+    schema; every ``draftOrders`` entry validates on
     its own as an R4B resource (the Bundle itself is not model-validated, since
     the spec's examples omit ``Bundle.type``); order-select: every selection resolves
     to a draft order of this patient; order-sign: every draft order is "selected" and
@@ -250,6 +260,8 @@ def parse_order_select(
         hook: the hook this service answers: ``order-select`` or ``order-sign``.
         schemas: from :func:`load_request_schemas`.
         max_depth: maximum JSON nesting depth accepted (request and fetched data).
+        max_draft_orders: maximum ``context.draftOrders.entry`` items.
+        max_prefetch_entries: maximum ``entry`` items summed over the prefetch Bundles.
         fetch_missing: fetches absent prefetch keys; None to use prefetch only.
 
     Returns:
@@ -258,7 +270,8 @@ def parse_order_select(
 
     Raises:
         RequestError: 400 ``structure`` body not an object; 400 ``too-long``
-            absurd nesting; 400 ``required``/``invalid`` schema violation (the
+            absurd nesting; 413 ``too-long`` too many draft orders or prefetch
+            entries; 400 ``required``/``invalid`` schema violation (the
             diagnostic names the path); 400 ``not-supported`` wrong hook or unknown
             draft order resourceType; 400 ``invalid`` draft order that is not valid
             R4B or duplicated; 400 ``not-found`` selection not in draftOrders;
@@ -273,6 +286,7 @@ def parse_order_select(
         raise RequestError(
             400, "too-long", f"request body is nested deeper than {max_depth} levels"
         )
+    _check_counts(body, max_draft_orders, max_prefetch_entries)
 
     _check_schema(schemas.request, body, prefix="")
     if body["hook"] != hook:
@@ -364,6 +378,29 @@ def _deeper_than(value: Any, limit: int) -> bool:
             continue
         stack.extend((child, depth + 1) for child in children if isinstance(child, (Mapping, list)))
     return False
+
+
+def _check_counts(body: Mapping[str, Any], max_draft_orders: int, max_prefetch_entries: int) -> None:
+    # Before the schemas on purpose: the shapes may still be wrong, so look without trusting them.
+    context = body.get("context")
+    draft_orders = context.get("draftOrders") if isinstance(context, Mapping) else None
+    entries = draft_orders.get("entry") if isinstance(draft_orders, Mapping) else None
+    if isinstance(entries, list) and len(entries) > max_draft_orders:
+        raise RequestError(
+            413, "too-long",
+            f"context.draftOrders has {len(entries)} entries; this service accepts at most {max_draft_orders}",
+            ["context.draftOrders.entry"],
+        )
+    prefetch = body.get("prefetch")
+    if isinstance(prefetch, Mapping):
+        total = sum(len(v["entry"]) for v in prefetch.values()
+                    if isinstance(v, Mapping) and isinstance(v.get("entry"), list))
+        if total > max_prefetch_entries:
+            raise RequestError(
+                413, "too-long",
+                f"prefetch holds {total} Bundle entries; this service accepts at most {max_prefetch_entries}",
+                ["prefetch"],
+            )
 
 
 def _check_schema(validator: Draft202012Validator, instance: Any, *, prefix: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from .engine import Decision, decide
 from .errors import RequestError
 from .fhir_client import FhirClient
-from .fhir_input import ParsedRequest, RequestSchemas, parse_order_select
+from .fhir_input import MAX_DRAFT_ORDERS, MAX_PREFETCH_ENTRIES, ParsedRequest, RequestSchemas, parse_order_select
 from .knowledge import Knowledge
 from .render import RenderOptions, Rendered, render
 
@@ -27,14 +27,15 @@ class Outcome:
 
 
 def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, service_id: str,
-             options: RenderOptions, max_depth: int = 100, fhir_client: FhirClient | None = None) -> Outcome:
+             options: RenderOptions, max_depth: int = 100, max_draft_orders: int = MAX_DRAFT_ORDERS,
+             max_prefetch_entries: int = MAX_PREFETCH_ENTRIES, fhir_client: FhirClient | None = None) -> Outcome:
     """Evaluate a request body (parsed JSON) for service ``service_id``.
 
     With ``fhir_client``, prefetch the request lacks is fetched from its ``fhirServer``
     (CDS Hooks 2.0 §Prefetch Template) using the service's prefetch templates.
 
-    Raises :class:`RequestError` (404 unknown service; 400/412 from ``parse_order_select``
-    and from ``fhir_client``).
+    Raises :class:`RequestError` (404 unknown service; 400/412/413 from ``parse_order_select``,
+    which applies the ``max_*`` limits, and 412 from ``fhir_client``).
     """
     service = knowledge.services.get(service_id)
     if service is None:
@@ -50,7 +51,8 @@ def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, servic
                                  user_id=checked["context"].get("userId"))
 
     parsed = parse_order_select(body, hook=service.hook, schemas=schemas, max_depth=max_depth,
-                                fetch_missing=fetch_missing)
+                                fetch_missing=fetch_missing, max_draft_orders=max_draft_orders,
+                                max_prefetch_entries=max_prefetch_entries)
     raw = lambda items: [r.raw for r in items]  # noqa: E731 - engine reads raw JSON
     decision = decide(knowledge, selections=raw(parsed.selections), draft_orders=raw(parsed.draft_orders),
                       conditions=raw(parsed.conditions), procedures=raw(parsed.procedures))

@@ -8,14 +8,17 @@ Keys are the field names in upper case (``KNOWLEDGE_DIR``); environment variable
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .fhir_client import FetchPolicy, parse_allowlist
 
 ENV_PREFIX = "VCF_CDS_"
+_BASE_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
+_ORIGIN = re.compile(r"https?://[^/?#\s]+")
 
 
 class SettingsError(Exception):
@@ -65,6 +68,41 @@ class Settings(BaseModel):
     database_url: str | None = Field(None, min_length=1, repr=False, description="SQLAlchemy URL; default: SQLite file in DATA_DIR")
     audit_hmac_key: str | None = Field(None, min_length=32, repr=False, description="secret keying the patient id hash in audit records")
     audit_retention_days: int = Field(365, ge=1, description="vcf-cds purge deletes audit records and feedback older than this")
+    max_draft_orders: int = Field(50, ge=1, le=10_000, description="413 for more context.draftOrders entries")
+    max_prefetch_entries: int = Field(5000, ge=1, le=1_000_000, description="413 for more Bundle entries in all of prefetch")
+    auth: bool = Field(True, description="verify the CDS Client's bearer JWT (on|off); off only for local use")
+    trusted_issuers: Path | None = Field(None, description="JSON file of trusted issuers; required while auth is on")
+    public_base_url: str | None = Field(None, description="base URL clients call (behind a proxy); the JWT aud is checked against it")
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300, description="clock skew allowed on exp, iat and nbf")
+    cors_origins: str = Field("", description="comma-separated browser origins allowed by CORS; empty: no CORS headers")
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not _BASE_URL.fullmatch(value):
+            raise ValueError("must be an http(s) URL without query or fragment, e.g. https://cds.example.org/hooks")
+        return value.rstrip("/")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",") if o.strip()):
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"'{origin}' is not an origin (scheme://host[:port], no path), nor '*'")
+        return value
+
+    @property
+    def request_limits(self) -> dict[str, int]:
+        """The parser limits, as keyword arguments of :func:`cds_service.pipeline.evaluate`."""
+        return {"max_depth": self.max_json_depth, "max_draft_orders": self.max_draft_orders,
+                "max_prefetch_entries": self.max_prefetch_entries}
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """``cors_origins`` split into origins (``["*"]``, ``["https://a.example", ...]`` or ``[]``)."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -31,8 +31,10 @@ def schemas():
     return load_request_schemas()
 
 
-# Settings every test app starts from; a test overrides only what it is about.
-TEST_APP_CONFIG: dict = {}
+# Settings every test app starts from; a test overrides only what it is about. Client
+# authentication is off here so each test exercises its own subject; tests/test_auth.py
+# builds apps with AUTH="on".
+TEST_APP_CONFIG: dict = {"AUTH": "off"}
 
 
 def make_app(**overrides):
