@@ -32,6 +32,8 @@ def openapi_document(knowledge: Knowledge, schemas: RequestSchemas) -> dict[str,
     context = {"anyOf": [_embedded(schemas.order_select_context.schema), _embedded(schemas.order_sign_context.schema)]}
     feedback = FeedbackRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     feedback_defs = feedback.pop("$defs", {})
+    service_id = {"name": "service_id", "in": "path", "required": True,
+                  "schema": {"type": "string", "enum": sorted(knowledge.services)}}
     try:
         version = metadata.version("vcf-cds-hooks")
     except metadata.PackageNotFoundError:  # running from a source tree that was not installed
@@ -62,8 +64,7 @@ def openapi_document(knowledge: Knowledge, schemas: RequestSchemas) -> dict[str,
                 "post": {
                     "operationId": "callService",
                     "summary": "Call a CDS Service (CDS Hooks 2.0 §Calling a CDS Service)",
-                    "parameters": [{"name": "service_id", "in": "path", "required": True,
-                                    "schema": {"type": "string", "enum": sorted(knowledge.services)}}],
+                    "parameters": [service_id],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "allOf": [envelope, {"properties": {"context": context}}]}}}},
                     "responses": {"200": _ok("cards and systemActions", "CdsResponse"),
@@ -74,8 +75,7 @@ def openapi_document(knowledge: Knowledge, schemas: RequestSchemas) -> dict[str,
                 "post": {
                     "operationId": "feedback",
                     "summary": "What the clinician did with cards (CDS Hooks 2.0 §Feedback)",
-                    "parameters": [{"name": "service_id", "in": "path", "required": True,
-                                    "schema": {"type": "string", "enum": sorted(knowledge.services)}}],
+                    "parameters": [service_id],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": feedback}}},
                     "responses": {"200": {"description": "counts: received, stored, duplicates, flagged",
                                           "content": {"application/json": {"schema": {"type": "object"}}}},
