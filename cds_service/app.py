@@ -9,6 +9,7 @@ from flask import Flask
 
 from .audit import load_hmac_key
 from .db import open_database
+from .explain_links import ExplainLinks, link_secret
 from .fhir_client import FhirClient
 from .fhir_input import load_request_schemas
 from .knowledge import load_knowledge
@@ -48,11 +49,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "audit_key": load_hmac_key(settings),
         "audit_failures": 0,
     }
+    state = app.extensions["vcf_cds"]
+    state["explain_links"] = ExplainLinks(link_secret(settings, state["audit_key"]), settings.explain_link_ttl_seconds)
     from .api import bp
+    from .explain_page import bp as explain_bp
     from .feedback import bp as feedback_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(feedback_bp)
+    app.register_blueprint(explain_bp)
     log.info("knowledge %s loaded from %s: %d variants, %d value sets", knowledge.version, knowledge.directory,
              len(knowledge.variants), len(knowledge.terminology.valuesets))
     return app

@@ -65,6 +65,11 @@ class Settings(BaseModel):
     database_url: str | None = Field(None, min_length=1, repr=False, description="SQLAlchemy URL; default: SQLite file in DATA_DIR")
     audit_hmac_key: str | None = Field(None, min_length=32, repr=False, description="secret keying the patient id hash in audit records")
     audit_retention_days: int = Field(365, ge=1, description="vcf-cds purge deletes audit records and feedback older than this")
+    public_base_url: str | None = Field(None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+                                        description="public base URL of this service (behind a proxy); default: the request's host URL")
+    explain_link_secret: str | None = Field(None, min_length=32, repr=False,
+                                            description="secret signing 'Why this advice?' links; default: derived from the audit key")
+    explain_link_ttl_seconds: int = Field(3600, ge=1, le=86400, description="lifetime of a 'Why this advice?' link")
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
