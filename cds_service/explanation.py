@@ -123,7 +123,7 @@ def radiation_level(rrl: str | None) -> RadiationLevel:
     if rrl is None:
         return RadiationLevel(None, 0, "not stated")
     if rrl == "O":
-        return RadiationLevel(rrl, 0, "none (O): no ionizing radiation")
+        return RadiationLevel(rrl, 0, "none: no ionizing radiation (0 mSv)")
     if rrl == "Varies":
         return RadiationLevel(rrl, 0, "varies")
     n = rrl.count("☢")

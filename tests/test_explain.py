@@ -159,7 +159,7 @@ def test_page_shows_the_order_rating_variant_facts_table_and_citation(client):
     bone = next(r for r in ratings.split("<tr")[1:] if "Bone scan whole body" in r)
     assert bone.count('class="rrl-icon"') == 3 and "3 of 5 (1-10 mSv adult effective dose)" in html.unescape(bone)
     mri = next(r for r in ratings.split("<tr")[1:] if "MRI spine area of interest without IV contrast" in r)
-    assert "rrl-icon" not in mri and "none (O)" in mri
+    assert "rrl-icon" not in mri and ">O</span>" in mri and "none: no ionizing radiation (0 mSv)" in mri
     # Nothing that names the patient or their resources.
     for secret in [body["context"]["patientId"], *[e["resource"]["id"] for e in body["prefetch"]["conditions"]["entry"]]]:
         assert secret not in markup
@@ -328,3 +328,41 @@ def test_record_written_before_evidence_was_kept_still_has_a_page(app, knowledge
     page = page_text(resp)
     assert "ACR rating Usually not appropriate" in page and "Variant V1" in page
     assert "recorded before the service kept the facts behind its advice" in page
+
+
+def test_migration_0002_keeps_records_written_before_it(db_app, database):
+    """Downgrade to 0001, write a record of that schema, upgrade: the record is kept and its
+    link opens a page (the facts behind it were not kept then, and the page says so)."""
+    from alembic import command
+
+    from cds_service.db import _alembic_config, head_revision
+
+    def migrate(step, revision: str) -> None:
+        cfg = _alembic_config()
+        with database.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)
+
+    migrate(command.downgrade, "0001")
+    assert database.revision() == "0001"
+    with database.transaction() as conn:
+        call_id = conn.execute(text(
+            "INSERT INTO audit_call (called_at, service_id, hook_instance, status, latency_ms, knowledge_version) "
+            "VALUES (:t, 'vcf-order-select', 'h-old', 200, 1.0, 'old') RETURNING id"),
+            {"t": "2026-11-01 10:00:00"}).scalar_one()
+        conn.execute(text("INSERT INTO audit_order (call_id, position, code_system, code, procedure, variant, scenario, "
+                          "acr_category, provenance, pama_rating) VALUES (:c, 0, 'http://www.ama-assn.org/go/cpt', "
+                          "'72158', 'mri-spine-without-and-with', 'V1', 'selected', 'UNA', 'OFFICIAL', 'not-appropriate')"),
+                     {"c": call_id})
+        conn.execute(text("INSERT INTO audit_card (uuid, call_id, kind, indicator, summary, suggestions) VALUES "
+                          "('4e0a3a1e-3283-4575-ab82-028d55fe2719', :c, 'not-appropriate', 'warning', 'old card', '[]')"),
+                     {"c": call_id})
+    migrate(command.upgrade, "head")
+    assert database.revision() == head_revision()
+    token = db_app.extensions["vcf_cds"]["explain_links"].token("4e0a3a1e-3283-4575-ab82-028d55fe2719")
+    page = page_text(db_app.test_client().get(f"/explain?token={token}"))
+    for phrase in ["old card", "Order code CPT 72158", "ACR rating Usually not appropriate", "Variant V1",
+                   "Ordered MRI spine area of interest without and with IV contrast",
+                   "recorded before the service kept the facts behind its advice",
+                   "The knowledge has changed since this advice was given"]:
+        assert phrase in page, phrase
