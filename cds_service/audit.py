@@ -2,8 +2,9 @@
 
 One record per call that reached evaluation (CDS Hooks 2.0 §Calling a CDS Service):
 time, service id, hookInstance, latency, knowledge version, HTTP status; for each selected
-order its code, ACR variant, rating and PAMA consult id; for each card its uuid, kind,
-indicator, summary and suggestion uuids. The patient id is stored only as
+order its code, ACR variant, rating, PAMA consult id and the evidence its "Why this
+advice?" page shows (:func:`cds_service.explanation.order_evidence`); for each card its
+uuid, kind, indicator, summary, suggestion uuids and the order it is about. The patient id is stored only as
 HMAC-SHA256(key, fhirServer + newline + patientId); no names, no tokens, no resources.
 
 The hook must not fail or wait on the database: :func:`record_outcome` and
