@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from .audit import record_outcome, record_rejection
 from .errors import RequestError, operation_outcome
+from .explain_page import render_options
 from .pipeline import discovery, evaluate
 
 log = logging.getLogger("cds_service.api")
@@ -61,7 +62,7 @@ def call_service(service_id: str) -> Response:
         return _error(400, "structure", f"request body is not valid JSON ({type(exc).__name__})")
     try:
         outcome = evaluate(st["knowledge"], st["schemas"], body, service_id=service_id,
-                           options=st["render_options"], fhir_client=st["fhir_client"],
+                           options=render_options(st), fhir_client=st["fhir_client"],
                            **st["settings"].request_limits)
     except RequestError as exc:
         log.info("service %s: %d %s", service_id, exc.status, exc.code)

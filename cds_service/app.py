@@ -9,6 +9,7 @@ from flask import Flask
 
 from .audit import load_hmac_key
 from .db import DatabaseReplayCache, open_database
+from .explain_links import ExplainLinks, link_secret
 from .fhir_client import FhirClient
 from .fhir_input import load_request_schemas
 from .knowledge import load_knowledge
@@ -50,13 +51,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "audit_key": load_hmac_key(settings),
         "audit_failures": 0,
     }
+    state = app.extensions["vcf_cds"]
+    state["explain_links"] = ExplainLinks(link_secret(settings, state["audit_key"]), settings.explain_link_ttl_seconds)
     from .api import bp
+    from .explain_page import bp as explain_bp
     from .feedback import bp as feedback_bp
     from .openapi import bp as openapi_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(feedback_bp)
     app.register_blueprint(openapi_bp)
+    app.register_blueprint(explain_bp)
     # The one place the jti replay cache is chosen: the database, shared by every worker and
     # host, with a per-process cache standing in while the database cannot answer.
     install_security(app, settings, replay_cache=FallbackReplayCache(DatabaseReplayCache(database), MemoryReplayCache()))

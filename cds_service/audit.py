@@ -2,8 +2,9 @@
 
 One record per call that reached evaluation (CDS Hooks 2.0 §Calling a CDS Service):
 time, service id, hookInstance, latency, knowledge version, HTTP status; for each selected
-order its code, ACR variant, rating and PAMA consult id; for each card its uuid, kind,
-indicator, summary and suggestion uuids. The patient id is stored only as
+order its code, ACR variant, rating, PAMA consult id and the evidence its "Why this
+advice?" page shows (:func:`cds_service.explanation.order_evidence`); for each card its
+uuid, kind, indicator, summary, suggestion uuids and the order it is about. The patient id is stored only as
 HMAC-SHA256(key, fhirServer + newline + patientId); no names, no tokens, no resources.
 
 The hook must not fail or wait on the database: :func:`record_outcome` and
@@ -28,6 +29,8 @@ from sqlalchemy import delete, func, insert, select
 
 from .db import Database, DatabaseReplayCache, ensure_data_dir
 from .errors import RequestError
+from .explanation import order_evidence
+from .knowledge import Knowledge
 from .models import AuditCall, AuditCard, AuditOrder, Feedback, ReplayEntry
 from .pipeline import Outcome
 from .render import PAMA_BASE
@@ -104,8 +107,9 @@ class CallRecord:
 
 
 def build_record(outcome: Outcome, *, service_id: str, latency_ms: float, knowledge_version: str,
-                 key: bytes, at: datetime | None = None) -> CallRecord:
-    """The audit rows of a successful evaluation (HTTP 200). ``at`` defaults to now (UTC)."""
+                 key: bytes, at: datetime | None = None, knowledge: Knowledge | None = None) -> CallRecord:
+    """The audit rows of a successful evaluation (HTTP 200). ``at`` defaults to now (UTC).
+    With ``knowledge``, each order also keeps the evidence its "Why this advice?" page shows."""
     req, response = outcome.request, outcome.rendered.response
     consult_ids = _consult_ids(response.get("systemActions", ()))
     orders = []
@@ -123,10 +127,12 @@ def build_record(outcome: Outcome, *, service_id: str, latency_ms: float, knowle
             "provenance": rating.provenance if rating else None,
             "pama_rating": od.pama,
             "consult_id": consult_ids.get(od.ref) if od.pama else None,
+            "evidence": order_evidence(knowledge, od) if knowledge is not None else None,
         })
     cards = [{"uuid": c["uuid"], "kind": outcome.rendered.card_kinds.get(c["uuid"], "unknown"),
               "indicator": c["indicator"], "summary": c["summary"],
-              "suggestions": [s["uuid"] for s in c.get("suggestions", ()) if s.get("uuid")]}
+              "suggestions": [s["uuid"] for s in c.get("suggestions", ()) if s.get("uuid")],
+              "order_position": outcome.rendered.card_orders.get(c["uuid"])}
              for c in response["cards"]]
     call = _call_row(service_id, req.hook_instance, 200, None, latency_ms, knowledge_version, at)
     call["patient_hmac"] = patient_hash(key, req.fhir_server, req.patient_id)
@@ -180,7 +186,8 @@ def record_outcome(state: MutableMapping[str, Any], service_id: str, outcome: Ou
     latency_ms = (time.perf_counter() - started) * 1000
     try:
         record = build_record(outcome, service_id=service_id, latency_ms=latency_ms,
-                              knowledge_version=state["knowledge"].version, key=state["audit_key"])
+                              knowledge_version=state["knowledge"].version, key=state["audit_key"],
+                              knowledge=state["knowledge"])
         write_record(state["db"], record)
     except Exception as exc:  # noqa: BLE001 - any failure here must not reach the client
         _count_failure(state, service_id, exc)

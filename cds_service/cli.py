@@ -20,6 +20,11 @@ from .render import RenderOptions
 from .settings import Settings, SettingsError
 
 
+# Path only, no query and no Referer: a "Why this advice?" link's query is its token, and a
+# clinician's browser may send an EHR address naming the patient as Referer.
+ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
@@ -34,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("worker_class", "sync")
             self.cfg.set("preload_app", True)
             self.cfg.set("accesslog", "-")
+            self.cfg.set("access_log_format", ACCESS_LOG_FORMAT)
             self.cfg.set("graceful_timeout", 10)
 
         def load(self) -> Any:

@@ -495,6 +495,9 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
 
     rel = "cards.json"
     cf: CardsFile = _parse(CardsFile, _read_json(root / rel, rel), rel)
+    # Cards without a variant (no rating, advisories) cite this topic.
+    if cf.source.get("topic") not in {t.id for t in topics}:
+        raise KnowledgeError(rel, "source.topic", f"'{cf.source.get('topic')}' is not an ACR topic id")
     for key in REQUIRED_CARD_TEXT:
         if key not in cf.text:
             raise KnowledgeError(rel, f"text.{key}", "missing")

@@ -79,6 +79,9 @@ class AuditOrder(Base):
     ``scenario`` is the variant choice status (selected, red-flag, missing, conflict,
     excluded, none) or None for an order outside the criteria; ``consult_id`` the
     ``pama-rating-consult-id`` sent with the rating (None when the order was not rated).
+    ``evidence`` is what the "Why this advice?" page shows about the order: codes and where
+    in the record they came from, never a name or a resource id (shape:
+    :func:`cds_service.explanation.order_evidence`; None for rows written before migration 0002).
     """
 
     __tablename__ = "audit_order"
@@ -95,11 +98,14 @@ class AuditOrder(Base):
     provenance: Mapped[str | None] = mapped_column(String(16))
     pama_rating: Mapped[str | None] = mapped_column(String(24))
     consult_id: Mapped[str | None] = mapped_column(String(64))
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class AuditCard(Base):
     """One card sent: its uuid, kind (not-appropriate, red-flag, ...; render.py), indicator,
-    summary and the uuids of its suggestions (a JSON list)."""
+    summary and the uuids of its suggestions (a JSON list). ``order_position`` is the
+    ``AuditOrder.position`` of the order the card is about; None for a card about the whole
+    call (red flags) and for rows written before migration 0002."""
 
     __tablename__ = "audit_card"
 
@@ -109,6 +115,7 @@ class AuditCard(Base):
     indicator: Mapped[str] = mapped_column(String(8))
     summary: Mapped[str] = mapped_column(String(160))
     suggestions: Mapped[list[str]] = mapped_column(JSON)
+    order_position: Mapped[int | None] = mapped_column(Integer)
 
 
 class Feedback(Base):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from .engine import Decision, OrderDecision
 from .knowledge import CATEGORY_DISPLAY, Knowledge, Procedure, Rating, Region, Variant
 from .scenario import Evidence
-from .terminology import CPT, LOINC, SNOMED
+from .terminology import CPT, LOINC, SNOMED, SYSTEM_NAMES
 
 PAMA_BASE = "http://fhir.org/argonaut/Extension/"
 PAMA_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
@@ -25,6 +25,7 @@ VARIANT_SYSTEM = "urn:vcf-cds-hooks:CodeSystem:acr-variant"
 PAMA_RATING_DISPLAY = {"appropriate": "Appropriate", "not-appropriate": "Not appropriate",
                        "no-criteria-apply": "No criteria apply"}
 SUMMARY_MAX = 139
+EXPLAIN_LINK_LABEL = "Why this advice?"
 ORDER_CODE_SYSTEMS = (CPT, LOINC, SNOMED)
 
 
@@ -36,19 +37,25 @@ def new_uuid() -> str:
 class RenderOptions:
     """``argonaut_copy``: also put systemActions under ``extension.systemActions`` (the
     Argonaut guide and the CDS Hooks sandbox PAMA screen read only that). ``qcdsm``: the
-    value of pama-rating-qcdsm-consulted."""
+    value of pama-rating-qcdsm-consulted. ``explain_url``: card uuid -> absolute URL of its
+    "Why this advice?" page; when set, every card gets that link (CDS Hooks 2.0 §Link,
+    type ``absolute``); None (the default) sends no links."""
 
     argonaut_copy: bool = True
     qcdsm: str = "vcf-cds-hooks"
     new_id: Callable[[], str] = field(default=new_uuid)
+    explain_url: Callable[[str], str] | None = None
 
 
 @dataclass(frozen=True)
 class Rendered:
-    """The wire response plus what the audit trail needs: each card's kind by uuid."""
+    """The wire response plus what the audit trail needs: each card's kind by uuid, and the
+    position (in ``Decision.orders``) of the order a card is about; cards about the whole
+    call (the red-flag card) are absent from ``card_orders``."""
 
     response: dict
     card_kinds: Mapping[str, str]
+    card_orders: Mapping[str, int] = field(default_factory=dict)
 
 
 def _summary(text: str) -> str:
@@ -60,8 +67,7 @@ def _evidence_line(e: Evidence, label: str | None = None) -> str:
 
 
 def _code_text(e: Evidence) -> str:
-    system = {"http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM", SNOMED: "SNOMED CT", CPT: "CPT",
-              LOINC: "LOINC"}.get(e.system, e.system)
+    system = SYSTEM_NAMES.get(e.system, e.system)
     label = f"{system} {e.code}" + (f" {e.display}" if e.display else "")
     return label + (" (unconfirmed code)" if e.unconfirmed else "")
 
@@ -77,6 +83,8 @@ class _Renderer:
         self.text = knowledge.cards.text
         self.cards: list[dict] = []
         self.kinds: dict[str, str] = {}
+        self.order_position: int | None = None
+        self.card_orders: dict[str, int] = {}
 
     # ---- building blocks -------------------------------------------------------------
     def source(self, variant: Variant | None) -> dict:
@@ -85,8 +93,8 @@ class _Renderer:
             topic = self.k.variant_topic[variant.id]
             src["url"] = topic.url
             src["topic"] = {"system": VARIANT_SYSTEM, "code": variant.id, "display": variant.title}
-        else:
-            src["url"] = self.k.topics[0].url
+        else:  # advice that rests on no variant cites the service's own topic
+            src["url"] = next(t.url for t in self.k.topics if t.id == self.k.cards.source["topic"])
         return src
 
     def card(self, kind: str, indicator: str, summary: str, detail: str, variant: Variant | None,
@@ -100,8 +108,12 @@ class _Renderer:
             reasons = self.k.cards.overrideReasons
             c["overrideReasons"] = [{"system": reasons["system"], "code": r["code"], "display": r["display"]}
                                     for r in reasons["codes"]]
+        if self.o.explain_url is not None:
+            c["links"] = [{"label": EXPLAIN_LINK_LABEL, "url": self.o.explain_url(c["uuid"]), "type": "absolute"}]
         self.cards.append(c)
         self.kinds[c["uuid"]] = kind
+        if self.order_position is not None:
+            self.card_orders[c["uuid"]] = self.order_position
 
     def order_coding(self, procedure: Procedure, region: Region | None) -> dict | None:
         """The code a suggestion orders: first code of the procedure's value set in the same
@@ -340,15 +352,17 @@ def render(knowledge: Knowledge, decision: Decision, *, draft_orders: Sequence[M
            options: RenderOptions = RenderOptions(), input_issues: Sequence[Mapping] = ()) -> Rendered:
     """Build the CDS Hooks response for ``decision``.
 
-    Returns ``Rendered(response, card_kinds)``: ``response`` is the JSON-ready dict
-    (``cards`` always present; ``systemActions`` only when some order has a rating;
+    Returns ``Rendered(response, card_kinds, card_orders)``: ``response`` is the JSON-ready
+    dict (``cards`` always present; ``systemActions`` only when some order has a rating;
     ``extension`` carries the Argonaut copy and any skipped input), ``card_kinds`` maps card
-    uuid -> kind (not-appropriate, red-flag, augment-bleeding, ...) for the audit trail.
+    uuid -> kind (not-appropriate, red-flag, augment-bleeding, ...) and ``card_orders`` card
+    uuid -> order position, for the audit trail.
     """
     drafts = {f"{d.get('resourceType')}/{d.get('id')}": d for d in draft_orders}
     r = _Renderer(knowledge, decision, drafts, patient_id, options)
     r.red_flag_card()
-    for od in decision.orders:
+    for position, od in enumerate(decision.orders):
+        r.order_position = position
         r.order_cards(od)
     actions = [r.rating_action(od) for od in decision.orders if od.pama is not None]
     response: dict[str, Any] = {"cards": r.cards}
@@ -361,4 +375,4 @@ def render(knowledge: Knowledge, decision: Decision, *, draft_orders: Sequence[M
         extension["vcf-cds-hooks"] = {"skippedResources": [dict(i) for i in input_issues]}
     if extension:
         response["extension"] = extension
-    return Rendered(response, r.kinds)
+    return Rendered(response, r.kinds, r.card_orders)

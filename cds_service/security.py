@@ -25,7 +25,9 @@ from .settings import ENV_PREFIX, Settings, SettingsError
 
 log = logging.getLogger("cds_service.security")
 
-PUBLIC_PATHS = frozenset({"/openapi.json"})
+# /explain is opened by the clinician's browser, which has no client JWT: the signed,
+# short-lived token in its link is the credential (explain_links.py).
+PUBLIC_PATHS = frozenset({"/openapi.json", "/explain"})
 CORS_MAX_AGE_SECONDS = 600
 
 

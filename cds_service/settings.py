@@ -103,6 +103,9 @@ class Settings(BaseModel):
     def cors_origin_list(self) -> list[str]:
         """``cors_origins`` split into origins (``["*"]``, ``["https://a.example", ...]`` or ``[]``)."""
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+    explain_link_secret: str | None = Field(None, min_length=32, repr=False,
+                                            description="secret signing 'Why this advice?' links; default: derived from the audit key")
+    explain_link_ttl_seconds: int = Field(3600, ge=1, le=86400, description="lifetime of a 'Why this advice?' link")
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -21,6 +21,8 @@ CPT = "http://www.ama-assn.org/go/cpt"
 LOINC = "http://loinc.org"
 HCPCS = "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
 KNOWN_SYSTEMS = frozenset({ICD10CM, SNOMED, CPT, LOINC, HCPCS})
+# How code systems are named to a reader (cards, the explanation page).
+SYSTEM_NAMES = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", CPT: "CPT", LOINC: "LOINC", HCPCS: "HCPCS"}
 
 SOURCE_EXT = "urn:vcf-cds-hooks:StructureDefinition:source"
 UNCONFIRMED_EXT = "urn:vcf-cds-hooks:StructureDefinition:unconfirmed"

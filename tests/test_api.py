@@ -24,6 +24,8 @@ SYNTHEA_FILES = sorted((FIXTURES / "requests").glob("synthea-*.json"))
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _UUID_VALUE_RE = re.compile(rf"(urn:uuid:)?{_UUID}")
+# A card's "Why this advice?" link is signed over the card's uuid, so it is fresh per card too.
+_EXPLAIN_LINK_RE = re.compile(r"https?://[^/]+/explain\?token=[A-Za-z0-9_.-]+")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -60,13 +62,15 @@ def assert_operation_outcome(resp, status: int | None = None) -> dict[str, Any]:
 
 
 def normalise_uuids(value: Any) -> Any:
-    """Replace every uuid (or urn:uuid:...) string value with a placeholder."""
+    """Replace every uuid (or urn:uuid:...) string value and explanation link with a placeholder."""
     if isinstance(value, dict):
         return {k: normalise_uuids(v) for k, v in value.items()}
     if isinstance(value, list):
         return [normalise_uuids(v) for v in value]
     if isinstance(value, str) and _UUID_VALUE_RE.fullmatch(value):
         return "<uuid>"
+    if isinstance(value, str) and _EXPLAIN_LINK_RE.fullmatch(value):
+        return "<explain link>"
     return value
 
 

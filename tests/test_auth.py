@@ -422,3 +422,14 @@ def test_replay_cache_falls_back_to_the_process_while_the_database_is_down(issue
         assert post(client, token).status_code == 200  # order entry keeps working
     assert "replay cache database unavailable (OperationalError)" in caplog.text
     assert_refused(post(client, token))  # and a replay within this process is still caught
+
+
+def test_why_this_advice_link_opens_without_a_client_jwt(client, jwks_server):
+    # The clinician's browser follows the card link with no JWT: the signed link is the credential.
+    body = load_json(FIXTURES / "requests/seed-001-v3-ct-with-contrast.json")
+    answer = post(client, sandbox(jwks_server), body=body).get_json()
+    link = answer["cards"][0]["links"][0]
+    assert link["label"] == "Why this advice?"
+    page = client.get(link["url"].removeprefix(BASE))
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert client.get("/explain?token=forged").status_code == 403

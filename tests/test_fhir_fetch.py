@@ -42,8 +42,9 @@ EhrFhirServer = ehr_module().EhrFhirServer
 
 
 def normalised(payload) -> str:
-    """The response with its uuids (cards, suggestions) replaced by their order of appearance."""
-    text = json.dumps(payload, sort_keys=True)
+    """The response with its uuids (cards, suggestions) replaced by their order of appearance
+    and its explanation link tokens (signed over a card uuid) by a placeholder."""
+    text = re.sub(r"/explain\?token=[A-Za-z0-9_.-]+", "/explain?token=<token>", json.dumps(payload, sort_keys=True))
     seen: dict[str, str] = {}
     return UUID_RE.sub(lambda m: seen.setdefault(m.group(0), f"uuid-{len(seen)}"), text)
 
