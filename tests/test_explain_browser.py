@@ -91,6 +91,7 @@ def gunicorn(tmp_path_factory):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VCF_CDS_")}
     env["VCF_CDS_DATA_DIR"] = str(work / "var")
+    env["VCF_CDS_AUTH"] = "off"  # a browser is not a CDS Client; the hook calls here stand in for the EHR
     out, err = (work / "stdout.log").open("wb"), (work / "stderr.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "2"], env=env, stdout=out, stderr=err, cwd=work)
