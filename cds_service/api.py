@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import RequestError, operation_outcome
+from .observability import bind_request_id, observe_outcome
 from .pipeline import discovery, evaluate
 
 log = logging.getLogger("cds_service.api")
@@ -58,6 +59,7 @@ def call_service(service_id: str) -> Response:
         return _error(400, "too-long", "request JSON is nested too deeply")
     except (ValueError, UnicodeDecodeError) as exc:
         return _error(400, "structure", f"request body is not valid JSON ({type(exc).__name__})")
+    bind_request_id(body)
     try:
         outcome = evaluate(st["knowledge"], st["schemas"], body, service_id=service_id,
                            options=st["render_options"], max_depth=st["settings"].max_json_depth,
@@ -65,6 +67,7 @@ def call_service(service_id: str) -> Response:
     except RequestError as exc:
         log.info("service %s: %d %s", service_id, exc.status, exc.code)
         return _json(exc.to_operation_outcome(), exc.status)
+    observe_outcome(outcome)
     log.info("service %s: 200 in %.1f ms, %d cards, %d ratings", service_id,
              (time.perf_counter() - started) * 1000, len(outcome.rendered.response["cards"]),
              len(outcome.rendered.response.get("systemActions", ())))

@@ -9,7 +9,9 @@ from flask import Flask
 
 from .fhir_client import FhirClient
 from .fhir_input import load_request_schemas
+from .health import bp as health_bp
 from .knowledge import load_knowledge
+from .observability import init_app as init_observability
 from .render import RenderOptions
 from .settings import Settings
 
@@ -42,6 +44,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .api import bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(health_bp)
+    init_observability(app)
     log.info("knowledge %s loaded from %s: %d variants, %d value sets", knowledge.version, knowledge.directory,
              len(knowledge.variants), len(knowledge.terminology.valuesets))
     return app

@@ -30,6 +30,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .errors import RequestError
+from .observability import observe_fhir_fetch
 
 __all__ = ["AllowedBase", "FetchPolicy", "FhirClient", "fill_template", "parse_allowlist"]
 
@@ -245,6 +246,8 @@ class FhirClient:
         """
         deadline = time.monotonic() + self.policy.budget_seconds
         if not self.policy.allowed(fhir_server):
+            for key in keys:
+                observe_fhir_fetch(key, "not-allowed")
             raise RequestError(
                 412, "not-found",
                 "fhirServer is not on this service's allowlist of FHIR servers (VCF_CDS_FHIR_ALLOWLIST), "
@@ -261,6 +264,7 @@ class FhirClient:
             query = fill_template(template, context, user_id)
             where = f"prefetch '{key}' ({template})"
             if query is None:
+                observe_fhir_fetch(key, "unfillable")
                 raise RequestError(412, "not-found", f"{where}: a token of the template cannot be filled "
                                    "from this request's context", [f"prefetch.{key}"])
             started = time.monotonic()
@@ -271,8 +275,10 @@ class FhirClient:
                 log.warning("fetch of prefetch %s failed after %.0f ms: %s", key,
                             (time.monotonic() - started) * 1000, exc)
                 code = "timeout" if isinstance(exc, _Timeout) else "exception"
+                observe_fhir_fetch(key, "timeout" if code == "timeout" else "error", time.monotonic() - started)
                 raise RequestError(412, code, f"{where} could not be fetched from fhirServer: {exc}",
                                    [f"prefetch.{key}"]) from None
+            observe_fhir_fetch(key, "ok", time.monotonic() - started)
             log.info("fetched prefetch %s: %d page(s) in %.1f ms", key, pages,
                      (time.monotonic() - started) * 1000)
         return out
