@@ -164,9 +164,15 @@ def metrics_response() -> Response:
 
 # ------------------------------------------------------------------------------ logs
 
+def _add_pid(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    event["pid"] = os.getpid()  # which gunicorn worker
+    return event
+
+
 # Added to every event, from structlog or from the standard library.
 _SHARED_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
+    _add_pid,
     structlog.stdlib.add_logger_name,
     structlog.stdlib.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -152,6 +152,7 @@ def serve(*, host: str, port: int, workers: int) -> None:
     settings = Settings.load()
     configure_logging(settings.log_level)
     app = create_app()
+    log.info("metrics directory %s (%s)", metrics_dir, "temporary" if made else "given")
     log.info("warm-up in the master took %.1f ms", warm_up(app) * 1000)
 
     def post_fork(server: Any, worker: Any) -> None:
