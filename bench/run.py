@@ -139,15 +139,33 @@ def wrk(url: str, body_file: Path, concurrency: int, seconds: float) -> dict[str
                          check=True).stdout
     result = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     return {
+        "requests": result["requests"],
         "rps": result["requests"] / (result["duration_us"] / 1e6),
         "p50": result["p50_us"] / 1000, "p95": result["p95_us"] / 1000, "p99": result["p99_us"] / 1000,
         "errors": sum(result["errors"].values()),
     }
 
 
-def load(url: str, body_file: Path, seconds: float, warmup: float) -> dict[int, dict[str, Any]]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (/proc/<pid>/stat)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def load(url: str, body_file: Path, seconds: float, warmup: float, server: "Server") -> dict[int, dict[str, Any]]:
+    """wrk at each concurrency, plus the server's CPU milliseconds per request: unlike
+    req/s, that figure hardly moves when other processes compete for the cores."""
     wrk(url, body_file, 8, warmup)  # connections, caches, branch predictors: not measured
-    return {c: wrk(url, body_file, c, seconds) for c in CONCURRENCY}
+    out = {}
+    for c in CONCURRENCY:
+        pids = [server.proc.pid, *server.workers()]
+        before = cpu_seconds(pids)
+        out[c] = wrk(url, body_file, c, seconds)
+        out[c]["cpu_ms"] = 1000 * (cpu_seconds(pids) - before) / max(1, out[c]["requests"])
+    return out
 
 
 # ------------------------------------------------------------------- in-process stages
@@ -251,7 +269,7 @@ def main() -> int:
             server.wait_for_200(f"http://127.0.0.1:{floor_port}/readyz")
             print("floor ...", flush=True)
             results["floor (no-op Flask)"] = load(f"http://127.0.0.1:{floor_port}{SERVICE_PATH}", TYPICAL,
-                                                  args.duration, args.warmup)
+                                                  args.duration, args.warmup, server)
         ehr = [py, str(BENCH / "ehr.py"), "--port", str(ehr_port), "--request", str(TYPICAL), "--token", TOKEN]
         with running(ehr, env, tmp / "ehr.log") as ehr_server, \
                 running(serve, service_env, tmp / "service.log") as server:
@@ -259,7 +277,7 @@ def main() -> int:
             server.wait_for_200(base + "/readyz")
             for name, body_file in bodies.items():
                 print(f"{name} ...", flush=True)
-                results[name] = load(base + SERVICE_PATH, body_file, args.duration, args.warmup)
+                results[name] = load(base + SERVICE_PATH, body_file, args.duration, args.warmup, server)
             memory = [memory_mb(pid) for pid in server.workers()]
 
     stages = stage_profile(TYPICAL, args.runs)
@@ -283,14 +301,15 @@ def report(results: dict[str, dict[int, dict[str, Any]]], colds: list[float], me
            stages: dict[str, float], args: argparse.Namespace) -> None:
     floor = results.get("floor (no-op Flask)", {})
     print()
-    header = f"{'scenario':<22}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'of floor':>10}{'errors':>8}"
+    header = (f"{'scenario':<22}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'of floor':>10}"
+              f"{'CPU ms/req':>12}{'errors':>8}")
     print(header)
     print("-" * len(header))
     for name, by_conc in results.items():
         for conc, r in by_conc.items():
             share = f"{100 * r['rps'] / floor[conc]['rps']:.0f}%" if floor else "-"
             print(f"{name:<22}{conc:>5}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p95']:>9.2f}{r['p99']:>9.2f}"
-                  f"{share:>10}{r['errors']:>8}")
+                  f"{share:>10}{r['cpu_ms']:>12.2f}{r['errors']:>8}")
     print()
     print(f"cold start (process start to first 200 of a hook call): median {statistics.median(colds):.2f} s "
           f"over {len(colds)} starts (min {min(colds):.2f}, max {max(colds):.2f})")

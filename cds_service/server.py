@@ -16,6 +16,7 @@ exactly the same ones.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import logging
 import os
@@ -154,6 +155,11 @@ def serve(*, host: str, port: int, workers: int) -> None:
     app = create_app()
     log.info("metrics directory %s (%s)", metrics_dir, "temporary" if made else "given")
     log.info("warm-up in the master took %.1f ms", warm_up(app) * 1000)
+    # Everything built so far (knowledge, validators, modules) lives as long as the process:
+    # keep it out of the collector's reach, so a full collection in a worker does not walk
+    # it, nor write to (and so copy) the pages the workers share with the master.
+    gc.collect()
+    gc.freeze()
 
     def post_fork(server: Any, worker: Any) -> None:
         log.info("worker %d warmed up in %.1f ms", worker.pid, warm_up(app) * 1000)
