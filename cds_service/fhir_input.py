@@ -150,8 +150,9 @@ class ParsedRequest:
         draft_orders: every ``context.draftOrders`` entry, in order, each validated with R4B.
         selections: the draft orders named by ``context.selections``, in that order
             (a selection repeated in the request appears once).
-        conditions: prefetched Conditions of this patient that validated.
-        procedures: prefetched Procedures of this patient that validated.
+        conditions: prefetched Conditions of this patient that validated (with
+            ``reads``: only those the decision reads).
+        procedures: prefetched Procedures of this patient that validated (likewise).
         patient: the prefetched Patient, or None if absent, unusable or another patient.
         procedures_available: False when prefetch ``procedures`` was absent or an
             OperationOutcome, so "no procedures" can be told from "not known".
