@@ -335,23 +335,24 @@ _JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
-    # Iterative on purpose: a recursive walk would itself overflow on the input
+    # Level by level, not recursive: a recursive walk would itself overflow on the input
     # it is meant to reject. It visits every value of the body, so JSON's own types are
     # told apart by exact type first: an isinstance check against the Mapping ABC costs
     # as much as the rest of the visit.
     if not isinstance(value, (Mapping, list)):
         return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        node, depth = pop()
+    level, depth = [value], 1
+    while level:
         if depth > limit:
             return True
-        depth += 1
-        for child in node.values() if type(node) is dict or isinstance(node, Mapping) else node:
-            kind = type(child)
-            if kind is dict or kind is list or (kind not in _JSON_SCALARS and isinstance(child, (Mapping, list))):
-                push((child, depth))
+        below: list[Any] = []
+        push = below.append
+        for node in level:
+            for child in node.values() if type(node) is dict or isinstance(node, Mapping) else node:
+                kind = type(child)
+                if kind is dict or kind is list or (kind not in _JSON_SCALARS and isinstance(child, (Mapping, list))):
+                    push(child)
+        level, depth = below, depth + 1
     return False
 
 

@@ -53,6 +53,8 @@ _REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1,
 _FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 _UUID_RE = re.compile(r"(urn:uuid:)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
 access_log = structlog.get_logger("cds_service.access")
 
 
@@ -255,8 +257,10 @@ def _after_request(response: Response) -> Response:
     m = get_metrics()
     m.requests.labels(endpoint, request.method, status).inc()
     m.request_seconds.labels(endpoint, request.method, status).observe(seconds)
-    access_log.info("request", method=request.method, endpoint=endpoint, status=response.status_code,
-                    duration_ms=round(seconds * 1000, 2))
+    # Probes and scrapes come every few seconds; their lines would drown the hook calls.
+    log = access_log.debug if endpoint in _PROBES else access_log.info
+    log("request", method=request.method, endpoint=endpoint, status=response.status_code,
+        duration_ms=round(seconds * 1000, 2))
     return response
 
 

@@ -58,6 +58,8 @@ def test_serve_runs_workers_that_share_metrics_and_stops_gracefully(tmp_path):
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]  # every line is JSON
     events = [line["event"] for line in lines]
     assert sum("warmed up" in e for e in events) == 2  # each worker, before taking traffic
-    assert sum(e == "request" for e in events) >= 7
+    # One access line per hook call; readiness polls and the scrape log at DEBUG only.
+    hook_calls = [line for line in lines if line["event"] == "request"]
+    assert len(hook_calls) == 6 and all(line["status"] == 200 and line["hook_instance"] for line in hook_calls)
     metrics_dir = next(e for e in events if e.startswith("metrics directory")).split()[2]
     assert not Path(metrics_dir).exists()  # the temporary multiprocess directory is removed
