@@ -54,6 +54,7 @@ _FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 _UUID_RE = re.compile(r"(urn:uuid:)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 access_log = structlog.get_logger("cds_service.access")
 
@@ -253,13 +254,14 @@ def _after_request(response: Response) -> Response:
     seconds = time.perf_counter() - started if started is not None else 0.0
     # The route, not the path: a path is free text and would make unbounded label values.
     endpoint = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+    method = request.method if request.method in _METHODS else "other"  # clients may send any token
     status = str(response.status_code)
     m = get_metrics()
-    m.requests.labels(endpoint, request.method, status).inc()
-    m.request_seconds.labels(endpoint, request.method, status).observe(seconds)
+    m.requests.labels(endpoint, method, status).inc()
+    m.request_seconds.labels(endpoint, method, status).observe(seconds)
     # Probes and scrapes come every few seconds; their lines would drown the hook calls.
     log = access_log.debug if endpoint in _PROBES else access_log.info
-    log("request", method=request.method, endpoint=endpoint, status=response.status_code,
+    log("request", method=method, endpoint=endpoint, status=response.status_code,
         duration_ms=round(seconds * 1000, 2))
     return response
 

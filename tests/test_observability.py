@@ -84,12 +84,16 @@ def test_metrics_count_requests_ratings_and_cards(client):
     assert sample("vcf_cds_cards_total", indicator="warning", kind="not-appropriate") == before["warn"] + 1
 
 
-def test_unknown_paths_share_one_metric_label(client):
+def test_unknown_paths_and_methods_share_one_metric_label(client):
     before = sample("vcf_cds_http_requests_total", endpoint="(unmatched)", method="GET", status="404")
     for path in ("/Patient/123", "/no/such/thing"):
         assert client.get(path).status_code == 404
     assert sample("vcf_cds_http_requests_total", endpoint="(unmatched)", method="GET", status="404") == before + 2
-    assert "Patient/123" not in client.get("/metrics").get_data(as_text=True)
+    odd = sample("vcf_cds_http_requests_total", endpoint="(unmatched)", method="other", status="405")
+    assert client.open("/healthz", method="BREW").status_code == 405
+    assert sample("vcf_cds_http_requests_total", endpoint="(unmatched)", method="other", status="405") == odd + 1
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "Patient/123" not in text and "BREW" not in text
 
 
 def test_audit_write_failures_are_exposed():
