@@ -232,7 +232,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers (default: cores)")
     parser.add_argument("--runs", type=int, default=500, help="evaluations for the stage profile")
     parser.add_argument("--cold-starts", type=int, default=3, help="cold starts measured (median shown)")
-    parser.add_argument("--skip-load", action="store_true", help="only cold start, RSS and stages")
+    parser.add_argument("--skip-load", action="store_true", help="only cold start and the stage profile")
     args = parser.parse_args()
     if shutil.which("wrk") is None and not args.skip_load:
         print("wrk not found: apt-get install -y wrk (or: make bench)", file=sys.stderr)
@@ -253,7 +253,7 @@ def main() -> int:
     serve = [py, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", workers]
     typical_bytes = TYPICAL.read_bytes()
     print(f"vcf-cds bench: {args.workers} sync workers, {os.cpu_count()} cores, wrk {args.duration:g} s per run; "
-          f"logs in {tmp}", flush=True)
+          f"load average {os.getloadavg()[0]:.2f}; logs in {tmp}", flush=True)
 
     # Cold start: process start to the first 200 of a real hook call.
     colds = []
@@ -282,6 +282,7 @@ def main() -> int:
 
     stages = stage_profile(TYPICAL, args.runs)
     report(results, colds, memory, stages, args)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f} (the machine's other work is in every figure)")
     return 0
 
 
@@ -293,7 +294,8 @@ def _wait_ehr(server: Server, fhir_base: str, patient_id: str) -> None:
             if requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=2).status_code == 200:
                 return
         except requests.ConnectionError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     raise SystemExit(f"the loopback FHIR server did not answer; see {server.log}")
 
 

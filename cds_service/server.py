@@ -1,16 +1,18 @@
 """Production serving: ``vcf-cds serve`` runs the app under gunicorn.
 
-gunicorn sync workers (one request at a time per process, default one per core), the app
-preloaded in the master so knowledge is loaded and checked once before forking, each worker
-warmed up (one evaluation of a built-in request, which builds the fhir.resources / pydantic
-validators) in the ``post_fork`` hook before it accepts a connection, graceful shutdown on
-SIGTERM (workers finish their request within ``graceful_timeout``), and Prometheus
-multiprocess metrics: ``PROMETHEUS_MULTIPROC_DIR`` is a fresh temporary directory per start
-(removed at exit) unless the environment names one, and the ``child_exit`` hook marks dead
-workers so their live gauges are dropped.
+gunicorn sync workers (one request at a time per process, default one per core); the app
+preloaded in the master, so knowledge is loaded and checked once before forking; a warm-up
+in the master (every FHIR model class the service validates imported, one built-in request
+evaluated) whose result the workers inherit, then ``gc.freeze()`` so that the objects the
+workers share with the master stay shared; each worker repeats the warm-up in the
+``post_fork`` hook, before it accepts a connection; graceful shutdown on SIGTERM (workers
+finish their request within ``graceful_timeout``); Prometheus multiprocess metrics:
+``PROMETHEUS_MULTIPROC_DIR`` is a fresh temporary directory per start (removed at exit)
+unless the environment names one, and the ``child_exit`` hook marks dead workers (as
+prometheus-client requires for live gauges).
 
-:func:`run` holds the gunicorn settings, so the benchmark runs its no-op floor app under
-exactly the same ones.
+:func:`gunicorn_options` holds the gunicorn settings, so the benchmark runs its no-op floor
+app under exactly the same ones.
 """
 
 from __future__ import annotations
