@@ -131,9 +131,9 @@ def memory_mb(pid: int) -> tuple[float, float]:
 # ------------------------------------------------------------------------------ load
 
 
-def wrk(url: str, body_file: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+def wrk(url: str, body_file: Path, concurrency: int, seconds: int) -> dict[str, Any]:
     """One wrk run (POST ``body_file``); req/s and latency percentiles in ms."""
-    argv = ["wrk", f"-t{min(concurrency, 2)}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s",
+    argv = ["wrk", f"-t{min(concurrency, 2)}", f"-c{concurrency}", f"-d{max(1, seconds)}s", "--timeout", "10s",
             "-s", str(BENCH / "post.lua"), url]
     out = subprocess.run(argv, env={**os.environ, "BODY_FILE": str(body_file)}, capture_output=True, text=True,
                          check=True).stdout
@@ -155,7 +155,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def load(url: str, body_file: Path, seconds: float, warmup: float, server: "Server") -> dict[int, dict[str, Any]]:
+def load(url: str, body_file: Path, seconds: int, warmup: int, server: "Server") -> dict[int, dict[str, Any]]:
     """wrk at each concurrency, plus the server's CPU milliseconds per request: unlike
     req/s, that figure hardly moves when other processes compete for the cores."""
     wrk(url, body_file, 8, warmup)  # connections, caches, branch predictors: not measured
@@ -227,8 +227,8 @@ def stage_profile(body_file: Path, runs: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
-    parser.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load per scenario")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per scenario")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers (default: cores)")
     parser.add_argument("--runs", type=int, default=500, help="evaluations for the stage profile")
     parser.add_argument("--cold-starts", type=int, default=3, help="cold starts measured (median shown)")
@@ -252,7 +252,7 @@ def main() -> int:
                    "VCF_CDS_ALLOW_HTTP_LOOPBACK": "1"}
     serve = [py, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", workers]
     typical_bytes = TYPICAL.read_bytes()
-    print(f"vcf-cds bench: {args.workers} sync workers, {os.cpu_count()} cores, wrk {args.duration:g} s per run; "
+    print(f"vcf-cds bench: {args.workers} sync workers, {os.cpu_count()} cores, wrk {args.duration} s per run; "
           f"load average {os.getloadavg()[0]:.2f}; logs in {tmp}", flush=True)
 
     # Cold start: process start to the first 200 of a real hook call.
