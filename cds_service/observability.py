@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 
 __all__ = [
     "MULTIPROC_ENV",
@@ -244,14 +244,24 @@ def bind_request_id(body: Any) -> None:
 # ---------------------------------------------------------------------- request hooks
 
 
-def _before_request() -> None:
-    structlog.contextvars.clear_contextvars()
-    g.vcf_cds_started = time.perf_counter()
+_STARTED = "vcf_cds.started"
+
+
+def _timed(wsgi_app: Any) -> Any:
+    """Wrap the WSGI app: start the clock and clear the previous request's log context
+    before anything else runs (another extension's before_request hook may log, or answer
+    without calling the app's views)."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        structlog.contextvars.clear_contextvars()
+        environ[_STARTED] = time.perf_counter()
+        return wsgi_app(environ, start_response)
+
+    return app
 
 
 def _after_request(response: Response) -> Response:
-    started = g.get("vcf_cds_started")
-    seconds = time.perf_counter() - started if started is not None else 0.0
+    seconds = time.perf_counter() - request.environ[_STARTED]
     # The route, not the path: a path is free text and would make unbounded label values.
     endpoint = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
     method = request.method if request.method in _METHODS else "other"  # clients may send any token
@@ -271,7 +281,7 @@ def init_app(app: Flask) -> None:
     ``create_app``), and ``GET /metrics`` unless the ``METRICS_ENABLED`` setting is off."""
     configure_structlog()
     get_metrics()  # created before gunicorn forks, so every worker shares the definitions
-    app.before_request(_before_request)
+    app.wsgi_app = _timed(app.wsgi_app)  # type: ignore[method-assign]
     app.after_request(_after_request)
     if app.extensions["vcf_cds"]["settings"].metrics_enabled:
         app.add_url_rule("/metrics", "metrics", metrics_response, methods=["GET"])
