@@ -37,6 +37,7 @@ __all__ = [
     "Metrics",
     "bind_request_id",
     "configure_logging",
+    "configure_structlog",
     "count_audit_write_failure",
     "get_metrics",
     "init_app",
