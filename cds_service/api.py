@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from .audit import record_outcome, record_rejection
 from .errors import RequestError, operation_outcome
 from .explain_page import render_options
+from .observability import bind_request_id, observe_outcome
 from .pipeline import discovery, evaluate
 
 log = logging.getLogger("cds_service.api")
@@ -60,6 +61,7 @@ def call_service(service_id: str) -> Response:
         return _error(400, "too-long", "request JSON is nested too deeply")
     except (ValueError, UnicodeDecodeError) as exc:
         return _error(400, "structure", f"request body is not valid JSON ({type(exc).__name__})")
+    bind_request_id(body)
     try:
         outcome = evaluate(st["knowledge"], st["schemas"], body, service_id=service_id,
                            options=render_options(st), fhir_client=st["fhir_client"],
@@ -68,6 +70,7 @@ def call_service(service_id: str) -> Response:
         log.info("service %s: %d %s", service_id, exc.status, exc.code)
         record_rejection(st, service_id, body, exc, started)
         return _json(exc.to_operation_outcome(), exc.status)
+    observe_outcome(outcome)
     log.info("service %s: 200 in %.1f ms, %d cards, %d ratings", service_id,
              (time.perf_counter() - started) * 1000, len(outcome.rendered.response["cards"]),
              len(outcome.rendered.response.get("systemActions", ())))

@@ -12,7 +12,10 @@ from .db import DatabaseReplayCache, open_database
 from .explain_links import ExplainLinks, link_secret
 from .fhir_client import FhirClient
 from .fhir_input import load_request_schemas
+from .health import bp as health_bp
+from .health import register_readiness_check
 from .knowledge import load_knowledge
+from .observability import init_app as init_observability
 from .render import RenderOptions
 from .replay import FallbackReplayCache, MemoryReplayCache
 from .security import install_security
@@ -65,6 +68,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # The one place the jti replay cache is chosen: the database, shared by every worker and
     # host, with a per-process cache standing in while the database cannot answer.
     install_security(app, settings, replay_cache=FallbackReplayCache(DatabaseReplayCache(database), MemoryReplayCache()))
+    app.register_blueprint(health_bp)
+    register_readiness_check(app, "database", database.ping)
+    init_observability(app)
     log.info("knowledge %s loaded from %s: %d variants, %d value sets", knowledge.version, knowledge.directory,
              len(knowledge.variants), len(knowledge.terminology.valuesets))
     return app

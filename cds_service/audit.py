@@ -28,6 +28,7 @@ from typing import Any, Mapping, MutableMapping
 from sqlalchemy import delete, func, insert, select
 
 from .db import Database, DatabaseReplayCache, ensure_data_dir
+from .observability import count_audit_write_failure
 from .errors import RequestError
 from .explanation import order_evidence
 from .knowledge import Knowledge
@@ -209,6 +210,7 @@ def record_rejection(state: MutableMapping[str, Any], service_id: str, body: Any
 
 def _count_failure(state: MutableMapping[str, Any], service_id: str, exc: Exception) -> None:
     state["audit_failures"] = state.get("audit_failures", 0) + 1
+    count_audit_write_failure()
     # The exception type only: database messages repeat the statement's parameters.
     log.error("audit record of a %s call not written (%s); %d failures so far", service_id,
               type(exc).__name__, state["audit_failures"])

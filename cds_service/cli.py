@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .db import DatabaseError
 from .errors import RequestError
@@ -20,32 +20,10 @@ from .render import RenderOptions
 from .settings import Settings, SettingsError
 
 
-# Path only, no query and no Referer: a "Why this advice?" link's query is its token, and a
-# clinician's browser may send an EHR address naming the patient as Referer.
-ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
-
-
 def _serve(args: argparse.Namespace) -> int:
-    from gunicorn.app.base import BaseApplication
+    from .server import serve
 
-    from .app import create_app
-
-    app = create_app()  # fails fast on bad knowledge or settings, before workers fork
-
-    class _Server(BaseApplication):
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{args.port}")
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("worker_class", "sync")
-            self.cfg.set("preload_app", True)
-            self.cfg.set("accesslog", "-")
-            self.cfg.set("access_log_format", ACCESS_LOG_FORMAT)
-            self.cfg.set("graceful_timeout", 10)
-
-        def load(self) -> Any:
-            return app
-
-    _Server().run()
+    serve(host=args.host, port=args.port, workers=args.workers)
     return 0
 
 

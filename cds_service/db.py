@@ -23,7 +23,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, delete, event
+from sqlalchemy import Connection, Engine, create_engine, delete, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -155,6 +155,15 @@ class Database:
         try:
             with self.engine.connect() as conn:
                 return MigrationContext.configure(conn).get_current_revision()
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"cannot reach the {self.backend} database ({type(exc).__name__})") from None
+
+    def ping(self) -> None:
+        """``SELECT 1``: raise :class:`DatabaseError` when the database does not answer
+        (the ``/readyz`` check; quick, unlike :meth:`check_schema`)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
             raise DatabaseError(f"cannot reach the {self.backend} database ({type(exc).__name__})") from None
 

@@ -14,6 +14,7 @@ id) and the reason; the access token is never put in a message or a log line.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import json
 import logging
@@ -31,6 +32,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .errors import RequestError
+from .observability import observe_fhir_fetch
 
 __all__ = ["AllowedBase", "FetchPolicy", "FhirClient", "fill_template", "parse_allowlist"]
 
@@ -246,6 +248,8 @@ class FhirClient:
         """
         deadline = time.monotonic() + self.policy.budget_seconds
         if not self.policy.allowed(fhir_server):
+            for key in keys:
+                observe_fhir_fetch(key, "not-allowed")
             raise RequestError(
                 412, "not-found",
                 "fhirServer is not on this service's allowlist of FHIR servers (VCF_CDS_FHIR_ALLOWLIST), "
@@ -260,6 +264,7 @@ class FhirClient:
         for key in keys:
             query = fill_template(templates[key], context, user_id)
             if query is None:
+                observe_fhir_fetch(key, "unfillable")
                 raise RequestError(412, "not-found", f"prefetch '{key}' ({templates[key]}): a token of the "
                                    "template cannot be filled from this request's context", [f"prefetch.{key}"])
             queries[key] = query
@@ -268,7 +273,10 @@ class FhirClient:
                     for key, query in queries.items()}
         # The queries are independent: running them side by side makes the wait the slowest
         # query, not the sum, against EHR servers that take 100 ms or more per search.
-        futures = {key: _pool().submit(self._fetch_one, key, templates[key], base, query, headers, deadline)
+        # Each thread runs in a copy of this request's context, so its log lines keep the
+        # request's hook_instance.
+        futures = {key: _pool().submit(contextvars.copy_context().run, self._fetch_one, key, templates[key], base,
+                                       query, headers, deadline)
                    for key, query in queries.items()}
         # Wait for all (each is bounded by the deadline) so nothing runs on after the answer,
         # and report the first failing key in template order, whichever failed first in time.
@@ -287,8 +295,10 @@ class FhirClient:
             log.warning("fetch of prefetch %s failed after %.0f ms: %s", key,
                         (time.monotonic() - started) * 1000, exc)
             code = "timeout" if isinstance(exc, _Timeout) else "exception"
+            observe_fhir_fetch(key, "timeout" if code == "timeout" else "error", time.monotonic() - started)
             raise RequestError(412, code, f"prefetch '{key}' ({template}) could not be fetched from fhirServer: "
                                f"{exc}", [f"prefetch.{key}"]) from None
+        observe_fhir_fetch(key, "ok", time.monotonic() - started)
         log.info("fetched prefetch %s: %d page(s) in %.1f ms", key, pages, (time.monotonic() - started) * 1000)
         return resource
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from .engine import Decision, decide
@@ -15,6 +16,7 @@ from .fhir_client import FhirClient
 from .fhir_input import MAX_DRAFT_ORDERS, MAX_PREFETCH_ENTRIES, ParsedRequest, RequestSchemas, parse_order_select
 from .knowledge import Knowledge
 from .render import RenderOptions, Rendered, render
+from .scenario import yields_facts
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, servic
     """Evaluate a request body (parsed JSON) for service ``service_id``.
 
     With ``fhir_client``, prefetch the request lacks is fetched from its ``fhirServer``
-    (CDS Hooks 2.0 §Prefetch Template) using the service's prefetch templates.
+    (CDS Hooks 2.0 §Prefetch Template) using the service's prefetch templates. Only the
+    prefetched Conditions and Procedures the decision reads (a code in a fact value set,
+    :func:`cds_service.scenario.yields_facts`) are validated and kept.
 
     Raises :class:`RequestError` (404 unknown service; 400/412/413 from ``parse_order_select``,
     which applies the ``max_*`` limits, and 412 from ``fhir_client``).
@@ -52,7 +56,7 @@ def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, servic
 
     parsed = parse_order_select(body, hook=service.hook, schemas=schemas, max_depth=max_depth,
                                 fetch_missing=fetch_missing, max_draft_orders=max_draft_orders,
-                                max_prefetch_entries=max_prefetch_entries)
+                                max_prefetch_entries=max_prefetch_entries, reads=partial(yields_facts, knowledge))
     raw = lambda items: [r.raw for r in items]  # noqa: E731 - engine reads raw JSON
     decision = decide(knowledge, selections=raw(parsed.selections), draft_orders=raw(parsed.draft_orders),
                       conditions=raw(parsed.conditions), procedures=raw(parsed.procedures))

@@ -105,6 +105,26 @@ def _encounter(knowledge: Knowledge, system: str, code: str) -> Literal["initial
     return None
 
 
+_FACT_ORIGIN = {"Condition": "condition", "Procedure": "procedure"}
+
+
+def yields_facts(knowledge: Knowledge, resource_type: str, raw: Mapping) -> bool:
+    """Whether :func:`extract_facts` can draw a fact from this prefetched resource.
+
+    For a Condition or Procedure: one of its ``code.coding`` is in a value set that defines
+    a fact for that resource type (``facts.json``). That code is all the decision reads to
+    find a fact, so a resource without one cannot change any decision and need not be
+    validated (``fhir_input.parse_order_select(reads=...)``). True for every other type.
+    ``raw`` may be unvalidated JSON: anything but a string system or code is ignored.
+    """
+    origin = _FACT_ORIGIN.get(resource_type)
+    if origin is None:
+        return True
+    idx, term = knowledge.fact_index, knowledge.terminology
+    return any(idx.get((vs, origin)) for c in _codings(raw.get("code")) if isinstance(c.get("system"), str)
+               for vs in term.memberships(c["system"], c["code"]))
+
+
 def extract_facts(
     knowledge: Knowledge,
     *,

@@ -27,7 +27,9 @@ log = logging.getLogger("cds_service.security")
 
 # /explain is opened by the clinician's browser, which has no client JWT: the signed,
 # short-lived token in its link is the credential (explain_links.py).
-PUBLIC_PATHS = frozenset({"/openapi.json", "/explain"})
+# Probes and the Prometheus scrape come from the platform, not from CDS Clients; they carry
+# no patient data (keep /metrics on the internal network, or METRICS_ENABLED=false).
+PUBLIC_PATHS = frozenset({"/openapi.json", "/explain", "/healthz", "/readyz", "/metrics"})
 CORS_MAX_AGE_SECONDS = 600
 
 

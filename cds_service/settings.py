@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -44,6 +44,8 @@ class Settings(BaseModel):
     fhir_max_pages: int = Field(10, ge=1, le=1000, description="Bundle pages read per prefetch key")
     fhir_max_resources: int = Field(1000, ge=1, le=100000, description="resources read per prefetch key")
     fhir_max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="size cap of one FHIR response")
+    metrics_enabled: bool = Field(True, description="serve Prometheus metrics at GET /metrics (unauthenticated)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="vcf-cds serve log level")
 
     @model_validator(mode="after")
     def _check_allowlist(self) -> "Settings":

@@ -84,6 +84,9 @@ def _match(concepts: Iterable[Concept], system: str, code: str) -> Concept | Non
     return None
 
 
+_MEMO_MAX = 20_000
+
+
 @dataclass(frozen=True)
 class Terminology:
     """All value sets, indexed for the hot path: exact codes are a dict lookup, ICD-10-CM
@@ -92,6 +95,9 @@ class Terminology:
     valuesets: Mapping[str, ValueSetDef]
     _exact: Mapping[tuple[str, str], tuple[str, ...]] = field(repr=False, default_factory=dict)
     _roots: tuple[tuple[str, str], ...] = field(repr=False, default=())
+    # (system, code) -> memberships: the knowledge is frozen, so an answer never goes stale;
+    # cleared when full, since the codes come from requests.
+    _memo: dict[tuple[str, str], tuple[str, ...]] = field(repr=False, compare=False, default_factory=dict)
 
     @classmethod
     def build(cls, valuesets: Mapping[str, ValueSetDef]) -> "Terminology":
@@ -116,11 +122,19 @@ class Terminology:
         missing system or code. Order: exact matches first, then is-a roots."""
         if not system or not code or not isinstance(code, str):
             return ()
+        key = (system, code)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
         code = normalize_code(system, code)
         found = list(self._exact.get((system, code), ()))
         if system == ICD10CM:
             found.extend(vs for root, vs in self._roots if code.startswith(root) and vs not in found)
-        return tuple(vs for vs in found if self.valuesets[vs].contains(system, code) is not None)
+        result = tuple(vs for vs in found if self.valuesets[vs].contains(system, code) is not None)
+        if len(self._memo) >= _MEMO_MAX:
+            self._memo.clear()
+        self._memo[key] = result
+        return result
 
     def concept(self, valueset_id: str, system: str, code: str) -> Concept | None:
         """The concept of ``valueset_id`` that (system, code) matched, for its display,

@@ -126,3 +126,28 @@ def _json(status: int, payload: dict[str, Any]) -> Response:
 def _outcome(status: int, code: str, text: str) -> Response:
     return _json(status, {"resourceType": "OperationOutcome",
                           "issue": [{"severity": "error", "code": code, "diagnostics": text}]})
+
+
+def without_prefetch(body: dict[str, Any], *, fhir_server: str, token: str | None = None,
+                     base: str = "/fhir") -> tuple[dict[str, Any], EhrFhirServer]:
+    """Split a request with prefetch into what a CDS Client that prefetches nothing sends and
+    the EHR FHIR server holding the left-out data.
+
+    Returns (body without ``prefetch``, with ``fhirServer`` and, given a ``token``,
+    ``fhirAuthorization``; an :class:`EhrFhirServer` under ``base`` serving the Patient and
+    every resource of the prefetch Bundles, requiring ``token`` when given).
+    """
+    prefetch = body.get("prefetch") or {}
+    out = {k: v for k, v in body.items() if k != "prefetch"}
+    out["fhirServer"] = fhir_server
+    if token is not None:
+        out["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer", "expires_in": 300,
+                                    "scope": "patient/*.read", "subject": "vcf-cds-hooks",
+                                    "patient": body["context"]["patientId"]}
+    server = EhrFhirServer(base=base, token=token)
+    for value in prefetch.values():
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+            server.add_bundle(value)
+        elif isinstance(value, dict):
+            server.add([value])
+    return out, server

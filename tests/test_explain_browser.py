@@ -86,7 +86,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def gunicorn(tmp_path_factory):
-    """``vcf-cds serve`` with two workers on a loopback port; ``url``, ``access_log`` (its stdout)."""
+    """``vcf-cds serve`` with two workers on a loopback port; ``url``, ``logs`` (its stdout and stderr)."""
     work = tmp_path_factory.mktemp("explain-browser")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VCF_CDS_")}
@@ -106,7 +106,7 @@ def gunicorn(tmp_path_factory):
         assert proc.poll() is None and time.monotonic() < deadline, (work / "stderr.log").read_text()[-2000:]
         time.sleep(0.2)
     try:
-        yield SimpleNamespace(url=url, access_log=work / "stdout.log")
+        yield SimpleNamespace(url=url, logs=(work / "stdout.log", work / "stderr.log"))
     finally:
         proc.terminate()
         try:
@@ -205,11 +205,13 @@ def test_seed_case_cards_open_their_page_in_chromium(case, gunicorn, page, knowl
             assert shot.stat().st_size > 10_000
             with capsys.disabled():
                 print(f"\nscreenshot: {shot}")
-    access_log = gunicorn.access_log.read_text(encoding="utf-8")
-    assert '"GET /explain HTTP/1.1" 200' in access_log
+    logs = "".join(path.read_text(encoding="utf-8") for path in gunicorn.logs)
+    requests_logged = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    assert any(r.get("event") == "request" and r.get("endpoint") == "/explain" and r.get("status") == 200
+               for r in requests_logged)
     for card in payload["cards"]:
-        assert card["links"][0]["url"].split("token=")[1] not in access_log
-    assert body["context"]["patientId"] not in access_log
+        assert card["links"][0]["url"].split("token=")[1] not in logs
+    assert body["context"]["patientId"] not in logs
 
 
 def _check_content(page, card: dict, procedure, pama: str | None, variant, knowledge) -> None:
