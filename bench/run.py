@@ -178,7 +178,8 @@ def stage_profile(body_file: Path, runs: int) -> dict[str, float]:
     import cds_service.pipeline as pipeline
     from cds_service.app import create_app
 
-    app = create_app({})
+    # The in-process app has no client in front of it (AUTH off) and its own scratch database.
+    app = create_app({"AUTH": "off", "DATA_DIR": tempfile.mkdtemp(prefix="vcf-cds-bench-stages-")})
     st = app.extensions["vcf_cds"]
     raw = body_file.read_bytes()
     spent: dict[str, float] = {}
