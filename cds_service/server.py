@@ -27,6 +27,7 @@ import tempfile
 import time
 import typing
 from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
 from typing import Any
 
 from flask import Flask
@@ -42,36 +43,9 @@ GRACEFUL_TIMEOUT_SECONDS = 10
 
 # One order-select call touching every resource type the service validates (Patient,
 # Condition, Procedure, ServiceRequest) and the fact, decision and rendering paths. Made up;
-# identifies nobody.
-WARM_UP_REQUEST: Mapping[str, Any] = {
-    "hook": "order-select",
-    "hookInstance": "00000000-0000-4000-8000-000000000000",
-    "context": {
-        "userId": "Practitioner/warm-up",
-        "patientId": "warm-up",
-        "selections": ["ServiceRequest/warm-up"],
-        "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": {
-            "resourceType": "ServiceRequest", "id": "warm-up", "status": "draft", "intent": "order",
-            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "72158"}]},
-            "subject": {"reference": "Patient/warm-up"}, "authoredOn": "2026-01-15T09:00:00Z",
-        }}]},
-    },
-    "prefetch": {
-        "patient": {"resourceType": "Patient", "id": "warm-up", "gender": "unknown", "birthDate": "1950-01-01"},
-        "conditions": {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
-            "resourceType": "Condition", "id": "warm-up",
-            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                           "code": "active"}]},
-            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M48.56XA"}]},
-            "subject": {"reference": "Patient/warm-up"}, "onsetDateTime": "2026-01-10",
-        }}]},
-        "procedures": {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
-            "resourceType": "Procedure", "id": "warm-up", "status": "completed",
-            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "73761001"}]},
-            "subject": {"reference": "Patient/warm-up"}, "performedDateTime": "2020-01-01",
-        }}]},
-    },
-}
+# identifies nobody. Kept as data (warmup/order-select-request.json), like every code.
+WARM_UP_REQUEST: Mapping[str, Any] = json.loads(
+    resources.files("cds_service").joinpath("warmup", "order-select-request.json").read_text(encoding="utf-8"))
 
 
 # The resource types the service validates (prefetch and the draft orders it rates).
