@@ -22,7 +22,6 @@ Nothing here knows about HTTP; ``security.py`` turns :class:`AuthError` into a 4
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .fhir_client import is_loopback
 from .replay import ReplayCache
 from .settings import ENV_PREFIX, SettingsError
 
@@ -56,7 +56,6 @@ JWKS_FETCH_TIMEOUT_SECONDS = 5
 MAX_TOKEN_CHARS = 8192
 
 _BEARER = re.compile(r"Bearer +([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*)", re.IGNORECASE)
-_LOOPBACK_NAMES = frozenset({"localhost"})
 
 # PyJWT exception -> reason logged server side, most specific first.
 _PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
@@ -125,13 +124,9 @@ class _IssuerEntry(BaseModel):
 def _check_jku_url(url: str) -> None:
     parts = urlsplit(url)
     host = parts.hostname or ""
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host in _LOOPBACK_NAMES
     if parts.scheme == "https" and host:
         return
-    if parts.scheme == "http" and loopback:
+    if parts.scheme == "http" and is_loopback(host):
         return  # a JWK Set served on this machine, for tests and local sandboxes
     raise ValueError(f"jku '{url}' must be an https URL (http only for loopback hosts)")
 

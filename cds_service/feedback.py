@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .api import _error, _json, _reject_constant, _state
+from .api import cds_state, error_response, json_response, read_service_body
 from .db import Database
-from .errors import operation_outcome
+from .errors import RequestError, operation_outcome
 from .models import AuditCall, AuditCard, Feedback
 
 log = logging.getLogger("cds_service.feedback")
@@ -203,27 +203,23 @@ def _validation_outcome(exc: ValidationError) -> dict[str, Any]:
 
 @bp.post("/cds-services/<service_id>/feedback")
 def post_feedback(service_id: str) -> Response:
-    st = _state()
-    if service_id not in st["knowledge"].services:
-        return _error(404, "not-found", f"no CDS service with id '{service_id}'")
+    st = cds_state()
     try:
-        body = json.loads(request.get_data(cache=False), parse_constant=_reject_constant)
-    except RecursionError:
-        return _error(400, "too-long", "request JSON is nested too deeply")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return _error(400, "structure", f"request body is not valid JSON ({type(exc).__name__})")
+        body = read_service_body(service_id)
+    except RequestError as exc:
+        return json_response(exc.to_operation_outcome(), exc.status)
     try:
         parsed = FeedbackRequest.model_validate(body)
     except ValidationError as exc:
-        return _json(_validation_outcome(exc), 400)
+        return json_response(_validation_outcome(exc), 400)
     try:
         result = store_feedback(st["db"], service_id, parsed.feedback)
     except SQLAlchemyError as exc:
         log.error("feedback for %s not stored (%s); client told to retry", service_id, type(exc).__name__)
-        resp = _error(503, "transient", "feedback could not be stored now; send it again later")
+        resp = error_response(503, "transient", "feedback could not be stored now; send it again later")
         resp.headers["Retry-After"] = str(RETRY_AFTER_S)
         return resp
     log.info("feedback for %s: %d received, %d stored, %d duplicates, %d flagged", service_id,
              result.received, result.stored, result.duplicates, result.flagged)
-    return _json({"received": result.received, "stored": result.stored, "duplicates": result.duplicates,
+    return json_response({"received": result.received, "stored": result.stored, "duplicates": result.duplicates,
                   "flagged": result.flagged})

@@ -9,11 +9,12 @@ configured). Both are unauthenticated and carry no patient data.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
 from flask import Blueprint, Flask, Response, current_app
+
+from .api import json_response
 
 __all__ = ["ReadinessCheck", "bp", "readiness_checks", "register_readiness_check"]
 
@@ -36,13 +37,9 @@ def register_readiness_check(app: Flask, name: str, check: ReadinessCheck) -> No
     readiness_checks(app).append((name, check))
 
 
-def _json(payload: dict, status: int) -> Response:
-    return Response(json.dumps(payload), status=status, mimetype="application/json")
-
-
 @bp.get("/healthz")
 def healthz() -> Response:
-    return _json({"status": "ok"}, 200)
+    return json_response({"status": "ok"}, 200)
 
 
 @bp.get("/readyz")
@@ -62,4 +59,4 @@ def readyz() -> Response:
             results[name] = f"failed ({type(exc).__name__})"
             log.warning("readiness check %s failed: %s", name, type(exc).__name__)
     ready = all(r == "ok" for r in results.values())
-    return _json({"status": "ready" if ready else "not-ready", "checks": results}, 200 if ready else 503)
+    return json_response({"status": "ready" if ready else "not-ready", "checks": results}, 200 if ready else 503)
