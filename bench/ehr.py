@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fhir_fixtures"))
 from ehr_server import without_prefetch  # noqa: E402
 
-from cds_service.server import run  # noqa: E402
+from cds_service.ops.server import run  # noqa: E402
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import argparse
 
 from flask import Flask, Response, request
 
-from cds_service.server import gunicorn_options, run
+from cds_service.ops.server import gunicorn_options, run
 
 
 def floor_app() -> Flask:

@@ -174,7 +174,7 @@ def load(url: str, body_file: Path, seconds: int, warmup: int, server: "Server")
 def stage_profile(body_file: Path, runs: int) -> dict[str, float]:
     """Median milliseconds per stage of one evaluation, over ``runs`` evaluations in this
     process (after one warm-up), timing the real pipeline functions in place."""
-    import cds_service.engine as engine
+    import cds_service.decision.engine as engine
     import cds_service.pipeline as pipeline
     from cds_service.app import create_app
 
@@ -251,7 +251,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VCF_CDS_", "PROMETHEUS_"))}
     service_env = {**env, "VCF_CDS_AUTH": "off", "VCF_CDS_FHIR_ALLOWLIST": fhir_base,
                    "VCF_CDS_ALLOW_HTTP_LOOPBACK": "1"}
-    serve = [py, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", workers]
+    serve = [py, "-m", "cds_service.ops.cli", "serve", "--port", str(port), "--workers", workers]
     typical_bytes = TYPICAL.read_bytes()
     print(f"vcf-cds bench: {args.workers} sync workers, {os.cpu_count()} cores, wrk {args.duration} s per run; "
           f"load average {os.getloadavg()[0]:.2f}; logs in {tmp}", flush=True)

@@ -7,19 +7,19 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from .audit import load_hmac_key
-from .db import DatabaseReplayCache, open_database
-from .explain_links import ExplainLinks, link_secret
-from .fhir_client import FhirClient
-from .fhir_input import load_request_schemas
-from .health import bp as health_bp
-from .health import register_readiness_check
-from .knowledge import load_knowledge
-from .observability import init_app as init_observability
-from .render import RenderOptions
-from .replay import FallbackReplayCache, MemoryReplayCache
-from .security import install_security
-from .settings import Settings
+from cds_service.store.audit import load_hmac_key
+from cds_service.store.db import DatabaseReplayCache, open_database
+from cds_service.security.links import ExplainLinks, link_secret
+from cds_service.fhir.client import FhirClient
+from cds_service.protocol.request import load_request_schemas
+from cds_service.web.health import bp as health_bp
+from cds_service.web.health import register_readiness_check
+from cds_service.decision.knowledge import load_knowledge
+from cds_service.observability import init_app as init_observability
+from cds_service.decision.render import RenderOptions
+from cds_service.security.replay import FallbackReplayCache, MemoryReplayCache
+from cds_service.web.security import install_security
+from cds_service.settings import Settings
 
 log = logging.getLogger("cds_service")
 
@@ -32,11 +32,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     :class:`cds_service.settings.Settings`); without ``config`` they come
     from ``VCF_CDS_*`` environment variables. Knowledge is loaded and cross-checked once here.
 
-    Raises :class:`cds_service.knowledge.KnowledgeError` (bad knowledge, naming file and
+    Raises :class:`cds_service.decision.knowledge.KnowledgeError` (bad knowledge, naming file and
     entry) or :class:`cds_service.settings.SettingsError` (bad setting): the app does not start.
-    The embedded SQLite database is migrated here (:class:`cds_service.db.DatabaseError` if
+    The embedded SQLite database is migrated here (:class:`cds_service.store.db.DatabaseError` if
     that fails); a configured ``DATABASE_URL`` is only checked, and a database that is down
-    or behind is logged, not fatal: hooks are still answered (see ``cds_service.audit``).
+    or behind is logged, not fatal: hooks are still answered (see ``cds_service.store.audit``).
     """
     settings = Settings.load(config)
     knowledge = load_knowledge(settings.knowledge_dir)
@@ -56,10 +56,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     }
     state = app.extensions["vcf_cds"]
     state["explain_links"] = ExplainLinks(link_secret(settings, state["audit_key"]), settings.explain_link_ttl_seconds)
-    from .api import bp
-    from .explain_page import bp as explain_bp
-    from .feedback import bp as feedback_bp
-    from .openapi import bp as openapi_bp
+    from cds_service.web.hooks import bp
+    from cds_service.web.explain import bp as explain_bp
+    from cds_service.web.feedback import bp as feedback_bp
+    from cds_service.web.openapi import bp as openapi_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(feedback_bp)

@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from .engine import Decision, decide
-from .errors import RequestError
-from .fhir_client import FhirClient
-from .fhir_input import MAX_DRAFT_ORDERS, MAX_PREFETCH_ENTRIES, ParsedRequest, RequestSchemas, parse_order_select
-from .knowledge import Knowledge
-from .render import RenderOptions, Rendered, render
-from .scenario import yields_facts
+from cds_service.decision.engine import Decision, decide
+from cds_service.protocol.errors import RequestError
+from cds_service.fhir.client import FhirClient
+from cds_service.protocol.request import MAX_DRAFT_ORDERS, MAX_PREFETCH_ENTRIES, ParsedRequest, RequestSchemas, parse_order_select
+from cds_service.decision.knowledge import Knowledge
+from cds_service.decision.render import RenderOptions, Rendered, render
+from cds_service.decision.scenario import yields_facts
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, servic
     With ``fhir_client``, prefetch the request lacks is fetched from its ``fhirServer``
     (CDS Hooks 2.0 §Prefetch Template) using the service's prefetch templates. Only the
     prefetched Conditions and Procedures the decision reads (a code in a fact value set,
-    :func:`cds_service.scenario.yields_facts`) are validated and kept.
+    :func:`cds_service.decision.scenario.yields_facts`) are validated and kept.
 
     Raises :class:`RequestError` (404 unknown service; 400/412/413 from ``parse_order_select``,
     which applies the ``max_*`` limits, and 412 from ``fhir_client``).

@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .fhir_client import FetchPolicy, parse_allowlist
+from cds_service.fhir.client import FetchPolicy, parse_allowlist
 
 ENV_PREFIX = "VCF_CDS_"
 _BASE_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
@@ -56,7 +56,7 @@ class Settings(BaseModel):
         return self
 
     def fetch_policy(self) -> FetchPolicy:
-        """The limits for fetching missing prefetch (see :mod:`cds_service.fhir_client`)."""
+        """The limits for fetching missing prefetch (see :mod:`cds_service.fhir.client`)."""
         return FetchPolicy(
             allowlist=parse_allowlist(self.fhir_allowlist, allow_http_loopback=self.allow_http_loopback),
             budget_seconds=self.fhir_budget_seconds,

@@ -47,7 +47,7 @@ _STORY_WORDS = ("neoplasm", "cancer", "carcinoma", "malignan", "chemotherapy", "
 def _synthea_codes(resource_type: str) -> list[tuple[dict, dict]]:
     """(first coding, resource) per distinct SNOMED CT code of ``resource_type``, in order of
     first appearance over the Synthea files sorted by name."""
-    from cds_service.knowledge import load_knowledge
+    from cds_service.decision.knowledge import load_knowledge
 
     term = load_knowledge().terminology
     seen: dict[str, tuple[dict, dict]] = {}

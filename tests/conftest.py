@@ -19,14 +19,14 @@ def load_json(path: Path):
 
 @pytest.fixture(scope="session")
 def knowledge():
-    from cds_service.knowledge import load_knowledge
+    from cds_service.decision.knowledge import load_knowledge
 
     return load_knowledge()
 
 
 @pytest.fixture(scope="session")
 def schemas():
-    from cds_service.fhir_input import load_request_schemas
+    from cds_service.protocol.request import load_request_schemas
 
     return load_request_schemas()
 

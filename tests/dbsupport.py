@@ -50,7 +50,7 @@ def db_config(request) -> dict[str, Any]:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
     config = {"DATABASE_URL": url.render_as_string(hide_password=False), "AUDIT_HMAC_KEY": TEST_HMAC_KEY}
-    from cds_service.db import Database
+    from cds_service.store.db import Database
     from cds_service.settings import Settings
 
     db = Database.from_settings(Settings.load(config))
@@ -92,7 +92,7 @@ def db_app(app_factory):
 
 @pytest.fixture()
 def database(db_app):
-    """The test app's :class:`cds_service.db.Database`."""
+    """The test app's :class:`cds_service.store.db.Database`."""
     return db_app.extensions["vcf_cds"]["db"]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cds_service.models import AuditCall, AuditCard, AuditOrder, Feedback
+from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback
 
 from conftest import FIXTURES, load_json
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cds_service.protocol import CdsDiscovery, check_response
+from cds_service.protocol.models import CdsDiscovery, check_response
 
 from conftest import FIXTURES, load_json, make_app
 

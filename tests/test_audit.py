@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import text
 
-from cds_service.audit import CallRecord, patient_hash, write_record
-from cds_service.cli import main
-from cds_service.models import AuditCall, AuditCard, AuditOrder, Feedback
-from cds_service.render import PAMA_BASE
+from cds_service.store.audit import CallRecord, patient_hash, write_record
+from cds_service.ops.cli import main
+from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback
+from cds_service.decision.render import PAMA_BASE
 
 from conftest import FIXTURES, load_json, make_app
 from dbsupport import app_factory, database, db_app, db_config, env_for  # noqa: F401

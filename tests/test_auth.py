@@ -22,9 +22,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from cds_service.auth import TokenVerifier, load_trusted_issuers
-from cds_service.cli import main as cli_main
-from cds_service.replay import MemoryReplayCache
+from cds_service.security.auth import TokenVerifier, load_trusted_issuers
+from cds_service.ops.cli import main as cli_main
+from cds_service.security.replay import MemoryReplayCache
 from cds_service.settings import SettingsError
 
 from client_tokens import (BASE, SANDBOX_ISS, SANDBOX_JKU, SANDBOX_JWKS_PATH, SANDBOX_KID, SPEC_ISS, SPEC_JWKS,
@@ -235,7 +235,7 @@ def test_bad_token_is_refused_with_no_detail(client, jwks_server, caplog, name):
     token = make(jwks_server)
     with caplog.at_level(logging.DEBUG):
         assert_refused(post(client, token))
-    refusals = [r for r in caplog.records if r.name == "cds_service.security" and r.levelno == logging.WARNING]
+    refusals = [r for r in caplog.records if r.name == "cds_service.web.security" and r.levelno == logging.WARNING]
     assert [r.getMessage().rsplit(": ", 1)[1] for r in refusals] == [reason]
     assert all(token not in r.getMessage() and token[:40] not in r.getMessage() for r in caplog.records)
 
@@ -410,7 +410,7 @@ def test_replay_cache_falls_back_to_the_process_while_the_database_is_down(issue
                                                                           monkeypatch):
     from sqlalchemy.exc import OperationalError
 
-    from cds_service.db import DatabaseReplayCache
+    from cds_service.store.db import DatabaseReplayCache
 
     def database_down(self, key, expires_at):
         raise OperationalError("INSERT ...", {}, Exception("connection refused"))

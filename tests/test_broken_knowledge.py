@@ -1,7 +1,7 @@
 """Broken knowledge is refused with a message naming the file and the entry.
 
 One case per error in ``cds_service/knowledge.py``, kept in ``tests/bad_knowledge/<case>.json``
-as a small change to a copy of the bundled ``cds_service/data`` (not a whole copy per case)::
+as a small change to a copy of the bundled ``cds_service/decision/data`` (not a whole copy per case)::
 
     {"description": "...",
      "expected": "<exact KnowledgeError message>",   # "{data}" stands for the copied directory
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.knowledge import DEFAULT_DIR, KnowledgeError, load_knowledge
+from cds_service.decision.knowledge import DEFAULT_DIR, KnowledgeError, load_knowledge
 
 CASES_DIR = Path(__file__).parent / "bad_knowledge"
 CASES = sorted(CASES_DIR.glob("*.json"))

@@ -11,9 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from cds_service.cli import main
-from cds_service.db import Database, DatabaseError, DatabaseReplayCache, head_revision
-from cds_service.models import Base
+from cds_service.ops.cli import main
+from cds_service.store.db import Database, DatabaseError, DatabaseReplayCache, head_revision
+from cds_service.store.tables import Base
 from cds_service.settings import Settings, SettingsError
 
 from conftest import TEST_APP_CONFIG, make_app

@@ -12,10 +12,10 @@ import json
 
 import pytest
 
-from cds_service.errors import RequestError
+from cds_service.protocol.errors import RequestError
 from cds_service.pipeline import evaluate
-from cds_service.protocol import check_response
-from cds_service.render import PAMA_BASE, RenderOptions
+from cds_service.protocol.models import check_response
+from cds_service.decision.render import PAMA_BASE, RenderOptions
 
 from conftest import FIXTURES, load_json
 

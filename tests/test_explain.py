@@ -20,12 +20,12 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import text
 
-from cds_service.audit import build_record, write_record
-from cds_service.explain_links import ExplainLinks, InvalidLink, link_secret
-from cds_service.knowledge import DEFAULT_DIR
+from cds_service.store.audit import build_record, write_record
+from cds_service.security.links import ExplainLinks, InvalidLink, link_secret
+from cds_service.decision.knowledge import DEFAULT_DIR
 from cds_service.pipeline import evaluate
-from cds_service.protocol import check_response
-from cds_service.render import RenderOptions
+from cds_service.protocol.models import check_response
+from cds_service.decision.render import RenderOptions
 from cds_service.settings import Settings, SettingsError
 
 from conftest import FIXTURES, load_json, make_app
@@ -335,7 +335,7 @@ def test_migration_0002_keeps_records_written_before_it(db_app, database):
     link opens a page (the facts behind it were not kept then, and the page says so)."""
     from alembic import command
 
-    from cds_service.db import _alembic_config, head_revision
+    from cds_service.store.db import _alembic_config, head_revision
 
     def migrate(step, revision: str) -> None:
         cfg = _alembic_config()

@@ -31,8 +31,8 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from cds_service.engine import classify_order
-from cds_service.knowledge import CATEGORY_DISPLAY
+from cds_service.decision.engine import classify_order
+from cds_service.decision.knowledge import CATEGORY_DISPLAY
 
 from conftest import FIXTURES, ROOT, load_json
 
@@ -93,7 +93,7 @@ def gunicorn(tmp_path_factory):
     env["VCF_CDS_DATA_DIR"] = str(work / "var")
     env["VCF_CDS_AUTH"] = "off"  # a browser is not a CDS Client; the hook calls here stand in for the EHR
     out, err = (work / "stdout.log").open("wb"), (work / "stderr.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "serve", "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "cds_service.ops.cli", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "2"], env=env, stdout=out, stderr=err, cwd=work)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

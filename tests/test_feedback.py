@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from cds_service.models import Feedback
+from cds_service.store.tables import Feedback
 
 from conftest import FIXTURES, make_app
 from dbsupport import app_factory, database, db_app, db_config, run_in_processes  # noqa: F401

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cds_service.errors import RequestError, operation_outcome
-from cds_service.fhir_input import (
+from cds_service.protocol.errors import RequestError, operation_outcome
+from cds_service.protocol.request import (
     InputIssue,
     ParsedRequest,
     load_request_schemas,

@@ -12,7 +12,7 @@ import sys
 import pytest
 from prometheus_client import REGISTRY
 
-from cds_service.health import register_readiness_check
+from cds_service.web.health import register_readiness_check
 from cds_service.observability import count_audit_write_failure, logging_config
 
 from conftest import FIXTURES, load_json, make_app
@@ -48,7 +48,7 @@ def test_readyz_reports_knowledge_and_database(client):
 
 
 def test_readyz_is_503_when_the_database_does_not_answer(monkeypatch):
-    from cds_service.db import Database, DatabaseError
+    from cds_service.store.db import Database, DatabaseError
 
     def down(self):
         raise DatabaseError("cannot reach the sqlite database (OperationalError)")
@@ -167,7 +167,7 @@ def test_logs_are_json_lines_with_hook_instance_and_no_patient_data(httpserver, 
     lines = [line for line in json_log_lines()[started:] if line["logger"].startswith("cds_service")]
     events = {(line["logger"], line["event"].split(" ")[0]) for line in lines}
     assert ("cds_service.access", "request") in events  # one access line per request
-    assert ("cds_service.fhir_client", "fetched") in events  # the package's stdlib logging, as JSON
+    assert ("cds_service.fhir.client", "fetched") in events  # the package's stdlib logging, as JSON
     assert all(line["hook_instance"] == body["hookInstance"] for line in lines)
     patient = typical["prefetch"]["patient"]
     text = "\n".join(json.dumps(line) for line in lines)

@@ -10,7 +10,7 @@ import copy
 
 import pytest
 
-from cds_service.protocol import check_response
+from cds_service.protocol.models import check_response
 
 from conftest import FIXTURES, load_json
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cds_service.protocol import (
+from cds_service.protocol.models import (
     Action,
     Card,
     CdsResponse,
@@ -145,7 +145,7 @@ def test_system_actions_and_discovery_models():
 
 
 def test_protocol_does_not_import_flask():
-    code = "import sys, cds_service.protocol; sys.exit('flask' in sys.modules)"
+    code = "import sys, cds_service.protocol.models; sys.exit('flask' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, check=False)
     assert result.returncode == 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import types
 
-from cds_service.replay import MemoryReplayCache
+from cds_service.security.replay import MemoryReplayCache
 
 
 def make_cache():

@@ -14,9 +14,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from cds_service.audit import CallRecord, write_record
-from cds_service.cli import main
-from cds_service.report import PAMA_RATINGS, UNRATED, build_report, code_label, render_html
+from cds_service.store.audit import CallRecord, write_record
+from cds_service.ops.cli import main
+from cds_service.store.report import PAMA_RATINGS, UNRATED, build_report, code_label, render_html
 
 from dbsupport import app_factory, database, db_app, db_config, env_for  # noqa: F401
 from replay import accepted, overridden, post_feedback, replay_fixtures

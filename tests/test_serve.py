@@ -31,7 +31,7 @@ def test_serve_runs_workers_that_share_metrics_and_stops_gracefully(tmp_path):
     env["VCF_CDS_DATA_DIR"] = str(tmp_path / "var")
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "cds_service.ops.cli", "serve", "--port", str(port),
                                  "--workers", "2"], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30

@@ -10,7 +10,7 @@ import sys
 
 from fhir.resources.R4B import get_fhir_model_class
 
-from cds_service.protocol import check_response
+from cds_service.protocol.models import check_response
 
 from conftest import FIXTURES, load_json, make_app
 from test_api import normalise_uuids, pama_codes, post

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 
-from cds_service.scenario import yields_facts
+from cds_service.decision.scenario import yields_facts
 
 from conftest import FIXTURES, load_json
 from test_api import normalise_uuids, post

@@ -1,4 +1,4 @@
-"""Checks on the FHIR ValueSet files in cds_service/data/valuesets/."""
+"""Checks on the FHIR ValueSet files in cds_service/decision/data/valuesets/."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import simple_icd_10_cm as icd
 
-VALUESET_DIR = Path(__file__).resolve().parents[1] / "cds_service" / "data" / "valuesets"
+VALUESET_DIR = Path(__file__).resolve().parents[1] / "cds_service" / "decision" / "data" / "valuesets"
 FILES = sorted(VALUESET_DIR.glob("*.json"))
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"

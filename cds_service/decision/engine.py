@@ -1,0 +1,188 @@
+"""The decision: selected orders + record + knowledge -> variant, rating and advisories.
+
+Pure (no Flask, no I/O). Implements decision-rules.md §3 (classification, facts, variant)
+and the rules of §2 that attach to the ordered procedure (augmentation contraindications
+and reminders, MRI after vertebral augmentation, steering to IR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Iterable, Literal, Mapping, Sequence
+
+from cds_service.decision.knowledge import Knowledge, Procedure, Rating, Region, Variant
+from cds_service.decision.scenario import Evidence, FactSet, VariantChoice, choose_variant, extract_facts, reference_date
+
+PamaRating = Literal["appropriate", "not-appropriate", "no-criteria-apply"]
+Advisory = Literal[
+    "augment-bleeding", "augment-neuro", "augment-infection", "augment-no-edema",
+    "augment-no-therapy", "post-augmentation-mri", "steer-ir",
+]
+RATED_STATUSES = frozenset({"draft", "active", "on-hold"})
+PAMA_BY_CATEGORY: Mapping[str, PamaRating] = {
+    "UA": "appropriate", "MBA": "appropriate", "MBA-D": "appropriate", "UNA": "not-appropriate",
+}
+
+
+@dataclass(frozen=True)
+class OrderClass:
+    """What an order is: the ACR procedure and spine region its codes name (None if unknown)
+    and the coding that identified the procedure."""
+
+    procedure: Procedure | None
+    region: Region | None
+    coding: Mapping | None
+
+
+@dataclass(frozen=True)
+class OrderDecision:
+    """The decision for one selected order.
+
+    ``ref`` is ``ServiceRequest/<id>``; ``raw`` the order as sent. ``choice`` is None when
+    the order itself is out of scope (no procedure). ``rating`` is the ACR cell for the
+    ordered procedure in the chosen variant; ``pama`` the Argonaut rating code, None when no
+    rating can be determined (the order then SHALL NOT appear in rating actions,
+    decision-rules.md §5). ``alternatives`` are the variant's Usually appropriate procedures
+    other than the one ordered, in table order.
+    """
+
+    ref: str
+    raw: Mapping
+    order_class: OrderClass
+    facts: FactSet
+    choice: VariantChoice | None
+    rating: Rating | None
+    pama: PamaRating | None
+    alternatives: tuple[Rating, ...]
+    advisories: tuple[Advisory, ...]
+
+    @property
+    def variant(self) -> Variant | None:
+        return self.choice.variant if self.choice else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """All selected orders' decisions plus the response-wide red-flag escalation.
+
+    ``red_flags`` is the evidence of neurologic red flags (empty: none); ``red_flag_missing``
+    the procedures (red-flag MRI, spine-surgery consultation) not already among the draft
+    orders, which the critical card suggests ordering.
+    """
+
+    orders: tuple[OrderDecision, ...]
+    red_flags: tuple[Evidence, ...]
+    red_flag_missing: tuple[Procedure, ...]
+    red_flag_region: Region | None
+
+
+def classify_order(knowledge: Knowledge, raw: Mapping) -> OrderClass:
+    """Classify an order by its ``code.coding`` (CPT, LOINC, SNOMED CT; decision-rules.md §3.1)."""
+    term = knowledge.terminology
+    procedure = region = coding = None
+    by_vs, region_by_vs = knowledge.procedure_by_valueset, knowledge.region_by_valueset
+    code = raw.get("code") if isinstance(raw.get("code"), dict) else {}
+    for c in code.get("coding") or ():
+        if not isinstance(c, dict):
+            continue
+        for vs in term.memberships(c.get("system"), c.get("code")):
+            if procedure is None and vs in by_vs:
+                procedure, coding = by_vs[vs], c
+            if region is None and vs in region_by_vs:
+                region = region_by_vs[vs]
+    return OrderClass(procedure, region, coding)
+
+
+def _rating(variant: Variant | None, oc: OrderClass) -> Rating | None:
+    if variant is None or oc.procedure is None:
+        return None
+    if variant.regions and (oc.region is None or oc.region.id not in variant.regions):
+        return None
+    return variant.rating_for(oc.procedure.id)
+
+
+def _advisories(knowledge: Knowledge, oc: OrderClass, facts: FactSet, choice: VariantChoice,
+                rating: Rating | None) -> tuple[Advisory, ...]:
+    out: list[Advisory] = []
+    p = oc.procedure
+    if p is None:
+        return ()
+    if p.category == "augmentation":
+        if "bleeding-risk" in facts:
+            out.append("augment-bleeding")
+        if "neuro-red-flag" in facts:
+            out.append("augment-neuro")
+        if "infection" in facts:
+            out.append("augment-infection")
+        # Reminders belong to the routine pathway; a red flag has already taken the patient
+        # out of it (decision-rules.md §2.1), and the critical card says what to do instead.
+        if "neuro-red-flag" not in facts:
+            named_missing = any("marrow-edema" in gap for gap in choice.missing)
+            if "marrow-edema" not in facts and not named_missing:
+                out.append("augment-no-edema")
+            # Rule §2.6 concerns osteoporotic fractures; a pathologic fracture has other care.
+            if "osteoporotic" in facts and "osteoporosis-therapy" not in facts:
+                out.append("augment-no-therapy")
+    if p.modality == "MR" and "augmentation-history" in facts:
+        out.append("post-augmentation-mri")
+    v = choice.variant
+    aug_rating = v.rating_for(knowledge.preferred.augmentation) if v is not None else None
+    # A UA treatment order gets no warning, but augmentation may be the UA option the
+    # clinician did not pick; UNA/MBA orders carry the IR referral among their suggestions.
+    if (p.kind == "treatment" and p.category != "augmentation" and rating is not None
+            and rating.category == "UA" and aug_rating is not None and aug_rating.category == "UA"):
+        out.append("steer-ir")
+    return tuple(out)
+
+
+def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Mapping],
+                 procedures: Sequence[Mapping], as_of: date | None = None) -> OrderDecision:
+    """Decide one order (raw FHIR ServiceRequest JSON) against the patient's record."""
+    ref = f"{raw.get('resourceType', 'ServiceRequest')}/{raw.get('id')}"
+    # Only orders still being placed are rated; a revoked, completed or entered-in-error
+    # request is not a decision the clinician is making now.
+    oc = classify_order(knowledge, raw) if raw.get("status", "draft") in RATED_STATUSES else OrderClass(None, None, None)
+    facts = extract_facts(knowledge, conditions=conditions, procedures=procedures, order=raw,
+                          as_of=as_of or reference_date(raw))
+    if oc.procedure is None:
+        return OrderDecision(ref, raw, oc, facts, None, None, None, (), ())
+    choice = choose_variant(knowledge, facts, oc.procedure.kind)
+    rating = _rating(choice.variant, oc)
+    pama: PamaRating | None = None
+    if rating is not None:
+        pama = PAMA_BY_CATEGORY[rating.category]
+    elif choice.variant is not None:
+        pama = "no-criteria-apply"
+    alternatives: tuple[Rating, ...] = ()
+    if choice.variant is not None:
+        alternatives = tuple(r for r in choice.variant.ratings
+                             if r.category == "UA" and r.procedure != oc.procedure.id)
+    return OrderDecision(ref, raw, oc, facts, choice, rating, pama, alternatives,
+                         _advisories(knowledge, oc, facts, choice, rating))
+
+
+def decide(knowledge: Knowledge, *, selections: Iterable[Mapping], draft_orders: Iterable[Mapping],
+           conditions: Sequence[Mapping], procedures: Sequence[Mapping], as_of: date | None = None) -> Decision:
+    """Decide every selected order (raw JSON dicts, in selection order).
+
+    ``draft_orders`` (all of them, selected or not) tell the red-flag escalation what is
+    already being ordered. ``as_of`` overrides each order's reference date (tests, replays).
+    """
+    drafts = list(draft_orders)
+    orders = tuple(decide_order(knowledge, raw, conditions=conditions, procedures=procedures, as_of=as_of)
+                   for raw in selections)
+    red: dict[tuple, Evidence] = {}
+    for od in orders:
+        for e in od.facts.evidence.get("neuro-red-flag", ()):
+            red.setdefault((e.resource, e.system, e.code), e)
+    missing: list[Procedure] = []
+    region = None
+    if red:
+        present = {classify_order(knowledge, d).procedure for d in drafts}
+        present_ids = {p.id for p in present if p is not None}
+        for pid in (knowledge.preferred.redFlagImaging, knowledge.preferred.redFlagConsultation):
+            if pid not in present_ids:
+                missing.append(knowledge.procedures[pid])
+        region = next((od.order_class.region for od in orders if od.order_class.region is not None), None)
+    return Decision(orders, tuple(red.values()), tuple(missing), region)

@@ -1,0 +1,529 @@
+"""Load and cross-check the clinical knowledge in a data directory; return it frozen.
+
+Layout of the directory (see ``cds_service/decision/data/README.md``)::
+
+    valuesets/*.json     FHIR R4 ValueSet resources (validated with fhir.resources R4B)
+    facts.json           fact kinds -> value sets (decision-rules.md §3.2)
+    acr/procedures.json  ACR procedures and spine regions -> order value sets
+    acr/*.json           one file per ACR topic: variants, criteria, ratings with provenance
+    services.json        CDS Hooks discovery entries
+    cards.json           card wording
+
+Anything wrong refuses to load with :class:`KnowledgeError`, whose message names the
+file and the entry, so a site swapping in a licensed ACR table sees exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cds_service.decision.terminology import (
+    ICD10CM,
+    KNOWN_SYSTEMS,
+    SOURCE_EXT,
+    UNCONFIRMED_EXT,
+    Concept,
+    Terminology,
+    ValueSetDef,
+    normalize_code,
+)
+
+DEFAULT_DIR = Path(__file__).parent / "data"
+
+Category = Literal["UA", "MBA", "MBA-D", "UNA"]
+Provenance = Literal["OFFICIAL", "SEED", "SECONDARY"]
+CATEGORY_DISPLAY = {
+    "UA": "Usually appropriate",
+    "MBA": "May be appropriate",
+    "MBA-D": "May be appropriate (Disagreement)",
+    "UNA": "Usually not appropriate",
+}
+# ACR scale: 1-3 UNA, 4-6 MBA, 7-9 UA (decision-rules.md §1).
+SCORE_RANGE = {"UA": range(7, 10), "MBA": range(4, 7), "MBA-D": range(4, 7), "UNA": range(1, 4)}
+COMPUTED_FACTS = frozenset({"vcf-new", "vcf-prior"})
+
+
+class KnowledgeError(Exception):
+    """Knowledge that must not be served: message is ``<file>: <entry>: <problem>``."""
+
+    def __init__(self, file: str, entry: str, problem: str):
+        self.file, self.entry, self.problem = file, entry, problem
+        super().__init__(f"{file}: {entry}: {problem}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FactKind(_Strict):
+    """A fact the scenario reads, recognised by the codes of one value set."""
+
+    id: str
+    label: str
+    valueSet: str | None
+    note: str | None = None
+    from_: tuple[Literal["condition", "reasonCode", "procedure"], ...] = Field(alias="from")
+    rule: str
+    optional: bool = False
+    askWhenMissing: bool = True
+
+
+class DerivedFact(_Strict):
+    """A fact that holds when any of its underlying facts holds."""
+
+    id: str
+    label: str
+    anyOf: tuple[str, ...]
+    askWhenMissing: bool = True
+
+
+class Acuity(_Strict):
+    description: str
+    initialCharacters: tuple[str, ...]
+    subsequentCharacters: tuple[str, ...]
+    newWithinDays: int = Field(gt=0)
+    vcfFacts: tuple[str, ...]
+    priorFacts: tuple[str, ...]
+
+
+class FactsFile(_Strict):
+    description: str
+    facts: tuple[FactKind, ...]
+    derived: tuple[DerivedFact, ...]
+    acuity: Acuity
+
+
+class Procedure(_Strict):
+    """An ACR procedure (row of a rating table) and the order codes that identify it."""
+
+    id: str
+    display: str
+    kind: Literal["imaging", "treatment"]
+    modality: str | None = None
+    contrast: Literal["none", "without", "with", "without-and-with", "intrathecal"] | None = None
+    category: Literal["augmentation", "ablation", "consultation", "medical"] | None = None
+    valueSet: str | None
+
+
+class Region(_Strict):
+    id: str
+    display: str
+    valueSet: str
+
+
+class PreferredReferral(_Strict):
+    description: str
+    augmentation: str
+    augmentationText: str
+    augmentationPerformer: str
+    redFlagImaging: str
+    redFlagConsultation: str
+
+
+class ProceduresFile(_Strict):
+    description: str
+    procedures: tuple[Procedure, ...]
+    regions: tuple[Region, ...]
+    preferredReferral: PreferredReferral
+
+
+class Rating(_Strict):
+    """One cell of an ACR rating table: category, score (if known), RRL, provenance."""
+
+    procedure: str
+    category: Category
+    score: int | None = None
+    rrl: str | None = None
+    rrlNote: str | None = None
+    provenance: Provenance
+    source: str | None = None
+
+    @property
+    def category_display(self) -> str:
+        return CATEGORY_DISPLAY[self.category]
+
+
+class Criteria(_Strict):
+    all: tuple[str, ...]
+    none: tuple[str, ...] = ()
+
+
+class Variant(_Strict):
+    """An ACR variant (clinical scenario) with the facts that select it and its ratings."""
+
+    id: str
+    title: str
+    titleConfirmed: bool
+    acrScenarioId: str | None = None
+    orderKind: Literal["imaging", "treatment"]
+    regions: tuple[str, ...] = ()
+    routing: Literal["red-flag"] | None = None
+    criteria: Criteria
+    ratings: tuple[Rating, ...]
+
+    def rating_for(self, procedure_id: str) -> Rating | None:
+        return next((r for r in self.ratings if r.procedure == procedure_id), None)
+
+
+class Topic(_Strict):
+    """An ACR Appropriateness Criteria topic: citation, URL and variants."""
+
+    id: str
+    title: str
+    revised: str
+    acrTopicId: str
+    citation: str
+    url: str
+    urlConfirmed: bool = True
+    source: str
+    variants: tuple[Variant, ...]
+
+
+class ServiceDef(_Strict):
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: dict[str, str]
+    requiredPrefetch: tuple[str, ...] = ()
+    usageRequirements: str | None = None
+
+
+class ServicesFile(_Strict):
+    services: tuple[ServiceDef, ...]
+
+
+class CardsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    description: str
+    source: dict[str, str]
+    overrideReasons: dict[str, Any]
+    text: dict[str, str]
+
+
+# The hooks whose context fhir_input can read (CDS Hooks library: order-select, order-sign).
+SUPPORTED_HOOKS = ("order-select", "order-sign")
+
+REQUIRED_CARD_TEXT = (
+    "notAppropriate", "mayBeAppropriate", "noCriteria", "missingFacts",
+    "missingFactsShort", "conflict", "traumatic", "redFlag", "redFlagDetail", "steerToIr", "augmentBleeding",
+    "augmentBleedingDetail", "augmentNeuro", "augmentNeuroDetail", "augmentInfection",
+    "augmentInfectionDetail", "augmentNoEdema", "augmentNoEdemaDetail", "augmentNoTherapy",
+    "augmentNoTherapyDetail", "postAugmentationMri", "postAugmentationMriDetail",
+    "secondaryNote", "unconfirmedNote",
+)
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """Everything the engine and renderer read, frozen after loading.
+
+    ``version`` is ``<sha256 prefix>`` of every file's bytes, so audit records can say
+    exactly which knowledge produced an answer.
+    """
+
+    directory: Path
+    version: str
+    terminology: Terminology
+    facts: Mapping[str, FactKind]
+    derived: Mapping[str, DerivedFact]
+    acuity: Acuity
+    procedures: Mapping[str, Procedure]
+    regions: tuple[Region, ...]
+    preferred: PreferredReferral
+    topics: tuple[Topic, ...]
+    variants: Mapping[str, Variant]
+    variant_topic: Mapping[str, Topic]
+    services: Mapping[str, ServiceDef]
+    cards: CardsFile
+    # Lookups for the hot path, built once here rather than on every request.
+    fact_index: Mapping[tuple[str, str], tuple[str, ...]]
+    procedure_by_valueset: Mapping[str, Procedure]
+    region_by_valueset: Mapping[str, Region]
+
+    def askable(self, fact_id: str) -> bool:
+        """Whether a card may ask the clinician to record this fact when it is missing
+        (a diagnosis such as malignancy defines the patient; it is never 'missing')."""
+        f = self.facts.get(fact_id) or self.derived.get(fact_id)
+        return f.askWhenMissing if f is not None else True
+
+    def fact_label(self, fact_id: str) -> str:
+        if fact_id in self.facts:
+            return self.facts[fact_id].label
+        if fact_id in self.derived:
+            return self.derived[fact_id].label
+        return {"vcf-new": "new vertebral fracture (initial encounter or recent onset)",
+                "vcf-prior": "history of vertebral fracture or augmentation"}.get(fact_id, fact_id)
+
+
+def _read_json(path: Path, rel: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KnowledgeError(rel, "file", "missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KnowledgeError(rel, "file", f"not valid JSON ({exc})") from None
+
+
+def _parse(model: type[BaseModel], data: Any, rel: str, names: Mapping[str, list] | None = None) -> Any:
+    """Validate ``data`` with ``model``; on failure name the entry by its ``id`` when the
+    failing location is inside a list of identified objects."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = err["loc"]
+        entry = ".".join(str(p) for p in loc) or "file"
+        node: Any = data
+        labels = []
+        for part in loc:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                break
+            if isinstance(node, dict) and isinstance(node.get("id"), str):
+                labels.append(f"'{node['id']}'")
+            elif isinstance(node, dict) and isinstance(node.get("procedure"), str):
+                labels.append(f"rating of '{node['procedure']}'")
+        if labels:
+            entry = f"{entry} ({' / '.join(labels)})"
+        raise KnowledgeError(rel, entry, err["msg"]) from None
+
+
+def _first_problem(exc: Exception) -> str:
+    """The first concrete problem of a validation error ('status: Value ... is required')."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return f"{where}: {err['msg']}" if where else err["msg"]
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return " ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+
+
+def _ext(element: Mapping, url: str) -> Any:
+    for e in element.get("extension", ()) or ():
+        if isinstance(e, dict) and e.get("url") == url:
+            return e.get("valueString", e.get("valueBoolean"))
+    return None
+
+
+def _load_valueset(path: Path, rel: str) -> ValueSetDef:
+    from fhir.resources.R4B.valueset import ValueSet  # R4 data: R4B models (the plain import is R5)
+
+    raw = _read_json(path, rel)
+    try:
+        ValueSet.model_validate(raw)
+    except (ValidationError, ValueError, TypeError, KeyError) as exc:
+        raise KnowledgeError(rel, "ValueSet", f"not a valid FHIR R4 ValueSet: {_first_problem(exc)}") from None
+    if raw.get("id") != path.stem:
+        raise KnowledgeError(rel, "id", f"'{raw.get('id')}' does not match the file name '{path.stem}'")
+    compose = raw.get("compose") or {}
+
+    def concepts(part: str) -> tuple[Concept, ...]:
+        out: list[Concept] = []
+        for i, inc in enumerate(compose.get(part) or ()):
+            system = inc.get("system")
+            where = f"compose.{part}[{i}]"
+            if system not in KNOWN_SYSTEMS:
+                raise KnowledgeError(rel, where, f"unknown code system '{system}'")
+            for c in inc.get("concept") or ():
+                out.append(Concept(system, normalize_code(system, c["code"]), c.get("display"),
+                                   unconfirmed=bool(_ext(c, UNCONFIRMED_EXT)),
+                                   source=_ext(c, SOURCE_EXT) or _ext(inc, SOURCE_EXT)))
+            if len(inc.get("filter") or ()) > 1:
+                # FHIR ANDs the filters of one include; every root here is meant as an alternative.
+                raise KnowledgeError(rel, where, "one is-a filter per include (filters in one include are ANDed)")
+            for f in inc.get("filter") or ():
+                if system != ICD10CM or f.get("op") != "is-a" or f.get("property") != "concept":
+                    raise KnowledgeError(rel, where, "only 'concept is-a' filters on ICD-10-CM are supported")
+                out.append(Concept(system, normalize_code(system, f["value"]), None, is_a=True,
+                                   unconfirmed=bool(_ext(inc, UNCONFIRMED_EXT)), source=_ext(inc, SOURCE_EXT)))
+            if part == "include" and not (inc.get("concept") or inc.get("filter")):
+                raise KnowledgeError(rel, where, "includes a whole code system; list concepts or an is-a filter")
+        return tuple(out)
+
+    include = concepts("include")
+    if not include:
+        raise KnowledgeError(rel, "compose.include", "value set has no concepts")
+    return ValueSetDef(id=raw["id"], url=raw.get("url", ""), title=raw.get("title") or raw.get("name") or raw["id"],
+                       description=raw.get("description", ""), include=include, exclude=concepts("exclude"))
+
+
+def load_knowledge(directory: str | Path | None = None) -> Knowledge:
+    """Load ``directory`` (default: the bundled ``cds_service/decision/data``) and cross-check it.
+
+    Raises :class:`KnowledgeError` naming file and entry for: unreadable or invalid JSON,
+    an invalid FHIR ValueSet, duplicate ids, a reference to a value set, fact, procedure or
+    region that does not exist, an enum value out of range, a score outside its category.
+    """
+    root = Path(directory) if directory else DEFAULT_DIR
+    if not root.is_dir():
+        raise KnowledgeError(str(root), "directory", "knowledge directory not found")
+    digest = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*.json"))
+    for p in files:
+        digest.update(p.relative_to(root).as_posix().encode())
+        digest.update(p.read_bytes())
+
+    # Value sets
+    valuesets: dict[str, ValueSetDef] = {}
+    urls: dict[str, str] = {}
+    vs_dir = root / "valuesets"
+    for path in sorted(vs_dir.glob("*.json")):
+        rel = f"valuesets/{path.name}"
+        vs = _load_valueset(path, rel)
+        if vs.url in urls:
+            raise KnowledgeError(rel, "url", f"'{vs.url}' is also used by {urls[vs.url]}")
+        urls[vs.url] = rel
+        valuesets[vs.id] = vs
+    if not valuesets:
+        raise KnowledgeError("valuesets/", "directory", "no value sets found")
+
+    def need_vs(rel: str, entry: str, vs_id: str | None) -> None:
+        if vs_id is not None and vs_id not in valuesets:
+            raise KnowledgeError(rel, entry, f"value set '{vs_id}' does not exist in valuesets/")
+
+    def unique(rel: str, kind: str, ids: list[str]) -> None:
+        seen: set[str] = set()
+        for i in ids:
+            if i in seen:
+                raise KnowledgeError(rel, f"{kind} '{i}'", "duplicate id")
+            seen.add(i)
+
+    # Facts
+    rel = "facts.json"
+    ff: FactsFile = _parse(FactsFile, _read_json(root / rel, rel), rel)
+    for f in [*ff.facts, *ff.derived]:
+        if f.id in COMPUTED_FACTS:
+            raise KnowledgeError(rel, f"fact '{f.id}'", "this id is reserved for the built-in acuity fact")
+    unique(rel, "fact", [f.id for f in ff.facts] + [d.id for d in ff.derived])
+    for f in ff.facts:
+        need_vs(rel, f"fact '{f.id}'", f.valueSet)
+        if f.valueSet is None and not f.optional:
+            raise KnowledgeError(rel, f"fact '{f.id}'", "has no value set but is not marked optional")
+    fact_ids = {f.id for f in ff.facts}
+    for d in ff.derived:
+        for a in d.anyOf:
+            if a not in fact_ids:
+                raise KnowledgeError(rel, f"derived '{d.id}'", f"unknown fact '{a}'")
+    for a in ff.acuity.vcfFacts + ff.acuity.priorFacts:
+        if a not in fact_ids:
+            raise KnowledgeError(rel, "acuity", f"unknown fact '{a}'")
+    all_facts = fact_ids | {d.id for d in ff.derived} | COMPUTED_FACTS
+
+    # Procedures and regions
+    rel = "acr/procedures.json"
+    pf: ProceduresFile = _parse(ProceduresFile, _read_json(root / rel, rel), rel)
+    unique(rel, "procedure", [p.id for p in pf.procedures])
+    unique(rel, "region", [r.id for r in pf.regions])
+    procedures = {p.id: p for p in pf.procedures}
+    for p in pf.procedures:
+        need_vs(rel, f"procedure '{p.id}'", p.valueSet)
+    for r in pf.regions:
+        need_vs(rel, f"region '{r.id}'", r.valueSet)
+    for name in ("augmentation", "redFlagImaging", "redFlagConsultation"):
+        pid = getattr(pf.preferredReferral, name)
+        if pid not in procedures:
+            raise KnowledgeError(rel, f"preferredReferral.{name}", f"unknown procedure '{pid}'")
+        if procedures[pid].valueSet is None:
+            raise KnowledgeError(rel, f"preferredReferral.{name}", f"'{pid}' has no value set, so it cannot be ordered")
+    region_ids = {r.id for r in pf.regions}
+
+    # ACR topics
+    topics: list[Topic] = []
+    variants: dict[str, Variant] = {}
+    variant_topic: dict[str, Topic] = {}
+    variant_file: dict[str, str] = {}
+    for path in sorted((root / "acr").glob("*.json")):
+        if path.name == "procedures.json":
+            continue
+        rel = f"acr/{path.name}"
+        topic: Topic = _parse(Topic, _read_json(path, rel), rel)
+        for v in topic.variants:
+            entry = f"variant '{v.id}'"
+            if v.id in variants:
+                raise KnowledgeError(rel, entry, f"duplicate variant id (also in {variant_file[v.id]})")
+            for fact in v.criteria.all + v.criteria.none:
+                if fact not in all_facts:
+                    raise KnowledgeError(rel, entry, f"criteria name unknown fact '{fact}'")
+            if not v.criteria.all:
+                raise KnowledgeError(rel, entry, "criteria.all is empty: the variant would match every patient")
+            for reg in v.regions:
+                if reg not in region_ids:
+                    raise KnowledgeError(rel, entry, f"unknown region '{reg}'")
+            seen: set[str] = set()
+            for i, r in enumerate(v.ratings):
+                where = f"{entry} rating {i} ('{r.procedure}')"
+                if r.procedure not in procedures:
+                    raise KnowledgeError(rel, where, f"unknown procedure '{r.procedure}'")
+                if r.procedure in seen:
+                    raise KnowledgeError(rel, where, "procedure rated twice in one variant")
+                seen.add(r.procedure)
+                if procedures[r.procedure].kind != v.orderKind:
+                    raise KnowledgeError(rel, where, f"{procedures[r.procedure].kind} procedure in a {v.orderKind} variant")
+                if r.score is not None and r.score not in SCORE_RANGE[r.category]:
+                    raise KnowledgeError(rel, where, f"score {r.score} is outside category {r.category}")
+                if r.rrl is not None and not re.fullmatch(r"O|☢{1,5}|Varies", r.rrl):
+                    raise KnowledgeError(rel, where, f"relative radiation level '{r.rrl}' is not O, ☢..☢☢☢☢☢ or Varies")
+            variants[v.id] = v
+            variant_topic[v.id] = topic
+            variant_file[v.id] = rel
+        topics.append(topic)
+    if not variants:
+        raise KnowledgeError("acr/", "directory", "no ACR topic with variants found")
+
+    rel = "services.json"
+    sf: ServicesFile = _parse(ServicesFile, _read_json(root / rel, rel), rel)
+    unique(rel, "service", [s.id for s in sf.services])
+    for s in sf.services:
+        if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", s.id):
+            raise KnowledgeError(rel, f"service '{s.id}'", "id must be kebab-case")
+        if s.hook not in SUPPORTED_HOOKS:
+            raise KnowledgeError(rel, f"service '{s.id}'", f"hook '{s.hook}' is not one of "
+                                 f"{', '.join(SUPPORTED_HOOKS)}")
+        for key in s.requiredPrefetch:
+            if key not in s.prefetch:
+                raise KnowledgeError(rel, f"service '{s.id}'", f"required prefetch '{key}' has no template")
+
+    rel = "cards.json"
+    cf: CardsFile = _parse(CardsFile, _read_json(root / rel, rel), rel)
+    # Cards without a variant (no rating, advisories) cite this topic.
+    if cf.source.get("topic") not in {t.id for t in topics}:
+        raise KnowledgeError(rel, "source.topic", f"'{cf.source.get('topic')}' is not an ACR topic id")
+    for key in REQUIRED_CARD_TEXT:
+        if key not in cf.text:
+            raise KnowledgeError(rel, f"text.{key}", "missing")
+
+    fact_index: dict[tuple[str, str], list[str]] = {}
+    for f in ff.facts:
+        if f.valueSet is not None:
+            for origin in f.from_:
+                fact_index.setdefault((f.valueSet, origin), []).append(f.id)
+
+    return Knowledge(
+        directory=root,
+        version=digest.hexdigest()[:12],
+        terminology=Terminology.build(valuesets),
+        facts=MappingProxyType({f.id: f for f in ff.facts}),
+        derived=MappingProxyType({d.id: d for d in ff.derived}),
+        acuity=ff.acuity,
+        procedures=MappingProxyType(procedures),
+        regions=pf.regions,
+        preferred=pf.preferredReferral,
+        topics=tuple(topics),
+        variants=MappingProxyType(variants),
+        variant_topic=MappingProxyType(variant_topic),
+        services=MappingProxyType({s.id: s for s in sf.services}),
+        cards=cf,
+        fact_index=MappingProxyType({k: tuple(v) for k, v in fact_index.items()}),
+        procedure_by_valueset=MappingProxyType({p.valueSet: p for p in pf.procedures if p.valueSet}),
+        region_by_valueset=MappingProxyType({r.valueSet: r for r in pf.regions}),
+    )

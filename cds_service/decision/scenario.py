@@ -1,0 +1,250 @@
+"""Facts from the record, and the ACR variant they select (decision-rules.md §3).
+
+Pure functions over raw FHIR JSON (already validated by ``fhir_input``) and the frozen
+:class:`~cds_service.decision.knowledge.Knowledge`. Every fact keeps its evidence: the resource
+and the code that produced it, so cards and audit records can show why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from types import MappingProxyType
+from typing import Iterable, Literal, Mapping
+
+from cds_service.decision.knowledge import Knowledge, Variant
+from cds_service.decision.terminology import ICD10CM
+
+ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
+EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+EXCLUDED_PROCEDURE_STATUS = frozenset({"entered-in-error", "not-done", "preparation"})
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Why a fact holds: ``resource`` is ``Type/id`` (``Type/id#reasonCode`` for an order's
+    reason), ``code`` the matched (system, code, display), ``valueset`` the matching set."""
+
+    fact: str
+    resource: str
+    system: str
+    code: str
+    display: str | None
+    valueset: str
+    unconfirmed: bool = False
+    encounter: Literal["initial", "subsequent"] | None = None
+    onset: date | None = None
+
+
+@dataclass(frozen=True)
+class FactSet:
+    """Facts (base, derived and acuity facts) -> their evidence, in record order."""
+
+    evidence: Mapping[str, tuple[Evidence, ...]] = field(default_factory=dict)
+
+    def has(self, fact: str) -> bool:
+        return bool(self.evidence.get(fact))
+
+    def __contains__(self, fact: str) -> bool:
+        return self.has(fact)
+
+    def all_evidence(self) -> tuple[Evidence, ...]:
+        seen: dict[tuple, Evidence] = {}
+        for evs in self.evidence.values():
+            for e in evs:
+                seen.setdefault((e.fact, e.resource, e.system, e.code), e)
+        return tuple(seen.values())
+
+
+def _codings(concept: object) -> Iterable[dict]:
+    if isinstance(concept, dict):
+        for c in concept.get("coding") or ():
+            if isinstance(c, dict) and isinstance(c.get("code"), str):
+                yield c
+
+
+def _status_code(concept: object) -> str | None:
+    for c in _codings(concept):
+        return c["code"]
+    return None
+
+
+def _to_date(value: object) -> date | None:
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def reference_date(order_raw: Mapping) -> date:
+    """The date acuity is measured against: the order's ``authoredOn``, else today (UTC)."""
+    return _to_date(order_raw.get("authoredOn")) or datetime.now(timezone.utc).date()
+
+
+def is_active_condition(raw: Mapping) -> bool:
+    """clinicalStatus active / recurrence / relapse, and not refuted or entered-in-error
+    (FHIR R4 Condition; decision-rules.md §3.2)."""
+    if _status_code(raw.get("verificationStatus")) in EXCLUDED_VERIFICATION:
+        return False
+    return _status_code(raw.get("clinicalStatus")) in ACTIVE_CLINICAL
+
+
+def _encounter(knowledge: Knowledge, system: str, code: str) -> Literal["initial", "subsequent"] | None:
+    """ICD-10-CM 7th character of a fracture code: A initial, D/G/K/P/S subsequent."""
+    if system != ICD10CM:
+        return None
+    bare = code.replace(".", "").upper()
+    if len(bare) != 7:
+        return None
+    if bare[-1] in knowledge.acuity.initialCharacters:
+        return "initial"
+    if bare[-1] in knowledge.acuity.subsequentCharacters:
+        return "subsequent"
+    return None
+
+
+_FACT_ORIGIN = {"Condition": "condition", "Procedure": "procedure"}
+
+
+def yields_facts(knowledge: Knowledge, resource_type: str, raw: Mapping) -> bool:
+    """Whether :func:`extract_facts` can draw a fact from this prefetched resource.
+
+    For a Condition or Procedure: one of its ``code.coding`` is in a value set that defines
+    a fact for that resource type (``facts.json``). That code is all the decision reads to
+    find a fact, so a resource without one cannot change any decision and need not be
+    validated (``fhir_input.parse_order_select(reads=...)``). True for every other type.
+    ``raw`` may be unvalidated JSON: anything but a string system or code is ignored.
+    """
+    origin = _FACT_ORIGIN.get(resource_type)
+    if origin is None:
+        return True
+    idx, term = knowledge.fact_index, knowledge.terminology
+    return any(idx.get((vs, origin)) for c in _codings(raw.get("code")) if isinstance(c.get("system"), str)
+               for vs in term.memberships(c["system"], c["code"]))
+
+
+def extract_facts(
+    knowledge: Knowledge,
+    *,
+    conditions: Iterable[Mapping],
+    procedures: Iterable[Mapping],
+    order: Mapping,
+    as_of: date,
+) -> FactSet:
+    """Collect facts from active Conditions, completed Procedures and the order's reasonCode.
+
+    ``conditions`` / ``procedures`` / ``order`` are raw FHIR R4 JSON dicts. ``as_of`` is the
+    reference date for onset-based acuity (``reference_date``). Returns a :class:`FactSet`
+    including derived facts and ``vcf-new`` / ``vcf-prior`` (decision-rules.md §3.2).
+    """
+    idx = knowledge.fact_index
+    term = knowledge.terminology
+    found: dict[str, list[Evidence]] = {}
+
+    def add(origin: str, resource: str, concept: object, onset: date | None) -> None:
+        for c in _codings(concept):
+            system, code = c.get("system"), c["code"]
+            for vs in term.memberships(system, code):
+                for fact in idx.get((vs, origin), ()):
+                    concept_def = term.concept(vs, system, code)
+                    found.setdefault(fact, []).append(Evidence(
+                        fact=fact, resource=resource, system=system, code=code,
+                        display=c.get("display") or (concept_def.display if concept_def else None),
+                        valueset=vs, unconfirmed=bool(concept_def and concept_def.unconfirmed),
+                        encounter=_encounter(knowledge, system, code), onset=onset))
+
+    for raw in conditions:
+        if not is_active_condition(raw):
+            continue
+        onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
+        add("condition", f"Condition/{raw.get('id')}", raw.get("code"), onset)
+    for raw in procedures:
+        if raw.get("status") in EXCLUDED_PROCEDURE_STATUS:
+            continue
+        performed = _to_date(raw.get("performedDateTime")) or _to_date((raw.get("performedPeriod") or {}).get("start"))
+        add("procedure", f"Procedure/{raw.get('id')}", raw.get("code"), performed)
+    order_ref = f"{order.get('resourceType', 'ServiceRequest')}/{order.get('id')}#reasonCode"
+    for reason in order.get("reasonCode") or ():
+        add("reasonCode", order_ref, reason, None)
+
+    facts = {k: tuple(v) for k, v in found.items()}
+    for d in knowledge.derived.values():
+        evs = tuple(e for a in d.anyOf for e in facts.get(a, ()))
+        if evs:
+            facts[d.id] = evs
+    new, prior = _acuity(knowledge, facts, as_of)
+    if new:
+        facts["vcf-new"] = new
+    if prior:
+        facts["vcf-prior"] = prior
+    return FactSet(MappingProxyType(facts))
+
+
+def _acuity(knowledge: Knowledge, facts: Mapping[str, tuple[Evidence, ...]], as_of: date):
+    acu = knowledge.acuity
+    new: list[Evidence] = []
+    prior: list[Evidence] = [e for f in acu.priorFacts for e in facts.get(f, ())]
+    for f in acu.vcfFacts:
+        for e in facts.get(f, ()):
+            if e.encounter == "initial":
+                new.append(e)
+            elif e.encounter == "subsequent":
+                prior.append(e)
+            elif e.onset is not None:
+                (new if (as_of - e.onset).days <= acu.newWithinDays else prior).append(e)
+    return tuple(new), tuple(prior)
+
+
+@dataclass(frozen=True)
+class VariantChoice:
+    """Outcome of variant inference for one order kind.
+
+    ``status``: ``selected`` (``variant`` set), ``red-flag`` (neurologic red flag; ``variant``
+    is the routing variant for imaging, None for treatment), ``excluded`` (traumatic fracture,
+    outside the criteria), ``missing`` (``missing`` lists alternatives of missing facts),
+    ``conflict`` (``candidates`` lists the variants that all fit), ``out-of-scope``
+    (nothing in the record concerns a vertebral fracture or a red flag).
+    """
+
+    status: Literal["selected", "red-flag", "excluded", "missing", "conflict", "out-of-scope"]
+    variant: Variant | None = None
+    candidates: tuple[Variant, ...] = ()
+    missing: tuple[tuple[str, ...], ...] = ()
+
+
+def _fits(v: Variant, facts: FactSet) -> bool:
+    return all(f in facts for f in v.criteria.all) and not any(f in facts for f in v.criteria.none)
+
+
+def choose_variant(knowledge: Knowledge, facts: FactSet, order_kind: str) -> VariantChoice:
+    """Pick the ACR variant for an order of ``order_kind`` ('imaging' | 'treatment').
+
+    Red flags outrank every variant (decision-rules.md §2.1); a traumatic fracture is
+    outside the criteria (§2.5); otherwise exactly one variant must fit, else the order is
+    not rated and the missing or conflicting facts are reported (§3.3).
+    """
+    if "neuro-red-flag" in facts:
+        routed = [v for v in knowledge.variants.values()
+                  if v.routing == "red-flag" and v.orderKind == order_kind and _fits(v, facts)]
+        return VariantChoice("red-flag", variant=routed[0] if routed else None)
+    if "vcf-traumatic" in facts:
+        return VariantChoice("excluded")
+    if not ("vcf" in facts or "vcf-prior" in facts):
+        return VariantChoice("out-of-scope")
+    pool = [v for v in knowledge.variants.values() if v.orderKind == order_kind and v.routing is None]
+    fitting = [v for v in pool if _fits(v, facts)]
+    if len(fitting) == 1:
+        return VariantChoice("selected", variant=fitting[0])
+    if fitting:
+        return VariantChoice("conflict", candidates=tuple(fitting))
+    open_variants = [v for v in pool if not any(f in facts for f in v.criteria.none)
+                     and all(knowledge.askable(f) for f in v.criteria.all if f not in facts)]
+    gaps = [tuple(f for f in v.criteria.all if f not in facts) for v in open_variants]
+    if not gaps:
+        return VariantChoice("missing")
+    fewest = min(len(g) for g in gaps)
+    missing = tuple(dict.fromkeys(g for g in gaps if len(g) == fewest))
+    return VariantChoice("missing", candidates=tuple(v for v, g in zip(open_variants, gaps) if len(g) == fewest),
+                         missing=missing)

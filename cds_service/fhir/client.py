@@ -1,0 +1,479 @@
+"""Fetch what prefetch lacks from the CDS Client's FHIR server (CDS Hooks 2.0 §Prefetch Template,
+§FHIR Resource Access).
+
+The spec makes the CDS Service responsible for data the client did not prefetch: it runs the
+prefetch template's query against ``fhirServer`` with ``Authorization: Bearer
+{fhirAuthorization.access_token}``. Fetching from a URL named in the request body is a
+server-side request forgery risk, so every URL contacted (the base, each Bundle ``next`` link,
+each redirect) must match a configured allowlist of base URLs.
+
+Every failure raises :class:`cds_service.protocol.errors.RequestError` with status 412 and a diagnostic
+naming the prefetch key, its template (never the filled-in query, which carries the patient
+id) and the reason; the access token is never put in a message or a log line.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import json
+import logging
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from cds_service.protocol.errors import RequestError
+from cds_service.observability import observe_fhir_fetch
+
+__all__ = ["AllowedBase", "FetchPolicy", "FhirClient", "fill_template", "parse_allowlist"]
+
+log = logging.getLogger("cds_service.fhir.client")
+
+# CDS Hooks 2.0 §Prefetch tokens: {{context.<field>}} and the four user tokens derived from
+# context.userId ("Practitioner/123" -> userPractitionerId = 123).
+_TOKEN_RE = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_.]*)\s*\}\}")
+_USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+_FHIR_JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_MAX_REDIRECTS = 3
+_CHUNK_BYTES = 64 * 1024
+
+
+# ------------------------------------------------------------------------ allowlist
+
+
+@dataclass(frozen=True)
+class AllowedBase:
+    """One allowlisted FHIR base URL, normalised: lower-case scheme and host, explicit port,
+    path without trailing slash. A URL is allowed when scheme, host and port are equal and its
+    path is the base path or below it (segment boundary: ``/fhir`` does not allow ``/fhirx``)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    def allows(self, url: str) -> bool:
+        parts = _split(url)
+        if parts is None:
+            return False
+        scheme, host, port, path = parts
+        return (scheme, host, port) == (self.scheme, self.host, self.port) and (
+            path == self.path or path.startswith(self.path + "/")
+        )
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
+
+
+def _split(url: str) -> tuple[str, str, int, str] | None:
+    """(scheme, host, port, path) of an absolute http(s) URL without user info, or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80), parts.path.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_allowlist(text: str, *, allow_http_loopback: bool) -> tuple[AllowedBase, ...]:
+    """Parse ``VCF_CDS_FHIR_ALLOWLIST`` (comma-separated absolute base URLs).
+
+    Raises:
+        ValueError: naming the entry, for a URL that is not absolute http(s), carries user
+            info, a query or a fragment, or uses http on a host other than loopback (or on
+            loopback without ``allow_http_loopback``).
+    """
+    bases = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        parts = _split(entry)
+        if parts is None or urlsplit(entry).query or urlsplit(entry).fragment:
+            raise ValueError(f"'{entry}' is not an absolute http(s) base URL without user info, query or fragment")
+        scheme, host, port, path = parts
+        if scheme == "http" and not (allow_http_loopback and is_loopback(host)):
+            raise ValueError(f"'{entry}': https is required (http only for loopback with ALLOW_HTTP_LOOPBACK=1)")
+        bases.append(AllowedBase(scheme, host, port, path))
+    return tuple(bases)
+
+
+# ------------------------------------------------------------------------ templates
+
+
+def fill_template(template: str, context: Mapping[str, Any], user_id: str | None) -> str | None:
+    """Fill a prefetch template's tokens (CDS Hooks 2.0 §Prefetch tokens).
+
+    ``{{context.X}}`` takes the string value of context field X; ``{{userPractitionerId}}`` and
+    its siblings take the id part of ``context.userId`` when its resource type matches.
+    Values are percent-encoded so they cannot add query parameters or path segments.
+
+    Returns:
+        The relative FHIR query (``Condition?patient=123``), or None when a token cannot be
+        filled (absent or non-string context field, user of another type, unknown token):
+        per the spec such a prefetch cannot be run.
+    """
+    missing = False
+
+    def value(match: re.Match[str]) -> str:
+        nonlocal missing
+        name = match.group(1)
+        found: Any = None
+        if name.startswith("context."):
+            found = context.get(name[len("context."):])
+        elif name in _USER_TOKENS and isinstance(user_id, str):
+            rtype, _, rid = user_id.partition("/")
+            found = rid if rtype == _USER_TOKENS[name] else None
+        if not isinstance(found, str) or not found:
+            missing = True
+            return ""
+        return quote(found, safe="")
+
+    filled = _TOKEN_RE.sub(value, template)
+    return None if missing else filled
+
+
+# ------------------------------------------------------------------------ the client
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Limits for fetching from an EHR's FHIR server (settings ``VCF_CDS_FHIR_*``).
+
+    Attributes:
+        allowlist: base URLs that may be contacted; empty = never fetch.
+        budget_seconds: total wall-clock time for all fetches of one hook call.
+        connect_timeout_seconds: TCP connect timeout of one HTTP request (capped by the budget).
+        page_size: ``_count`` added to search queries that do not set it.
+        max_pages: Bundle pages (first page and ``next`` links) read per prefetch key.
+        max_resources: resources read per prefetch key.
+        max_response_bytes: size cap of one HTTP response body.
+    """
+
+    allowlist: tuple[AllowedBase, ...] = ()
+    budget_seconds: float = 2.0
+    connect_timeout_seconds: float = 1.0
+    page_size: int = 100
+    max_pages: int = 10
+    max_resources: int = 1000
+    max_response_bytes: int = 16 * 1024 * 1024
+
+    def allowed(self, url: str) -> bool:
+        return any(base.allows(url) for base in self.allowlist)
+
+
+class _Failure(Exception):
+    """Why one query failed, in words safe for a client and a log (no URL, no token)."""
+
+
+class FhirClient:
+    """Runs prefetch templates against the CDS Client's FHIR server.
+
+    One ``requests.Session`` (with connection pooling) per process and thread: the app is
+    built before gunicorn forks its workers, and a pool shared across a fork would share
+    sockets. The prefetch keys of one call are fetched concurrently, within one time budget.
+    """
+
+    def __init__(self, policy: FetchPolicy):
+        self.policy = policy
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            session = requests.Session()
+            session.trust_env = False  # no proxy or .netrc credentials from the environment
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            local.session, local.pid = session, os.getpid()
+        return local.session
+
+    def fetch(
+        self,
+        *,
+        fhir_server: str,
+        access_token: str | None,
+        templates: Mapping[str, str],
+        keys: Sequence[str],
+        context: Mapping[str, Any],
+        user_id: str | None,
+    ) -> dict[str, Any]:
+        """Fetch prefetch ``keys`` whose templates are in ``templates``.
+
+        Args:
+            fhir_server: the request's ``fhirServer`` base URL.
+            access_token: ``fhirAuthorization.access_token``, or None to call without one.
+            templates: prefetch key -> template, from the service definition.
+            keys: the keys to fetch (absent from prefetch, or an OperationOutcome there).
+            context: the hook ``context`` (for ``{{context.*}}`` tokens).
+            user_id: ``context.userId`` (for the ``{{user*Id}}`` tokens).
+
+        Returns:
+            key -> a FHIR resource: the resource read, or one ``searchset`` Bundle holding the
+            entries of every page read.
+
+        Raises:
+            RequestError: 412 ``not-found`` when ``fhir_server`` is not on the allowlist or a
+            template cannot be filled; 412 ``exception`` / ``timeout`` when the server answers
+            an error status, is unreachable, too slow, redirects elsewhere, answers too much
+            or answers something that is not FHIR JSON.
+        """
+        deadline = time.monotonic() + self.policy.budget_seconds
+        if not self.policy.allowed(fhir_server):
+            for key in keys:
+                observe_fhir_fetch(key, "not-allowed")
+            raise RequestError(
+                412, "not-found",
+                "fhirServer is not on this service's allowlist of FHIR servers (VCF_CDS_FHIR_ALLOWLIST), "
+                f"so prefetch {_names(keys)} cannot be fetched",
+                ["fhirServer"],
+            )
+        headers = {"Accept": "application/fhir+json"}
+        if access_token:
+            headers["Authorization"] = f"Bearer {access_token}"
+        base = fhir_server.rstrip("/") + "/"
+        queries = {}
+        for key in keys:
+            query = fill_template(templates[key], context, user_id)
+            if query is None:
+                observe_fhir_fetch(key, "unfillable")
+                raise RequestError(412, "not-found", f"prefetch '{key}' ({templates[key]}): a token of the "
+                                   "template cannot be filled from this request's context", [f"prefetch.{key}"])
+            queries[key] = query
+        if len(queries) == 1:
+            return {key: self._fetch_one(key, templates[key], base, query, headers, deadline)
+                    for key, query in queries.items()}
+        # The queries are independent: running them side by side makes the wait the slowest
+        # query, not the sum, against EHR servers that take 100 ms or more per search.
+        # Each thread runs in a copy of this request's context, so its log lines keep the
+        # request's hook_instance.
+        futures = {key: _pool().submit(contextvars.copy_context().run, self._fetch_one, key, templates[key], base,
+                                       query, headers, deadline)
+                   for key, query in queries.items()}
+        # Wait for all (each is bounded by the deadline) so nothing runs on after the answer,
+        # and report the first failing key in template order, whichever failed first in time.
+        wait(futures.values())
+        return {key: future.result() for key, future in futures.items()}
+
+    def _fetch_one(self, key: str, template: str, base: str, query: str, headers: dict[str, str],
+                   deadline: float) -> dict[str, Any]:
+        started = time.monotonic()
+        url = urljoin(base, _with_count(query, self.policy.page_size))
+        try:
+            if not self.policy.allowed(url):  # a template that climbs out of the base path
+                raise _Failure("the query leaves the allowlisted FHIR base URL")
+            resource, pages = self._run(url, _expected_type(query), headers, deadline)
+        except _Failure as exc:
+            log.warning("fetch of prefetch %s failed after %.0f ms: %s", key,
+                        (time.monotonic() - started) * 1000, exc)
+            code = "timeout" if isinstance(exc, _Timeout) else "exception"
+            observe_fhir_fetch(key, "timeout" if code == "timeout" else "error", time.monotonic() - started)
+            raise RequestError(412, code, f"prefetch '{key}' ({template}) could not be fetched from fhirServer: "
+                               f"{exc}", [f"prefetch.{key}"]) from None
+        observe_fhir_fetch(key, "ok", time.monotonic() - started)
+        log.info("fetched prefetch %s: %d page(s) in %.1f ms", key, pages, (time.monotonic() - started) * 1000)
+        return resource
+
+    # -- one query, all its pages
+
+    def _run(self, url: str, expected: str | None, headers: dict[str, str],
+             deadline: float) -> tuple[dict[str, Any], int]:
+        resource = self._get(url, headers, deadline)
+        if expected is not None:  # a read: Patient/123
+            if resource.get("resourceType") != expected:
+                raise _Failure(f"the answer is a {_rtype(resource)}, not a {expected}")
+            return resource, 1
+        if resource.get("resourceType") != "Bundle":
+            raise _Failure(f"the answer is a {_rtype(resource)}, not a search Bundle")
+        entries: list[Any] = []
+        pages = 0
+        while True:
+            pages += 1
+            page_entries = resource.get("entry", [])
+            if not isinstance(page_entries, list):
+                raise _Failure("Bundle.entry is not an array")
+            entries.extend(page_entries)
+            if len(entries) > self.policy.max_resources:
+                raise _Failure(f"more than {self.policy.max_resources} resources (VCF_CDS_FHIR_MAX_RESOURCES)")
+            next_url = _next_link(resource)
+            if next_url is None:
+                break
+            if pages >= self.policy.max_pages:
+                raise _Failure(f"more than {self.policy.max_pages} pages (VCF_CDS_FHIR_MAX_PAGES)")
+            if not self.policy.allowed(next_url):
+                raise _Failure("a Bundle next link points outside the allowlisted FHIR server")
+            resource = self._get(next_url, headers, deadline)
+            if resource.get("resourceType") != "Bundle":
+                raise _Failure(f"page {pages + 1} is a {_rtype(resource)}, not a Bundle")
+        return {"resourceType": "Bundle", "type": "searchset", "entry": entries}, pages
+
+    # -- one HTTP GET, with redirects, one retry and the size cap
+
+    def _get(self, url: str, headers: dict[str, str], deadline: float) -> dict[str, Any]:
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = self._send(url, headers, deadline)
+            if response.is_redirect:
+                target = urljoin(url, response.headers.get("Location", ""))
+                response.close()
+                # Only within the allowlisted server: a redirect elsewhere would carry the
+                # bearer token (or our network position) to a host nobody vetted.
+                same_server = (_split(target) or ())[:3] == (_split(url) or ())[:3]
+                if not (same_server and self.policy.allowed(target)):
+                    raise _Failure(f"the server redirected ({response.status_code}) to another host or path")
+                url = target
+                continue
+            return self._read(response, deadline)
+        raise _Failure(f"more than {_MAX_REDIRECTS} redirects")
+
+    def _send(self, url: str, headers: dict[str, str], deadline: float) -> requests.Response:
+        for attempt in (1, 2):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Timeout(f"the time budget of {self.policy.budget_seconds:g} s ran out")
+            try:
+                response = self._session().get(
+                    url, headers=headers, stream=True, allow_redirects=False,
+                    timeout=(min(self.policy.connect_timeout_seconds, remaining), remaining),
+                )
+            except requests.exceptions.ConnectionError as exc:
+                # ConnectTimeout is both a ConnectionError and a Timeout: retry it once too.
+                if attempt == 1:
+                    continue
+                raise (_Timeout if isinstance(exc, requests.exceptions.Timeout) else _Failure)(
+                    f"the server could not be reached ({type(exc).__name__})") from None
+            except requests.exceptions.Timeout:
+                raise _Timeout(f"no answer within the time budget of {self.policy.budget_seconds:g} s") from None
+            except requests.exceptions.RequestException as exc:
+                raise _Failure(f"the request failed ({type(exc).__name__})") from None
+            if response.status_code in _RETRY_STATUSES and attempt == 1:
+                response.close()
+                continue
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _read(self, response: requests.Response, deadline: float) -> dict[str, Any]:
+        with response:
+            status = response.status_code
+            if status != 200:
+                raise _Failure(f"the server answered HTTP {status}")
+            ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if ctype not in _FHIR_JSON_TYPES:
+                raise _Failure(f"the answer is '{ctype[:60] or 'without a Content-Type'}', not FHIR JSON")
+            cap = self.policy.max_response_bytes
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > cap:
+                raise _Failure(f"the answer is larger than {cap} bytes (VCF_CDS_FHIR_MAX_RESPONSE_BYTES)")
+            body = bytearray()
+            try:
+                for chunk in response.iter_content(_CHUNK_BYTES):
+                    body += chunk
+                    if len(body) > cap:
+                        raise _Failure(f"the answer is larger than {cap} bytes (VCF_CDS_FHIR_MAX_RESPONSE_BYTES)")
+                    if time.monotonic() > deadline:
+                        raise _Timeout(f"the answer took longer than the time budget of "
+                                       f"{self.policy.budget_seconds:g} s")
+            except requests.exceptions.RequestException as exc:
+                raise _Failure(f"the answer could not be read ({type(exc).__name__})") from None
+        try:
+            resource = json.loads(bytes(body))
+        except (ValueError, RecursionError):
+            raise _Failure("the answer is not valid JSON") from None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise _Failure("the answer is not a FHIR resource (no resourceType)")
+        if resource["resourceType"] == "OperationOutcome":
+            raise _Failure(f"the server answered an OperationOutcome{_outcome_summary(resource)}")
+        return resource
+
+
+class _Timeout(_Failure):
+    """The time budget ran out."""
+
+
+# ------------------------------------------------------------------------ helpers
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's fetch threads. Threads do not survive gunicorn's fork: one pool per
+    process, made on first use."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhir-fetch"))
+    return _POOL[1]
+
+
+
+def _names(keys: Sequence[str]) -> str:
+    return ", ".join(f"'{k}'" for k in keys)
+
+
+def _rtype(resource: Mapping[str, Any]) -> str:
+    value = resource.get("resourceType")
+    return value[:40] if isinstance(value, str) else "resource of unknown type"
+
+
+def _expected_type(query: str) -> str | None:
+    """``Patient`` for a read ``Patient/123``; None for a search ``Condition?patient=123``."""
+    path = query.split("?", 1)[0].strip("/")
+    parts = path.split("/")
+    return parts[0] if "?" not in query and len(parts) == 2 else None
+
+
+def _with_count(query: str, page_size: int) -> str:
+    if _expected_type(query) is not None:
+        return query
+    path, _, params = query.partition("?")
+    pairs = parse_qsl(params, keep_blank_values=True)
+    if not any(name == "_count" for name, _ in pairs):
+        pairs.append(("_count", str(page_size)))
+    return f"{path}?{urlencode(pairs, safe='/:')}"
+
+
+def _next_link(bundle: Mapping[str, Any]) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, Mapping) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return link["url"]
+    return None
+
+
+def _outcome_summary(outcome: Mapping[str, Any]) -> str:
+    # Only the coded part: the server's free text may echo patient data or the query.
+    issues = outcome.get("issue")
+    if isinstance(issues, list) and issues and isinstance(issues[0], Mapping):
+        code = issues[0].get("code")
+        if isinstance(code, str) and re.fullmatch(r"[a-z-]{1,40}", code):
+            return f" (issue code '{code}')"
+    return ""
+

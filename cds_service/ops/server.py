@@ -1,0 +1,190 @@
+"""Production serving: ``vcf-cds serve`` runs the app under gunicorn.
+
+gunicorn sync workers (one request at a time per process, default one per core); the app
+preloaded in the master, so knowledge is loaded and checked once before forking; a warm-up
+in the master (every FHIR model class the service validates imported, one built-in request
+evaluated) whose result the workers inherit, then ``gc.freeze()`` so that the objects the
+workers share with the master stay shared; each worker repeats the warm-up in the
+``post_fork`` hook, before it accepts a connection; graceful shutdown on SIGTERM (workers
+finish their request within ``graceful_timeout``); Prometheus multiprocess metrics:
+``PROMETHEUS_MULTIPROC_DIR`` is a fresh temporary directory per start (removed at exit)
+unless the environment names one, and the ``child_exit`` hook marks dead workers (as
+prometheus-client requires for live gauges).
+
+:func:`gunicorn_options` holds the gunicorn settings, so the benchmark runs its no-op floor
+app under exactly the same ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+from flask import Flask
+
+from cds_service.observability import MULTIPROC_ENV, configure_logging, logging_config
+from cds_service.pipeline import evaluate
+
+__all__ = ["WARM_UP_REQUEST", "gunicorn_options", "load_fhir_models", "run", "serve", "warm_up"]
+
+log = logging.getLogger("cds_service.ops.server")
+
+GRACEFUL_TIMEOUT_SECONDS = 10
+
+# One order-select call touching every resource type the service validates (Patient,
+# Condition, Procedure, ServiceRequest) and the fact, decision and rendering paths. Made up;
+# identifies nobody. Kept as data (warmup/order-select-request.json), like every code.
+WARM_UP_REQUEST: Mapping[str, Any] = json.loads(
+    resources.files("cds_service.ops").joinpath("warmup", "order-select-request.json").read_text(encoding="utf-8"))
+
+
+# The resource types the service validates (prefetch and the draft orders it rates).
+WARM_UP_RESOURCE_TYPES = ("Patient", "Condition", "Procedure", "ServiceRequest")
+
+
+def load_fhir_models(resource_types: Sequence[str] = WARM_UP_RESOURCE_TYPES) -> int:
+    """Import every fhir.resources R4B model class reachable from the fields of these
+    resource types; returns how many. fhir.resources imports the class of a complex
+    element (HumanName, Meta, Annotation ...) only when a resource first carries one, which
+    costs 5-20 ms each in the request that does; after this call no request does.
+    """
+    from fhir.resources.R4B import get_fhir_model_class
+
+    seen: set[type] = set()
+
+    def element_types(annotation: Any) -> Iterator[Any]:
+        if hasattr(annotation, "get_model_klass"):  # fhir_core's lazy reference to a model class
+            yield annotation
+        for arg in typing.get_args(annotation):
+            yield from element_types(arg)
+
+    def walk(model: type) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for info in model.model_fields.values():
+            for element_type in element_types(info.annotation):
+                walk(element_type.get_model_klass())
+
+    for name in resource_types:
+        walk(get_fhir_model_class(name))
+    return len(seen)
+
+
+def warm_up(app: Flask) -> float:
+    """Load the FHIR model classes (:func:`load_fhir_models`) and evaluate
+    :data:`WARM_UP_REQUEST` with ``app``'s knowledge and settings, without HTTP, metrics or
+    logs; returns the seconds it took. The first validation of each FHIR resource type in a
+    process costs tens of milliseconds (fhir.resources builds its validators lazily); this
+    moves that cost before the first real request.
+
+    Raises whatever the evaluation raises: a service that cannot answer its own warm-up
+    request must not take traffic.
+    """
+    started = time.perf_counter()
+    load_fhir_models()
+    st = app.extensions["vcf_cds"]
+    service_id = next(s.id for s in st["knowledge"].services.values() if s.hook == "order-select")
+    outcome = evaluate(st["knowledge"], st["schemas"], copy.deepcopy(dict(WARM_UP_REQUEST)), service_id=service_id,
+                       options=st["render_options"], max_depth=st["settings"].max_json_depth)
+    json.dumps(outcome.rendered.response)
+    return time.perf_counter() - started
+
+
+def gunicorn_options(*, host: str, port: int, workers: int, timeout: int = 30,
+                     log_level: str = "INFO") -> dict[str, Any]:
+    """The gunicorn settings (names as in gunicorn's documentation) of the service and of the
+    benchmark's floor: sync workers, preloaded app, graceful shutdown, JSON logs."""
+    return {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "sync",
+        "preload_app": True,
+        "timeout": timeout,
+        "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
+        "logconfig_dict": logging_config(log_level),
+        # gunicorn >= 25.1 opens a control socket at one path per user by default, so two
+        # servers of one user (the service and the benchmark's floor) would fight over it;
+        # signals are all the control this service needs.
+        "control_socket_disable": True,
+    }
+
+
+def run(app: Any, options: Mapping[str, Any]) -> None:
+    """Serve the WSGI ``app`` under gunicorn with ``options`` (from :func:`gunicorn_options`
+    plus server hooks such as ``post_fork``). Returns only through ``SystemExit``."""
+    from gunicorn.app.base import BaseApplication
+
+    class _Application(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                if key == "control_socket_disable" and key not in self.cfg.settings:
+                    continue  # gunicorn < 25.1: no control socket
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    _Application().run()
+
+
+def _metrics_dir() -> tuple[str, bool]:
+    """(directory, made here) for prometheus-client's multiprocess files. Must run before
+    prometheus-client is imported: it reads the variable at import time."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        return given, False
+    made = tempfile.mkdtemp(prefix="vcf-cds-metrics-")
+    os.environ[MULTIPROC_ENV] = made
+    return made, True
+
+
+def serve(*, host: str, port: int, workers: int) -> None:
+    """``vcf-cds serve``: build the app from ``VCF_CDS_*`` settings and serve it.
+
+    Raises :class:`cds_service.decision.knowledge.KnowledgeError` or
+    :class:`cds_service.settings.SettingsError` before anything listens; otherwise returns
+    only through ``SystemExit`` when gunicorn stops (SIGTERM / SIGINT: graceful).
+    """
+    metrics_dir, made = _metrics_dir()
+    # Imported after _metrics_dir: see the observability module docstring.
+    from cds_service.app import create_app
+    from cds_service.settings import Settings
+
+    settings = Settings.load()
+    configure_logging(settings.log_level)
+    app = create_app()
+    log.info("metrics directory %s (%s)", metrics_dir, "temporary" if made else "given")
+    log.info("warm-up in the master took %.1f ms", warm_up(app) * 1000)
+    # Everything built so far (knowledge, validators, modules) lives as long as the process:
+    # keep it out of the collector's reach, so a full collection in a worker does not walk
+    # it, nor write to (and so copy) the pages the workers share with the master.
+    gc.collect()
+    gc.freeze()
+
+    def post_fork(server: Any, worker: Any) -> None:
+        log.info("worker %d warmed up in %.1f ms", worker.pid, warm_up(app) * 1000)
+
+    def child_exit(server: Any, worker: Any) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+    def on_exit(server: Any) -> None:
+        if made:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    options = gunicorn_options(host=host, port=port, workers=workers, log_level=settings.log_level,
+                               timeout=max(30, int(settings.fhir_budget_seconds) + 10))
+    run(app, {**options, "post_fork": post_fork, "child_exit": child_exit, "on_exit": on_exit})

@@ -1,0 +1,765 @@
+"""CDS Hooks request body -> typed FHIR R4B resources for the order-select and order-sign hooks.
+
+Implements, for this service:
+
+- CDS Hooks 2.0 "Calling a CDS Service / HTTP Request" (the envelope), checked
+  with ``schemas/cds-hooks-request.schema.json``;
+- the ``order-select`` hook context (``userId``, ``patientId``, ``encounterId``,
+  ``selections``, ``draftOrders``), checked with
+  ``schemas/order-select-context.schema.json``;
+- the ``order-sign`` hook context (CDS Hooks library; the same without ``selections``:
+  every draft order is being signed);
+- CDS Hooks 2.0 "Prefetch Template" / "Prefetch tokens": a prefetch value may be
+  ``null``, a Bundle, a single resource or an OperationOutcome.
+
+Nothing here knows about HTTP: problems are raised as
+:class:`cds_service.protocol.errors.RequestError` carrying the status the API layer sends.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import pydantic
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaValidationError
+from jsonschema.exceptions import best_match
+
+from cds_service.protocol.errors import RequestError
+
+__all__ = [
+    "InputIssue",
+    "InputResource",
+    "MAX_DRAFT_ORDERS",
+    "MAX_JSON_DEPTH",
+    "MAX_PREFETCH_ENTRIES",
+    "ParsedRequest",
+    "RequestSchemas",
+    "load_request_schemas",
+    "parse_order_select",
+]
+
+# A real order-select body nests about 15 levels (Bundle > entry > resource >
+# extension > value > coding ...). Anything far deeper is hostile or broken, and
+# recursive validators would otherwise hit RecursionError deep inside libraries.
+MAX_JSON_DEPTH = 100
+# An order-select call carries a handful of draft orders; a long record a few hundred prefetched
+# resources. Counted before any schema or model runs, since those are what large input costs.
+MAX_DRAFT_ORDERS = 50
+MAX_PREFETCH_ENTRIES = 5000
+
+_DIAGNOSTIC_MAX = 300
+
+# Everything a model validator has been seen to raise on hostile input; pydantic's
+# ValidationError is a ValueError but is listed for the reader.
+_MODEL_ERRORS: tuple[type[BaseException], ...] = (
+    pydantic.ValidationError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    RecursionError,
+)
+
+# Resource base classes are valid model names but not resources anyone can send.
+_ABSTRACT_RESOURCES = frozenset({"Resource", "DomainResource"})
+_RESOURCE_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+
+# Prefetch keys this service declares in discovery (see data/services.json).
+PREFETCH_PATIENT = "patient"
+PREFETCH_CONDITIONS = "conditions"
+PREFETCH_PROCEDURES = "procedures"
+PREFETCH_KEYS = (PREFETCH_PATIENT, PREFETCH_CONDITIONS, PREFETCH_PROCEDURES)
+
+ReadsResource = Callable[[str, Mapping[str, Any]], bool]
+"""Called with a prefetched resource's type and JSON (not yet validated); False when the
+decision never reads it (see :func:`cds_service.decision.scenario.yields_facts`)."""
+
+FetchMissing = Callable[[list[str], Mapping[str, Any]], Mapping[str, Any]]
+"""Called with the prefetch keys that are absent or an OperationOutcome, and the checked
+request body; returns key -> fetched resource for the keys it could fetch, or raises
+:class:`RequestError` (412) when it cannot (see :mod:`cds_service.fhir.client`)."""
+
+ORDER_SELECT = "order-select"
+ORDER_SIGN = "order-sign"
+
+_REQUEST_SCHEMA = "cds-hooks-request.schema.json"
+_ORDER_SELECT_CONTEXT_SCHEMA = "order-select-context.schema.json"
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class RequestSchemas:
+    """Compiled JSON Schema validators for request bodies (built by :func:`load_request_schemas`).
+
+    Attributes:
+        request: the CDS Hooks 2.0 request envelope validator.
+        order_select_context: the order-select ``context`` validator.
+        order_sign_context: the order-sign ``context`` validator (the order-select one
+            without ``selections``: CDS Hooks library, order-sign hook, Context).
+    """
+
+    request: Draft202012Validator
+    order_select_context: Draft202012Validator
+    order_sign_context: Draft202012Validator
+
+    def context_for(self, hook: str) -> Draft202012Validator:
+        """The context validator of ``hook`` (``order-select`` or ``order-sign``)."""
+        return self.order_sign_context if hook == ORDER_SIGN else self.order_select_context
+
+
+@dataclass(frozen=True)
+class InputResource:
+    """One FHIR resource taken from the request.
+
+    Attributes:
+        resource_type: ``resourceType`` as sent.
+        id: ``id`` as sent, or None.
+        model: the validated ``fhir.resources.R4B`` model.
+        raw: a private deep copy of the JSON dict as sent, so renderers can echo
+            it (plus their extensions) without losing anything the EHR sent and
+            without aliasing the caller's request body.
+    """
+
+    resource_type: str
+    id: str | None
+    model: Resource
+    raw: dict[str, Any]
+
+    @property
+    def reference(self) -> str | None:
+        """``"Type/id"`` relative reference, or None without an id."""
+        return f"{self.resource_type}/{self.id}" if self.id else None
+
+
+@dataclass(frozen=True)
+class InputIssue:
+    """A prefetched resource that was skipped, and why.
+
+    Attributes:
+        location: where in the request, e.g. ``prefetch.conditions.entry[3]``.
+        resource_type: the resource's ``resourceType`` when it was a string, else None.
+        resource_id: the resource's ``id`` when it was a string, else None.
+        diagnostic: short reason; names field paths only, never echoes values.
+    """
+
+    location: str
+    resource_type: str | None
+    resource_id: str | None
+    diagnostic: str
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A checked order-select request.
+
+    Attributes:
+        hook, hook_instance, fhir_server: from the envelope (``fhir_server`` may be None).
+        patient_id, user_id, encounter_id: from ``context`` (``encounter_id`` may be None).
+        draft_orders: every ``context.draftOrders`` entry, in order, each validated with R4B.
+        selections: the draft orders to rate: for order-select those named by
+            ``context.selections``, in that order (a selection repeated in the request
+            appears once); for order-sign every draft order.
+        conditions: prefetched Conditions of this patient that validated (with
+            ``reads``: only those the decision reads).
+        procedures: prefetched Procedures of this patient that validated (likewise).
+        patient: the prefetched Patient, or None if absent, unusable or another patient.
+        procedures_available: False when prefetch ``procedures`` was absent or an
+            OperationOutcome, so "no procedures" can be told from "not known".
+        issues: prefetched resources that were skipped, with the reason.
+    """
+
+    hook: str
+    hook_instance: str
+    fhir_server: str | None
+    patient_id: str
+    user_id: str
+    encounter_id: str | None
+    draft_orders: tuple[InputResource, ...]
+    selections: tuple[InputResource, ...]
+    conditions: tuple[InputResource, ...]
+    procedures: tuple[InputResource, ...]
+    patient: InputResource | None
+    procedures_available: bool
+    issues: tuple[InputIssue, ...]
+
+
+# ------------------------------------------------------------------------- loading
+
+
+def load_request_schemas() -> RequestSchemas:
+    """Load and compile the request JSON Schemas shipped in ``cds_service/schemas``.
+
+    Call once at application start and pass the result to :func:`parse_order_select`.
+
+    Raises:
+        RuntimeError: naming the file, if a schema file is missing, is not JSON,
+            or is not a valid draft 2020-12 schema.
+    """
+    order_select = _load_schema(_ORDER_SELECT_CONTEXT_SCHEMA)
+    # order-sign's context is order-select's without selections: every draft order is rated.
+    order_sign = _copy_json(order_select)
+    order_sign["$id"] = order_sign["$id"].replace("order-select", "order-sign")
+    order_sign["title"] = "order-sign hook context"
+    order_sign["required"] = [name for name in order_sign["required"] if name != "selections"]
+    del order_sign["properties"]["selections"]
+    return RequestSchemas(
+        request=Draft202012Validator(_load_schema(_REQUEST_SCHEMA)),
+        order_select_context=Draft202012Validator(order_select),
+        order_sign_context=Draft202012Validator(order_sign),
+    )
+
+
+def _load_schema(name: str) -> dict[str, Any]:
+    path = resources.files("cds_service.protocol").joinpath("schemas").joinpath(name)
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        Draft202012Validator.check_schema(schema)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"schemas/{name}: cannot load: {exc}") from exc
+    except Exception as exc:  # jsonschema.SchemaError and friends
+        raise RuntimeError(f"schemas/{name}: not a valid JSON Schema: {exc}") from exc
+    return schema
+
+
+# ------------------------------------------------------------------------- parsing
+
+
+def parse_order_select(
+    body: Mapping[str, Any],
+    *,
+    hook: str = ORDER_SELECT,
+    schemas: RequestSchemas,
+    max_depth: int = MAX_JSON_DEPTH,
+    fetch_missing: FetchMissing | None = None,
+    max_draft_orders: int = MAX_DRAFT_ORDERS,
+    max_prefetch_entries: int = MAX_PREFETCH_ENTRIES,
+    reads: ReadsResource | None = None,
+) -> ParsedRequest:
+    """Check an order-select or order-sign request body and return its typed content.
+
+    Steps, each failing fast: body is a JSON object; nesting is at most
+    ``max_depth``; at most ``max_draft_orders`` draftOrders entries and
+    ``max_prefetch_entries`` Bundle entries in all of prefetch; envelope
+    schema (CDS Hooks 2.0 "HTTP Request"); ``hook`` matches; the hook's context
+    schema; every ``draftOrders`` entry validates on
+    its own as an R4B resource (the Bundle itself is not model-validated, since
+    the spec's examples omit ``Bundle.type``); order-select: every selection resolves
+    to a draft order of this patient; order-sign: every draft order is "selected" and
+    must be this patient's; ``fhirAuthorization.patient``, when given, is ``context.patientId``; prefetch
+    keys that are absent or an OperationOutcome are handed to ``fetch_missing`` (CDS Hooks
+    2.0 "Prefetch Template": the service fetches what the client did not send); prefetch is
+    read per CDS Hooks 2.0 "Prefetch Template".
+
+    Args:
+        body: the decoded JSON request body.
+        hook: the hook this service answers: ``order-select`` or ``order-sign``.
+        schemas: from :func:`load_request_schemas`.
+        max_depth: maximum JSON nesting depth accepted (request and fetched data).
+        max_draft_orders: maximum ``context.draftOrders.entry`` items.
+        max_prefetch_entries: maximum ``entry`` items summed over the prefetch Bundles.
+        fetch_missing: fetches absent prefetch keys; None to use prefetch only.
+        reads: tells which prefetched resources the decision reads; the others are passed
+            over: not validated, not returned, not listed in ``issues`` unless they belong
+            to another patient. None: every resource is validated and returned.
+
+    Returns:
+        ParsedRequest. Malformed or foreign prefetched resources are skipped and
+        listed in ``issues``; they never fail the request.
+
+    Raises:
+        RequestError: 400 ``structure`` body not an object; 400 ``too-long``
+            absurd nesting; 413 ``too-long`` too many draft orders or prefetch
+            entries; 400 ``required``/``invalid`` schema violation (the
+            diagnostic names the path); 400 ``not-supported`` wrong hook or unknown
+            draft order resourceType; 400 ``invalid`` draft order that is not valid
+            R4B or duplicated; 400 ``not-found`` selection not in draftOrders;
+            400 ``invalid`` fhirAuthorization.patient is another patient; 412 from
+            ``fetch_missing``; 412 ``required`` prefetch ``conditions`` missing or an
+            OperationOutcome and not fetched.
+    """
+    if not isinstance(body, Mapping):
+        raise RequestError(400, "structure", "request body must be a JSON object")
+    body = dict(body)
+    if _deeper_than(body, max_depth):
+        raise RequestError(
+            400, "too-long", f"request body is nested deeper than {max_depth} levels"
+        )
+    _check_counts(body, max_draft_orders, max_prefetch_entries)
+
+    _check_schema(schemas.request, body, prefix="")
+    if body["hook"] != hook:
+        raise RequestError(
+            400,
+            "not-supported",
+            f"wrong hook: this service answers '{hook}', "
+            f"the request is for '{_clip(body['hook'], 64)}'",
+            ["hook"],
+        )
+    context = body["context"]
+    _check_schema(schemas.context_for(hook), context, prefix="context")
+
+    patient_id: str = context["patientId"]
+    authorization = body.get("fhirAuthorization")
+    if authorization is not None and authorization.get("patient") not in (None, patient_id):
+        # A token scoped to another patient would fetch someone else's record.
+        raise RequestError(
+            400,
+            "invalid",
+            "fhirAuthorization.patient is not context.patientId",
+            ["fhirAuthorization.patient"],
+        )
+    draft_orders = _parse_draft_orders(context["draftOrders"]["entry"])
+    if hook == ORDER_SIGN:
+        selections = _every_order(draft_orders, patient_id)
+    else:
+        selections = _resolve_selections(context["selections"], draft_orders, patient_id)
+
+    issues: list[InputIssue] = []
+    prefetch: dict[str, Any] = dict(body.get("prefetch") or {})
+    missing = [key for key in PREFETCH_KEYS if _unavailable(prefetch, key)]
+    if missing and fetch_missing is not None:
+        for key, value in fetch_missing(missing, body).items():
+            if _deeper_than(value, max_depth):
+                raise RequestError(
+                    412, "too-long", f"prefetch '{key}' fetched from fhirServer is nested deeper "
+                    f"than {max_depth} levels", [f"prefetch.{key}"]
+                )
+            prefetch[key] = value
+
+    conditions = _prefetched(prefetch, PREFETCH_CONDITIONS, "Condition", patient_id, issues, reads)
+    if conditions is None:
+        # Without conditions the service cannot tell which ACR variant applies,
+        # and guessing "no relevant history" would rate the order wrongly.
+        raise RequestError(
+            412,
+            "required",
+            f"prefetch '{PREFETCH_CONDITIONS}' is missing (or an OperationOutcome, or "
+            "unusable) and was not fetched: the request names no fhirServer, or fetching is not configured",
+            [f"prefetch.{PREFETCH_CONDITIONS}"],
+        )
+    procedures = _prefetched(prefetch, PREFETCH_PROCEDURES, "Procedure", patient_id, issues, reads)
+    patients = _prefetched(prefetch, PREFETCH_PATIENT, "Patient", patient_id, issues, reads)
+
+    return ParsedRequest(
+        hook=body["hook"],
+        hook_instance=body["hookInstance"],
+        fhir_server=body.get("fhirServer"),
+        patient_id=patient_id,
+        user_id=context["userId"],
+        encounter_id=context.get("encounterId"),
+        draft_orders=draft_orders,
+        selections=selections,
+        conditions=conditions,
+        procedures=procedures or (),
+        patient=patients[0] if patients else None,
+        procedures_available=procedures is not None,
+        issues=tuple(issues),
+    )
+
+
+# ----------------------------------------------------------------- request checks
+
+
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    # Level by level, not recursive: a recursive walk would itself overflow on the input
+    # it is meant to reject. It visits every value of the body, so JSON's own types are
+    # told apart by exact type first: an isinstance check against the Mapping ABC costs
+    # as much as the rest of the visit.
+    if not isinstance(value, (Mapping, list)):
+        return False
+    level, depth = [value], 1
+    while level:
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        push = below.append
+        for node in level:
+            for child in node.values() if type(node) is dict or isinstance(node, Mapping) else node:
+                kind = type(child)
+                if kind is dict or kind is list or (kind not in _JSON_SCALARS and isinstance(child, (Mapping, list))):
+                    push(child)
+        level, depth = below, depth + 1
+    return False
+
+
+def _check_counts(body: Mapping[str, Any], max_draft_orders: int, max_prefetch_entries: int) -> None:
+    # Before the schemas on purpose: the shapes may still be wrong, so look without trusting them.
+    context = body.get("context")
+    draft_orders = context.get("draftOrders") if isinstance(context, Mapping) else None
+    entries = draft_orders.get("entry") if isinstance(draft_orders, Mapping) else None
+    if isinstance(entries, list) and len(entries) > max_draft_orders:
+        raise RequestError(
+            413, "too-long",
+            f"context.draftOrders has {len(entries)} entries; this service accepts at most {max_draft_orders}",
+            ["context.draftOrders.entry"],
+        )
+    prefetch = body.get("prefetch")
+    if isinstance(prefetch, Mapping):
+        total = sum(len(v["entry"]) for v in prefetch.values()
+                    if isinstance(v, Mapping) and isinstance(v.get("entry"), list))
+        if total > max_prefetch_entries:
+            raise RequestError(
+                413, "too-long",
+                f"prefetch holds {total} Bundle entries; this service accepts at most {max_prefetch_entries}",
+                ["prefetch"],
+            )
+
+
+def _check_schema(validator: Draft202012Validator, instance: Any, *, prefix: str) -> None:
+    try:
+        error = best_match(validator.iter_errors(instance))
+    except RecursionError:
+        raise RequestError(400, "too-long", "request body is nested too deeply") from None
+    if error is None:
+        return
+    where = _json_path(prefix, error.absolute_path) or "request body"
+    code = "required" if error.validator in ("required", "dependentRequired") else "invalid"
+    raise RequestError(
+        400, code, _clip(f"{where}: {_describe_schema_error(error)}", _DIAGNOSTIC_MAX), [where]
+    )
+
+
+def _describe_schema_error(error: SchemaValidationError) -> str:
+    # jsonschema's own messages quote the offending value, which may be a patient
+    # id or a token; rebuild them from the schema side for everything that can
+    # carry a value, keeping jsonschema's text only where it names properties.
+    kind, expected = error.validator, error.validator_value
+    if kind in ("required", "dependentRequired"):
+        return error.message
+    if kind == "type":
+        return f"must be of type {' or '.join(expected) if isinstance(expected, list) else expected}"
+    if kind == "const":
+        return f"must be {json.dumps(expected)}"
+    if kind == "enum":
+        return f"must be one of {json.dumps(expected)}"
+    if kind == "pattern":
+        return f"must match the pattern {expected}"
+    if kind == "minLength":
+        return "must not be empty" if expected == 1 else f"must be at least {expected} characters"
+    if kind == "minItems":
+        return "must not be empty" if expected == 1 else f"must have at least {expected} items"
+    return f"violates the '{kind}' rule of the schema"
+
+
+def _parse_draft_orders(entries: list[dict[str, Any]]) -> tuple[InputResource, ...]:
+    parsed: list[InputResource] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        raw = entry["resource"]
+        where = f"context.draftOrders.entry[{index}].resource"
+        resource_type = raw["resourceType"]
+        resource_id = _str_or_none(raw.get("id"))
+        label = f"{resource_type}/{_clip(resource_id, 64)}" if resource_id else resource_type
+        model_class = _resource_class(resource_type)
+        if model_class is None:
+            raise RequestError(
+                400,
+                "not-supported",
+                f"{where}: resourceType '{resource_type}' is not a FHIR R4B resource type",
+                [where],
+            )
+        try:
+            model = model_class.model_validate(raw)
+        except _MODEL_ERRORS as exc:
+            # A broken draft order is fatal: it is the very thing being ordered,
+            # and rating a partially understood order would be unsafe.
+            raise RequestError(
+                400,
+                "invalid",
+                _clip(
+                    f"{where} ({label}) is not a valid FHIR R4B {resource_type}: "
+                    f"{_model_error_summary(exc, with_messages=True)}",
+                    _DIAGNOSTIC_MAX,
+                ),
+                [where],
+            ) from None
+        item = InputResource(resource_type, resource_id, model, _copy_json(raw))
+        if item.reference is not None:
+            if item.reference in seen:
+                # Two orders with one reference make `selections` ambiguous.
+                raise RequestError(
+                    400, "invalid", f"{where}: {label} appears more than once in draftOrders", [where]
+                )
+            seen.add(item.reference)
+        parsed.append(item)
+    return tuple(parsed)
+
+
+def _resolve_selections(
+    selections: list[str], draft_orders: tuple[InputResource, ...], patient_id: str
+) -> tuple[InputResource, ...]:
+    by_reference = {order.reference: order for order in draft_orders if order.reference}
+    resolved: list[InputResource] = []
+    for index, selection in enumerate(selections):
+        order = by_reference.get(selection)
+        where = f"context.selections[{index}]"
+        if order is None:
+            raise RequestError(
+                400,
+                "not-found",
+                f"{where} '{_clip(selection, 80)}' does not match any "
+                "context.draftOrders entry (expected 'Type/id' of a draft order)",
+                [where],
+            )
+        _check_subject(order, patient_id, where, "the selected order's")
+        if order not in resolved:
+            resolved.append(order)
+    return tuple(resolved)
+
+
+def _every_order(draft_orders: tuple[InputResource, ...], patient_id: str) -> tuple[InputResource, ...]:
+    """order-sign: every draft order is about to be signed, so every one is rated."""
+    for index, order in enumerate(draft_orders):
+        _check_subject(order, patient_id, f"context.draftOrders.entry[{index}].resource", "the order's")
+    return draft_orders
+
+
+def _check_subject(order: InputResource, patient_id: str, where: str, whose: str) -> None:
+    subject = order.raw.get("subject")
+    if isinstance(subject, dict) and _refers_to_other_patient(subject.get("reference"), patient_id):
+        # Rating one patient's order against another patient's record would be unsafe.
+        raise RequestError(400, "invalid", f"{where}: {whose} subject is not context.patientId", [where])
+
+
+# ------------------------------------------------------------------------ prefetch
+
+
+def _unavailable(prefetch: Mapping[str, Any], key: str) -> bool:
+    """Absent, or an OperationOutcome: the client could not run the query (CDS Hooks 2.0
+    §Prefetch Template). ``null`` is not unavailable: it means the query found nothing."""
+    if key not in prefetch:
+        return True
+    value = prefetch[key]
+    return isinstance(value, Mapping) and value.get("resourceType") == "OperationOutcome"
+
+
+def _prefetched(
+    prefetch: Mapping[str, Any],
+    key: str,
+    expected_type: str,
+    patient_id: str,
+    issues: list[InputIssue],
+    reads: ReadsResource | None = None,
+) -> tuple[InputResource, ...] | None:
+    """Resources of ``expected_type`` under prefetch ``key``; None when unavailable.
+
+    "Unavailable" (absent key, OperationOutcome, unusable value) is kept apart
+    from "known to be empty" (``null``, empty Bundle): the spec lets the client
+    send null when the query has no results, and an OperationOutcome when it
+    could not run it.
+    """
+    if _unavailable(prefetch, key):
+        return None
+    value = prefetch[key]
+    where = f"prefetch.{key}"
+    if value is None:
+        return ()
+    resource_type = value.get("resourceType")
+
+    candidates: list[tuple[str, Any]] = []
+    if resource_type == "Bundle":
+        entries = value.get("entry", [])
+        if not isinstance(entries, list):
+            issues.append(InputIssue(f"{where}.entry", "Bundle", None, "Bundle.entry is not an array; prefetch ignored"))
+            return None
+        for index, entry in enumerate(entries):
+            entry_where = f"{where}.entry[{index}]"
+            if not isinstance(entry, Mapping):
+                issues.append(InputIssue(entry_where, None, None, "Bundle entry is not an object; skipped"))
+                continue
+            if "resource" not in entry:
+                continue  # e.g. a deleted-resource or link-only entry: nothing to read
+            search = entry.get("search")
+            if (
+                isinstance(entry["resource"], Mapping)
+                and entry["resource"].get("resourceType") == "OperationOutcome"
+                and isinstance(search, Mapping)
+                and search.get("mode") == "outcome"
+            ):
+                continue  # server warnings about the search, not patient data
+            candidates.append((entry_where, entry["resource"]))
+    elif resource_type == expected_type:
+        candidates.append((where, value))
+    else:
+        issues.append(
+            InputIssue(
+                where,
+                _str_or_none(resource_type),
+                _str_or_none(value.get("id")),
+                f"expected a {expected_type}, a Bundle, an OperationOutcome or null; prefetch ignored",
+            )
+        )
+        return None
+
+    found: list[InputResource] = []
+    for candidate_where, raw in candidates:
+        item = _prefetched_resource(candidate_where, raw, expected_type, patient_id, issues, reads)
+        if item is not None:
+            found.append(item)
+    return tuple(found)
+
+
+def _prefetched_resource(
+    where: str, raw: Any, expected_type: str, patient_id: str, issues: list[InputIssue],
+    reads: ReadsResource | None = None,
+) -> InputResource | None:
+    if not isinstance(raw, Mapping):
+        issues.append(InputIssue(where, None, None, "resource is not an object; skipped"))
+        return None
+    resource_type = _str_or_none(raw.get("resourceType"))
+    resource_id = _str_or_none(raw.get("id"))
+    if resource_type != expected_type:
+        issues.append(
+            InputIssue(where, resource_type, resource_id, f"not a {expected_type}; skipped")
+        )
+        return None
+    if reads is not None and not reads(expected_type, raw):
+        # Validating costs about 0.1 ms per resource, and a record holds dozens the
+        # decision never reads; only a record of another patient is still worth reporting.
+        foreign = _foreign_issue(where, raw, expected_type, resource_id, patient_id)
+        if foreign is not None:
+            issues.append(foreign)
+        return None
+    model_class = _resource_class(expected_type)
+    assert model_class is not None  # expected_type is one of ours
+    try:
+        model = model_class.model_validate(raw)
+    except _MODEL_ERRORS as exc:
+        issues.append(
+            InputIssue(
+                where,
+                resource_type,
+                resource_id,
+                _clip(
+                    f"not a valid FHIR R4B {expected_type} "
+                    f"({_model_error_summary(exc, with_messages=False)}); skipped",
+                    _DIAGNOSTIC_MAX,
+                ),
+            )
+        )
+        return None
+
+    foreign = _foreign_issue(where, raw, expected_type, resource_id, patient_id)
+    if foreign is not None:
+        issues.append(foreign)
+        return None
+    return InputResource(expected_type, resource_id, model, _copy_json(dict(raw)))
+
+
+def _foreign_issue(
+    where: str, raw: Mapping[str, Any], expected_type: str, resource_id: str | None, patient_id: str
+) -> InputIssue | None:
+    """The issue for a prefetched resource of another patient, or None."""
+    # Prefetch is a convenience of the EHR; a record of another patient slipping
+    # in would put someone else's history into this patient's rating.
+    if expected_type == "Patient":
+        if resource_id != patient_id:
+            return InputIssue(where, expected_type, resource_id, "Patient.id is not context.patientId; skipped")
+        return None
+    subject = raw.get("subject")
+    reference = subject.get("reference") if isinstance(subject, Mapping) else None
+    if _refers_to_other_patient(reference, patient_id):
+        return InputIssue(
+            where,
+            expected_type,
+            resource_id,
+            f"{expected_type}.subject does not reference context.patientId; skipped",
+        )
+    return None
+
+
+def _refers_to_other_patient(reference: Any, patient_id: str) -> bool:
+    """True only when ``reference`` demonstrably names someone other than ``patient_id``.
+
+    Accepts ``Patient/id``, absolute ``.../Patient/id[/_history/v]`` and
+    ``urn:uuid:id`` (Bundle-internal, as Synthea writes). References we cannot
+    interpret (absent, contained ``#x``, identifier-only) are kept: the prefetch
+    query was already scoped to the patient by the EHR.
+    """
+    if not isinstance(reference, str) or not reference or reference.startswith("#"):
+        return False
+    if reference.startswith("urn:uuid:"):
+        return reference[len("urn:uuid:") :] != patient_id
+    parts = reference.split("?", 1)[0].rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) < 2:
+        return False
+    resource_type, resource_id = parts[-2], parts[-1]
+    return resource_type != "Patient" or resource_id != patient_id
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _resource_class(resource_type: Any) -> type[Resource] | None:
+    if (
+        not isinstance(resource_type, str)
+        or not _RESOURCE_TYPE_RE.fullmatch(resource_type)
+        or resource_type in _ABSTRACT_RESOURCES
+    ):
+        return None
+    try:
+        model_class = get_fhir_model_class(resource_type)
+    except ValueError:
+        return None
+    # get_fhir_model_class also knows data types (Coding, Element ...).
+    if not (isinstance(model_class, type) and issubclass(model_class, Resource)):
+        return None
+    return model_class
+
+
+def _model_error_summary(exc: BaseException, *, with_messages: bool) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        details = exc.errors(include_url=False, include_input=False, include_context=False)
+        shown = []
+        for detail in details[:3]:
+            path = _json_path("", [p for p in detail["loc"] if p != "root"]) or "(resource)"
+            shown.append(f"{path}: {detail['msg']}" if with_messages else f"{path} ({detail['type']})")
+        more = len(details) - len(shown)
+        return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"could not be validated ({type(exc).__name__})"
+
+
+def _json_path(prefix: str, parts: Iterable[Any]) -> str:
+    path = prefix
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of a JSON value (dicts, lists, scalars); several times faster than
+    ``copy.deepcopy``, which handles every Python object."""
+    if type(value) is dict:
+        return {k: _copy_json(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_copy_json(v) for v in value]
+    return value
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _clip(text: Any, limit: int) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

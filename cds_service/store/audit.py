@@ -1,0 +1,258 @@
+"""Audit trail of service calls: what the service said, for whom (as a keyed hash), how fast.
+
+One record per call that reached evaluation (CDS Hooks 2.0 §Calling a CDS Service):
+time, service id, hookInstance, latency, knowledge version, HTTP status; for each selected
+order its code, ACR variant, rating, PAMA consult id and the evidence its "Why this
+advice?" page shows (:func:`cds_service.store.explanation.order_evidence`); for each card its
+uuid, kind, indicator, summary, suggestion uuids and the order it is about. The patient id is stored only as
+HMAC-SHA256(key, fhirServer + newline + patientId); no names, no tokens, no resources.
+
+The hook must not fail or wait on the database: :func:`record_outcome` and
+:func:`record_rejection` never raise; a failed write is counted in
+``app.extensions["vcf_cds"]["audit_failures"]`` and logged without patient data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, MutableMapping
+
+from sqlalchemy import delete, func, insert, select
+
+from cds_service.store.db import Database, DatabaseReplayCache, ensure_data_dir
+from cds_service.observability import count_audit_write_failure
+from cds_service.protocol.errors import RequestError
+from cds_service.store.explanation import order_evidence
+from cds_service.decision.knowledge import Knowledge
+from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback, ReplayEntry
+from cds_service.pipeline import Outcome
+from cds_service.decision.render import PAMA_BASE
+from cds_service.settings import Settings, SettingsError
+
+log = logging.getLogger("cds_service.store.audit")
+
+KEY_FILE = "audit-hmac.key"
+_CONSULT_ID_URL = PAMA_BASE + "pama-rating-consult-id"
+_HOOK_INSTANCE_MAX = 128
+
+
+def load_hmac_key(settings: Settings) -> bytes:
+    """The secret keying patient id hashes.
+
+    ``AUDIT_HMAC_KEY`` when set. Otherwise, for the embedded default database only, a
+    random 256-bit key generated once into ``DATA_DIR/audit-hmac.key`` (mode 0600) and
+    reused: hashes stay comparable across restarts. With ``DATABASE_URL`` set the key
+    must be configured, so every host hashes the same patient alike.
+
+    Raises :class:`SettingsError` when the key is required but missing, or the key file
+    is unreadable or readable by group or others.
+    """
+    if settings.audit_hmac_key:
+        return settings.audit_hmac_key.encode("utf-8")
+    if settings.database_url is not None:
+        raise SettingsError("setting VCF_CDS_AUDIT_HMAC_KEY: required when VCF_CDS_DATABASE_URL is set "
+                            "(at least 32 characters, the same on every host)")
+    return _key_file(ensure_data_dir(settings) / KEY_FILE)
+
+
+def _key_file(path: Path) -> bytes:
+    if not path.exists():
+        # Written to a private temporary file and linked into place, so a process
+        # starting at the same moment never reads half a key, and the first writer wins.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        if path.stat().st_mode & 0o077:
+            raise SettingsError(f"audit key file {path} is readable by group or others: chmod 600 it")
+        key = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"audit key file {path}: cannot read ({type(exc).__name__})") from None
+    if len(key) < 32:
+        raise SettingsError(f"audit key file {path}: shorter than 32 characters")
+    return key.encode("ascii")
+
+
+def patient_hash(key: bytes, fhir_server: str | None, patient_id: str) -> str:
+    """HMAC-SHA256 hex of the patient: ids are only unique per FHIR server, so both count."""
+    message = f"{fhir_server or ''}\n{patient_id}".encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """Rows of one call, ready to insert: ``call`` (audit_call columns), ``orders`` and
+    ``cards`` (audit_order / audit_card columns without ``call_id``)."""
+
+    call: dict[str, Any]
+    orders: list[dict[str, Any]] = field(default_factory=list)
+    cards: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_record(outcome: Outcome, *, service_id: str, latency_ms: float, knowledge_version: str,
+                 key: bytes, at: datetime | None = None, knowledge: Knowledge | None = None) -> CallRecord:
+    """The audit rows of a successful evaluation (HTTP 200). ``at`` defaults to now (UTC).
+    With ``knowledge``, each order also keeps the evidence its "Why this advice?" page shows."""
+    req, response = outcome.request, outcome.rendered.response
+    consult_ids = _consult_ids(response.get("systemActions", ()))
+    orders = []
+    for position, od in enumerate(outcome.decision.orders):
+        coding = od.order_class.coding or _first_coding(od.raw)
+        rating = od.rating
+        orders.append({
+            "position": position,
+            "code_system": _clip(coding.get("system"), 128),
+            "code": _clip(coding.get("code"), 64),
+            "procedure": od.order_class.procedure.id if od.order_class.procedure else None,
+            "variant": od.variant.id if od.variant else None,
+            "scenario": od.choice.status if od.choice else None,
+            "acr_category": rating.category if rating else None,
+            "provenance": rating.provenance if rating else None,
+            "pama_rating": od.pama,
+            "consult_id": consult_ids.get(od.ref) if od.pama else None,
+            "evidence": order_evidence(knowledge, od) if knowledge is not None else None,
+        })
+    cards = [{"uuid": c["uuid"], "kind": outcome.rendered.card_kinds.get(c["uuid"], "unknown"),
+              "indicator": c["indicator"], "summary": c["summary"],
+              "suggestions": [s["uuid"] for s in c.get("suggestions", ()) if s.get("uuid")],
+              "order_position": outcome.rendered.card_orders.get(c["uuid"])}
+             for c in response["cards"]]
+    call = _call_row(service_id, req.hook_instance, 200, None, latency_ms, knowledge_version, at)
+    call["patient_hmac"] = patient_hash(key, req.fhir_server, req.patient_id)
+    return CallRecord(call, orders, cards)
+
+
+def _call_row(service_id: str, hook_instance: Any, status: int, issue_code: str | None,
+              latency_ms: float, knowledge_version: str, at: datetime | None) -> dict[str, Any]:
+    return {"called_at": at or datetime.now(timezone.utc), "service_id": service_id,
+            "hook_instance": _clip(hook_instance, _HOOK_INSTANCE_MAX), "patient_hmac": None,
+            "status": status, "issue_code": issue_code, "latency_ms": round(latency_ms, 3),
+            "knowledge_version": knowledge_version}
+
+
+def _consult_ids(actions: Any) -> dict[str, str]:
+    out = {}
+    for action in actions:
+        res = action.get("resource") or {}
+        for ext in res.get("extension") or ():
+            if ext.get("url") == _CONSULT_ID_URL:
+                out[f"{res.get('resourceType')}/{res.get('id')}"] = ext.get("valueUri")
+    return out
+
+
+def _first_coding(raw: Mapping) -> Mapping:
+    code = raw.get("code") if isinstance(raw.get("code"), dict) else {}
+    return next((c for c in code.get("coding") or () if isinstance(c, dict)), {})
+
+
+def _clip(value: Any, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def write_record(db: Database, record: CallRecord) -> int:
+    """Insert one call with its orders and cards in one transaction; return the call id.
+
+    Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot be written.
+    """
+    with db.transaction() as conn:
+        call_id = conn.execute(insert(AuditCall).values(**record.call)).inserted_primary_key[0]
+        if record.orders:
+            conn.execute(insert(AuditOrder), [{**o, "call_id": call_id} for o in record.orders])
+        if record.cards:
+            conn.execute(insert(AuditCard), [{**c, "call_id": call_id} for c in record.cards])
+    return call_id
+
+
+def record_outcome(state: MutableMapping[str, Any], service_id: str, outcome: Outcome, started: float) -> None:
+    """Write the audit record of an answered call (``started``: ``time.perf_counter()`` at
+    request start). Never raises: a failure is counted and logged (see module doc)."""
+    latency_ms = (time.perf_counter() - started) * 1000
+    try:
+        record = build_record(outcome, service_id=service_id, latency_ms=latency_ms,
+                              knowledge_version=state["knowledge"].version, key=state["audit_key"],
+                              knowledge=state["knowledge"])
+        write_record(state["db"], record)
+    except Exception as exc:  # noqa: BLE001 - any failure here must not reach the client
+        _count_failure(state, service_id, exc)
+
+
+def record_rejection(state: MutableMapping[str, Any], service_id: str, body: Any, error: RequestError,
+                     started: float) -> None:
+    """Write the audit record of a call refused with ``error`` (400/412): status, issue
+    code and hookInstance when the body has one; no patient hash. Never raises."""
+    latency_ms = (time.perf_counter() - started) * 1000
+    hook_instance = body.get("hookInstance") if isinstance(body, Mapping) else None
+    try:
+        call = _call_row(service_id, hook_instance, error.status, error.code, latency_ms,
+                         state["knowledge"].version, None)
+        write_record(state["db"], CallRecord(call))
+    except Exception as exc:  # noqa: BLE001 - as in record_outcome
+        _count_failure(state, service_id, exc)
+
+
+def _count_failure(state: MutableMapping[str, Any], service_id: str, exc: Exception) -> None:
+    state["audit_failures"] = state.get("audit_failures", 0) + 1
+    count_audit_write_failure()
+    # The exception type only: database messages repeat the statement's parameters.
+    log.error("audit record of a %s call not written (%s); %d failures so far", service_id,
+              type(exc).__name__, state["audit_failures"])
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """What :func:`purge` deleted (or, for a dry run, would delete): audit calls (with their
+    orders and cards), feedback entries, expired JWT replay entries."""
+
+    calls: int
+    feedback: int
+    replay_entries: int
+
+
+def purge(db: Database, before: datetime, *, dry_run: bool = False, batch: int = 2000) -> PurgeResult:
+    """Delete audit records of calls made before ``before`` and feedback received before it,
+    plus JWT replay entries already expired (the retention rule, ``AUDIT_RETENTION_DAYS``).
+
+    Calls go in batches of ``batch``, one short transaction each, so hooks writing their
+    audit records meanwhile wait at most one batch. Raises ``SQLAlchemyError`` on failure
+    (batches already committed stay deleted; running it again finishes the job).
+    """
+    now = time.time()
+    if dry_run:
+        with db.engine.connect() as conn:
+            count = lambda stmt: conn.execute(stmt).scalar_one()  # noqa: E731
+            return PurgeResult(
+                count(select(func.count()).select_from(AuditCall).where(AuditCall.called_at < before)),
+                count(select(func.count()).select_from(Feedback).where(Feedback.received_at < before)),
+                count(select(func.count()).select_from(ReplayEntry).where(ReplayEntry.expires_at <= now)))
+    calls = 0
+    while True:
+        with db.transaction() as conn:
+            ids = conn.execute(select(AuditCall.id).where(AuditCall.called_at < before)
+                               .order_by(AuditCall.id).limit(batch)).scalars().all()
+            if not ids:
+                break
+            # Children first: the foreign keys cascade too, but not every SQLite connection has them on.
+            conn.execute(delete(AuditOrder).where(AuditOrder.call_id.in_(ids)))
+            conn.execute(delete(AuditCard).where(AuditCard.call_id.in_(ids)))
+            calls += conn.execute(delete(AuditCall).where(AuditCall.id.in_(ids))).rowcount
+    with db.transaction() as conn:
+        feedback = conn.execute(delete(Feedback).where(Feedback.received_at < before)).rowcount
+    return PurgeResult(calls, feedback, DatabaseReplayCache(db).purge_expired(now))

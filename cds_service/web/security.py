@@ -1,0 +1,90 @@
+"""HTTP-side protections: client authentication on every call, and CORS for browser clients.
+
+- Authentication (CDS Hooks 2.0 §Trusting CDS Clients): a ``before_request`` hook on the whole
+  app, so every route (discovery, each service, feedback, and any added later) is covered
+  without naming view functions. Only CORS preflights (``OPTIONS``) and :data:`PUBLIC_PATHS`
+  are open. A refused call gets 401 with one generic OperationOutcome whatever the cause; the
+  cause is logged, without the token.
+- CORS (CDS Hooks 2.0 §Cross-Origin Resource Sharing) through flask-cors, for the origins in
+  ``CORS_ORIGINS``: preflight answered, the same headers on GET, POST and error responses,
+  ``Authorization`` and ``Content-Type`` allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Flask, Response, g, request
+from flask_cors import CORS
+
+from cds_service.security.auth import AuthError, TokenVerifier, load_trusted_issuers
+from cds_service.protocol.errors import operation_outcome
+from cds_service.security.replay import ReplayCache
+from cds_service.settings import ENV_PREFIX, Settings, SettingsError
+
+log = logging.getLogger("cds_service.web.security")
+
+# /explain is opened by the clinician's browser, which has no client JWT: the signed,
+# short-lived token in its link is the credential (explain_links.py).
+# Probes and the Prometheus scrape come from the platform, not from CDS Clients; they carry
+# no patient data (keep /metrics on the internal network, or METRICS_ENABLED=false).
+PUBLIC_PATHS = frozenset({"/openapi.json", "/explain", "/healthz", "/readyz", "/metrics"})
+CORS_MAX_AGE_SECONDS = 600
+
+
+def install_security(app: Flask, settings: Settings, *, replay_cache: ReplayCache) -> None:
+    """Add authentication (unless ``settings.auth`` is off) and CORS (when origins are set).
+
+    The accepted client is left in ``flask.g.cds_client`` (:class:`cds_service.security.auth.VerifiedClient`,
+    or None with auth off) for views that record who called.
+
+    Raises :class:`SettingsError` when auth is on without ``TRUSTED_ISSUERS`` or the issuers
+    file is unusable.
+    """
+    if settings.auth:
+        if settings.trusted_issuers is None:
+            raise SettingsError(
+                f"setting {ENV_PREFIX}TRUSTED_ISSUERS: required while {ENV_PREFIX}AUTH is on: name the JSON file of "
+                f"trusted CDS Clients (see README, 'Client authentication'), or set {ENV_PREFIX}AUTH=off for local use only")
+        issuers = load_trusted_issuers(settings.trusted_issuers)
+        verifier = TokenVerifier(issuers, replay_cache, leeway_seconds=settings.jwt_leeway_seconds)
+        app.before_request(_authenticator(verifier, settings.public_base_url))
+        log.info("client authentication on: %d trusted issuer(s)", len(issuers))
+        if settings.public_base_url is None:
+            log.warning("%sPUBLIC_BASE_URL is not set: the JWT aud is checked against the URL built from the "
+                        "request's Host header; set it when the service runs behind a proxy", ENV_PREFIX)
+    else:
+        app.before_request(_no_client)
+        log.warning("%sAUTH is off: calls are NOT authenticated; use only for local testing on 127.0.0.1",
+                    ENV_PREFIX)
+    if settings.cors_origin_list:
+        CORS(app, origins=settings.cors_origin_list, methods=["GET", "POST", "OPTIONS"],
+             allow_headers=["Authorization", "Content-Type"], max_age=CORS_MAX_AGE_SECONDS)
+
+
+def _no_client() -> None:
+    g.cds_client = None
+
+
+def _authenticator(verifier: TokenVerifier, public_base_url: str | None):
+    def authenticate() -> Response | None:
+        g.cds_client = None
+        if request.method == "OPTIONS" or request.path in PUBLIC_PATHS:
+            return None
+        # aud is the exact URL the client called; behind a proxy only the configured base knows it.
+        audience = public_base_url + request.path if public_base_url else request.base_url
+        try:
+            g.cds_client = verifier.verify_request_token(request.headers.get("Authorization"), audience)
+        except AuthError as exc:
+            log.warning("401 for %s %r: %s", request.method, request.path, exc.reason)
+            return _unauthorized()
+        return None
+
+    return authenticate
+
+
+def _unauthorized() -> Response:
+    body = operation_outcome(401, "login", "the request is not authenticated")
+    return Response(json.dumps(body), status=401, mimetype="application/json",
+                    headers={"WWW-Authenticate": "Bearer"})
