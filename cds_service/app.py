@@ -15,7 +15,7 @@ from cds_service.protocol.request import load_request_schemas
 from cds_service.web.health import bp as health_bp
 from cds_service.web.health import register_readiness_check
 from cds_service.decision.knowledge import load_knowledge
-from cds_service.observability import init_app as init_observability
+from cds_service.web.instrumentation import init_app as init_observability
 from cds_service.decision.render import RenderOptions
 from cds_service.security.replay import FallbackReplayCache, MemoryReplayCache
 from cds_service.web.security import install_security

@@ -25,12 +25,10 @@ import logging.config
 import os
 import re
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from flask import Flask, Response, request
 
 __all__ = [
     "MULTIPROC_ENV",
@@ -40,9 +38,7 @@ __all__ = [
     "configure_structlog",
     "count_audit_write_failure",
     "get_metrics",
-    "init_app",
     "logging_config",
-    "metrics_response",
     "observe_fhir_fetch",
     "observe_outcome",
 ]
@@ -54,10 +50,6 @@ _REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1,
 _FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 _UUID_RE = re.compile(r"(urn:uuid:)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
-_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-access_log = structlog.get_logger("cds_service.access")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -121,7 +113,7 @@ def get_metrics() -> Metrics:
 def observe_outcome(outcome: Any) -> None:
     """Count the ratings and cards of one answered hook call.
 
-    ``outcome`` is a :class:`cds_service.pipeline.Outcome`: ratings by PAMA code and ACR
+    ``outcome`` is a :class:`cds_service.decision.outcome.Outcome`: ratings by PAMA code and ACR
     variant id (``none`` without a variant), cards by indicator and kind.
     """
     m = get_metrics()
@@ -150,20 +142,6 @@ def observe_fhir_fetch(prefetch_key: str, outcome: str, seconds: float | None = 
 def count_audit_write_failure() -> None:
     """Count one audit record that could not be written (for the audit trail's writer)."""
     get_metrics().audit_write_failures.inc()
-
-
-def metrics_response() -> Response:
-    """The Prometheus text exposition of every metric (all worker processes under gunicorn)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
 # ------------------------------------------------------------------------------ logs
@@ -240,49 +218,3 @@ def bind_request_id(body: Any) -> None:
     if not _UUID_RE.fullmatch(value):
         value = "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16]
     structlog.contextvars.bind_contextvars(hook_instance=value)
-
-
-# ---------------------------------------------------------------------- request hooks
-
-
-_STARTED = "vcf_cds.started"
-
-
-def _timed(wsgi_app: Any) -> Any:
-    """Wrap the WSGI app: start the clock and clear the previous request's log context
-    before anything else runs (another extension's before_request hook may log, or answer
-    without calling the app's views)."""
-
-    def app(environ: dict[str, Any], start_response: Any) -> Any:
-        structlog.contextvars.clear_contextvars()
-        environ[_STARTED] = time.perf_counter()
-        return wsgi_app(environ, start_response)
-
-    return app
-
-
-def _after_request(response: Response) -> Response:
-    seconds = time.perf_counter() - request.environ[_STARTED]
-    # The route, not the path: a path is free text and would make unbounded label values.
-    endpoint = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
-    method = request.method if request.method in _METHODS else "other"  # clients may send any token
-    status = str(response.status_code)
-    m = get_metrics()
-    m.requests.labels(endpoint, method, status).inc()
-    m.request_seconds.labels(endpoint, method, status).observe(seconds)
-    # Probes and scrapes come every few seconds; their lines would drown the hook calls.
-    log = access_log.debug if endpoint in _PROBES else access_log.info
-    log("request", method=method, endpoint=endpoint, status=response.status_code,
-        duration_ms=round(seconds * 1000, 2))
-    return response
-
-
-def init_app(app: Flask) -> None:
-    """Register request timing, metrics and the access log on ``app`` (called by
-    ``create_app``), and ``GET /metrics`` unless the ``METRICS_ENABLED`` setting is off."""
-    configure_structlog()
-    get_metrics()  # created before gunicorn forks, so every worker shares the definitions
-    app.wsgi_app = _timed(app.wsgi_app)  # type: ignore[method-assign]
-    app.after_request(_after_request)
-    if app.extensions["vcf_cds"]["settings"].metrics_enabled:
-        app.add_url_rule("/metrics", "metrics", metrics_response, methods=["GET"])

@@ -5,27 +5,18 @@ Shared by the Flask endpoint and ``vcf-cds evaluate`` so both give the same answ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from cds_service.decision.engine import Decision, decide
+from cds_service.decision.engine import decide
+from cds_service.decision.outcome import Outcome
 from cds_service.protocol.errors import RequestError
 from cds_service.fhir.client import FhirClient
-from cds_service.protocol.request import MAX_DRAFT_ORDERS, MAX_PREFETCH_ENTRIES, ParsedRequest, RequestSchemas, parse_order_select
+from cds_service.protocol.request import MAX_DRAFT_ORDERS, MAX_PREFETCH_ENTRIES, RequestSchemas, parse_order_select
 from cds_service.decision.knowledge import Knowledge
-from cds_service.decision.render import RenderOptions, Rendered, render
+from cds_service.decision.render import RenderOptions, render
 from cds_service.decision.scenario import yields_facts
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A successful evaluation: the parsed request, the decision and the rendered response."""
-
-    request: ParsedRequest
-    decision: Decision
-    rendered: Rendered
 
 
 def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, service_id: str,

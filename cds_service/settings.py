@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cds_service.fhir.client import FetchPolicy, parse_allowlist
+from cds_service.fhir.policy import FetchPolicy, parse_allowlist
 
 ENV_PREFIX = "VCF_CDS_"
 _BASE_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")

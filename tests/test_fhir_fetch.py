@@ -18,7 +18,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Response
 
-from cds_service.fhir.client import fill_template, parse_allowlist
+from cds_service.fhir.client import fill_template
+from cds_service.fhir.policy import parse_allowlist
 from cds_service.settings import SettingsError
 
 from conftest import FIXTURES, INTEROP, load_json, make_app

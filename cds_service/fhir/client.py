@@ -15,7 +15,6 @@ id) and the reason; the access token is never put in a message or a log line.
 from __future__ import annotations
 
 import contextvars
-import ipaddress
 import json
 import logging
 import os
@@ -31,10 +30,11 @@ from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from cds_service.fhir.policy import FetchPolicy, split_url
 from cds_service.protocol.errors import RequestError
 from cds_service.observability import observe_fhir_fetch
 
-__all__ = ["AllowedBase", "FetchPolicy", "FhirClient", "fill_template", "parse_allowlist"]
+__all__ = ["FhirClient", "fill_template"]
 
 log = logging.getLogger("cds_service.fhir.client")
 
@@ -51,78 +51,6 @@ _FHIR_JSON_TYPES = ("application/fhir+json", "application/json", "application/js
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _MAX_REDIRECTS = 3
 _CHUNK_BYTES = 64 * 1024
-
-
-# ------------------------------------------------------------------------ allowlist
-
-
-@dataclass(frozen=True)
-class AllowedBase:
-    """One allowlisted FHIR base URL, normalised: lower-case scheme and host, explicit port,
-    path without trailing slash. A URL is allowed when scheme, host and port are equal and its
-    path is the base path or below it (segment boundary: ``/fhir`` does not allow ``/fhirx``)."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str
-
-    def allows(self, url: str) -> bool:
-        parts = _split(url)
-        if parts is None:
-            return False
-        scheme, host, port, path = parts
-        return (scheme, host, port) == (self.scheme, self.host, self.port) and (
-            path == self.path or path.startswith(self.path + "/")
-        )
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
-
-
-def _split(url: str) -> tuple[str, str, int, str] | None:
-    """(scheme, host, port, path) of an absolute http(s) URL without user info, or None."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
-        return None
-    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80), parts.path.rstrip("/")
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def parse_allowlist(text: str, *, allow_http_loopback: bool) -> tuple[AllowedBase, ...]:
-    """Parse ``VCF_CDS_FHIR_ALLOWLIST`` (comma-separated absolute base URLs).
-
-    Raises:
-        ValueError: naming the entry, for a URL that is not absolute http(s), carries user
-            info, a query or a fragment, or uses http on a host other than loopback (or on
-            loopback without ``allow_http_loopback``).
-    """
-    bases = []
-    for entry in (e.strip() for e in text.split(",")):
-        if not entry:
-            continue
-        parts = _split(entry)
-        if parts is None or urlsplit(entry).query or urlsplit(entry).fragment:
-            raise ValueError(f"'{entry}' is not an absolute http(s) base URL without user info, query or fragment")
-        scheme, host, port, path = parts
-        if scheme == "http" and not (allow_http_loopback and is_loopback(host)):
-            raise ValueError(f"'{entry}': https is required (http only for loopback with ALLOW_HTTP_LOOPBACK=1)")
-        bases.append(AllowedBase(scheme, host, port, path))
-    return tuple(bases)
 
 
 # ------------------------------------------------------------------------ templates
@@ -161,32 +89,6 @@ def fill_template(template: str, context: Mapping[str, Any], user_id: str | None
 
 
 # ------------------------------------------------------------------------ the client
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    """Limits for fetching from an EHR's FHIR server (settings ``VCF_CDS_FHIR_*``).
-
-    Attributes:
-        allowlist: base URLs that may be contacted; empty = never fetch.
-        budget_seconds: total wall-clock time for all fetches of one hook call.
-        connect_timeout_seconds: TCP connect timeout of one HTTP request (capped by the budget).
-        page_size: ``_count`` added to search queries that do not set it.
-        max_pages: Bundle pages (first page and ``next`` links) read per prefetch key.
-        max_resources: resources read per prefetch key.
-        max_response_bytes: size cap of one HTTP response body.
-    """
-
-    allowlist: tuple[AllowedBase, ...] = ()
-    budget_seconds: float = 2.0
-    connect_timeout_seconds: float = 1.0
-    page_size: int = 100
-    max_pages: int = 10
-    max_resources: int = 1000
-    max_response_bytes: int = 16 * 1024 * 1024
-
-    def allowed(self, url: str) -> bool:
-        return any(base.allows(url) for base in self.allowlist)
 
 
 class _Failure(Exception):
@@ -345,7 +247,7 @@ class FhirClient:
                 response.close()
                 # Only within the allowlisted server: a redirect elsewhere would carry the
                 # bearer token (or our network position) to a host nobody vetted.
-                same_server = (_split(target) or ())[:3] == (_split(url) or ())[:3]
+                same_server = (split_url(target) or ())[:3] == (split_url(url) or ())[:3]
                 if not (same_server and self.policy.allowed(target)):
                     raise _Failure(f"the server redirected ({response.status_code}) to another host or path")
                 url = target

@@ -28,9 +28,10 @@ import time
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
 from cds_service.observability import MULTIPROC_ENV, configure_logging, logging_config
 from cds_service.pipeline import evaluate

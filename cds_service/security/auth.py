@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cds_service.fhir.client import is_loopback
+from cds_service.fhir.policy import is_loopback
 from cds_service.security.replay import ReplayCache
 from cds_service.settings import ENV_PREFIX, SettingsError
 

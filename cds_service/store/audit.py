@@ -33,7 +33,7 @@ from cds_service.protocol.errors import RequestError
 from cds_service.store.explanation import order_evidence
 from cds_service.decision.knowledge import Knowledge
 from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback, ReplayEntry
-from cds_service.pipeline import Outcome
+from cds_service.decision.outcome import Outcome
 from cds_service.decision.render import PAMA_BASE
 from cds_service.settings import Settings, SettingsError
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from sqlalchemy import Select, and_, func, select
 
 from cds_service.store.db import Database
-from cds_service.web.feedback import FLAG_UNKNOWN_CARD
+from cds_service.store.feedback import FLAG_UNKNOWN_CARD
 from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback
 from cds_service.decision.terminology import CPT, LOINC, SNOMED
 
