@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -22,7 +22,13 @@ VCF_CDS_AUTH ?= off
 run: $(STAMP)
 	VCF_CDS_AUTH=$(VCF_CDS_AUTH) $(BIN)/vcf-cds serve --host 127.0.0.1 --port 8080
 
-test: $(STAMP)
+# Static checks first (import contracts, lint, types): they fail in seconds, the suite in minutes.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check cds_service tests bench scripts fhir_fixtures
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
 # The fuzz tests of `make test`, with FUZZ_EXAMPLES (default 2000) cases per test instead of 50.

@@ -65,7 +65,7 @@ class Server:
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path):
         self.log = log
-        self._log_file = open(log, "ab")
+        self._log_file = open(log, "ab")  # noqa: SIM115 - closed in stop(), outlives this call
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
 
@@ -155,7 +155,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def load(url: str, body_file: Path, seconds: int, warmup: int, server: "Server") -> dict[int, dict[str, Any]]:
+def load(url: str, body_file: Path, seconds: int, warmup: int, server: Server) -> dict[int, dict[str, Any]]:
     """wrk at each concurrency, plus the server's CPU milliseconds per request: unlike
     req/s, that figure hardly moves when other processes compete for the cores."""
     wrk(url, body_file, 8, warmup)  # connections, caches, branch predictors: not measured

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 
-from cds_service.store.audit import load_hmac_key
-from cds_service.store.db import DatabaseReplayCache, open_database
-from cds_service.security.links import ExplainLinks, link_secret
+from cds_service.decision.knowledge import load_knowledge
+from cds_service.decision.render import RenderOptions
 from cds_service.fhir.client import FhirClient
 from cds_service.protocol.request import load_request_schemas
+from cds_service.security.links import ExplainLinks, link_secret
+from cds_service.security.replay import FallbackReplayCache, MemoryReplayCache
+from cds_service.settings import Settings
+from cds_service.store.audit import load_hmac_key
+from cds_service.store.db import DatabaseReplayCache, open_database
 from cds_service.web.health import bp as health_bp
 from cds_service.web.health import register_readiness_check
-from cds_service.decision.knowledge import load_knowledge
 from cds_service.web.instrumentation import init_app as init_observability
-from cds_service.decision.render import RenderOptions
-from cds_service.security.replay import FallbackReplayCache, MemoryReplayCache
 from cds_service.web.security import install_security
-from cds_service.settings import Settings
 
 log = logging.getLogger("cds_service")
 
@@ -56,9 +57,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     }
     state = app.extensions["vcf_cds"]
     state["explain_links"] = ExplainLinks(link_secret(settings, state["audit_key"]), settings.explain_link_ttl_seconds)
-    from cds_service.web.hooks import bp
     from cds_service.web.explain import bp as explain_bp
     from cds_service.web.feedback import bp as feedback_bp
+    from cds_service.web.hooks import bp
     from cds_service.web.openapi import bp as openapi_bp
 
     app.register_blueprint(bp)

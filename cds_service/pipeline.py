@@ -10,13 +10,13 @@ from functools import partial
 from typing import Any
 
 from cds_service.decision.engine import decide
-from cds_service.decision.outcome import Outcome
-from cds_service.protocol.errors import RequestError
-from cds_service.fhir.client import FhirClient
-from cds_service.protocol.request import MAX_DRAFT_ORDERS, MAX_PREFETCH_ENTRIES, RequestSchemas, parse_order_select
 from cds_service.decision.knowledge import Knowledge
+from cds_service.decision.outcome import Outcome
 from cds_service.decision.render import RenderOptions, render
 from cds_service.decision.scenario import yields_facts
+from cds_service.fhir.client import FhirClient
+from cds_service.protocol.errors import RequestError
+from cds_service.protocol.request import MAX_DRAFT_ORDERS, MAX_PREFETCH_ENTRIES, RequestSchemas, parse_order_select
 
 
 def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, service_id: str,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -48,7 +49,7 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="vcf-cds serve log level")
 
     @model_validator(mode="after")
-    def _check_allowlist(self) -> "Settings":
+    def _check_allowlist(self) -> Settings:
         try:
             parse_allowlist(self.fhir_allowlist, allow_http_loopback=self.allow_http_loopback)
         except ValueError as exc:
@@ -110,7 +111,7 @@ class Settings(BaseModel):
     explain_link_ttl_seconds: int = Field(3600, ge=1, le=86400, description="lifetime of a 'Why this advice?' link")
 
     @classmethod
-    def load(cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
+    def load(cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from ``config`` (keys like ``KNOWLEDGE_DIR``) when given, else from
         ``environ`` (default ``os.environ``) with the ``VCF_CDS_`` prefix."""
         if config is not None:

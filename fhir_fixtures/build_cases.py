@@ -53,7 +53,7 @@ TWO_YEARS_AGO = "2024-11-14"
 ICD_TEXT = {
     "M81.0": "Age-related osteoporosis without current pathological fracture",
     "M80.08XA": "Age-related osteoporosis with current pathological fracture, vertebra(e), initial encounter for fracture",
-    "M80.08XD": "Age-related osteoporosis with current pathological fracture, vertebra(e), subsequent encounter for fracture with routine healing",
+    "M80.08XD": "Age-related osteoporosis with current pathological fracture, vertebra(e), subsequent encounter for fracture with routine healing",  # noqa: E501 - an ICD-10-CM display, kept whole
     "M48.54XA": "Collapsed vertebra, not elsewhere classified, thoracic region, initial encounter for fracture",
     "M48.56XA": "Collapsed vertebra, not elsewhere classified, lumbar region, initial encounter for fracture",
     "M84.58XA": "Pathological fracture in neoplastic disease, other specified site, initial encounter for fracture",

@@ -54,13 +54,13 @@ class EhrFhirServer:
     seen: list[Seen] = field(default_factory=list)
     _by_type: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
 
-    def add(self, resources: Iterable[dict[str, Any]]) -> "EhrFhirServer":
+    def add(self, resources: Iterable[dict[str, Any]]) -> EhrFhirServer:
         """Serve these resources (each a FHIR resource dict with resourceType)."""
         for resource in resources:
             self._by_type[resource["resourceType"]].append(resource)
         return self
 
-    def add_bundle(self, bundle: dict[str, Any]) -> "EhrFhirServer":
+    def add_bundle(self, bundle: dict[str, Any]) -> EhrFhirServer:
         """Serve every resource of a Bundle (a Synthea transaction Bundle, a searchset ...)."""
         return self.add(e["resource"] for e in bundle.get("entry") or [] if isinstance(e.get("resource"), dict))
 

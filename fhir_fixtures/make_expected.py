@@ -15,11 +15,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from cds_service.decision.knowledge import load_knowledge  # noqa: E402
+from cds_service.decision.render import RenderOptions  # noqa: E402
+from cds_service.pipeline import evaluate  # noqa: E402
 from cds_service.protocol.errors import RequestError  # noqa: E402
 from cds_service.protocol.request import load_request_schemas  # noqa: E402
-from cds_service.decision.knowledge import load_knowledge  # noqa: E402
-from cds_service.pipeline import evaluate  # noqa: E402
-from cds_service.decision.render import RenderOptions  # noqa: E402
 
 
 def counter_ids():

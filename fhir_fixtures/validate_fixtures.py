@@ -25,12 +25,12 @@ import sys
 import uuid
 from pathlib import Path
 
+import simple_icd_10_cm as icd
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.servicerequest import ServiceRequest
-import simple_icd_10_cm as icd
 
 HERE = Path(__file__).resolve().parent
 MODELS = {"Patient": Patient, "Condition": Condition, "Procedure": Procedure,

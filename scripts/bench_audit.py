@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cds_service.web import hooks as api  # noqa: E402
 from cds_service.app import create_app  # noqa: E402
+from cds_service.web import hooks as api  # noqa: E402
 
 
 def _summary(name: str, ms: list[float]) -> str:

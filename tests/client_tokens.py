@@ -15,11 +15,11 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jwt
-
 from conftest import INTEROP, make_app
 
 SANDBOX_DIR = INTEROP / "cds-hooks-sandbox"

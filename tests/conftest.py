@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The database fixtures (db_config, database, db_app, app_factory) for every test module.
+pytest_plugins = ["dbsupport"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 INTEROP = SHARED / "interop"

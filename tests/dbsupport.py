@@ -6,7 +6,7 @@ tmp_path). PostgreSQL runs when ``VCF_CDS_TEST_POSTGRES_URL`` is set
 dropped afterwards. Without the variable those tests are skipped, unless
 ``VCF_CDS_REQUIRE_POSTGRES=1`` (set by ``.ci/run``), which makes them fail instead.
 
-Import the fixtures into a test module: ``from dbsupport import db_config, db_app  # noqa: F401``.
+Its fixtures are registered for every test module by ``pytest_plugins`` in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from conftest import TEST_APP_CONFIG, make_app
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-
-from conftest import TEST_APP_CONFIG, make_app
 
 POSTGRES_URL = os.environ.get("VCF_CDS_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("VCF_CDS_REQUIRE_POSTGRES") == "1"
@@ -50,8 +50,8 @@ def db_config(request) -> dict[str, Any]:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
     config = {"DATABASE_URL": url.render_as_string(hide_password=False), "AUDIT_HMAC_KEY": TEST_HMAC_KEY}
-    from cds_service.store.db import Database
     from cds_service.settings import Settings
+    from cds_service.store.db import Database
 
     db = Database.from_settings(Settings.load(config))
     db.upgrade()
@@ -108,7 +108,7 @@ def run_in_processes(fn: Callable[[Any], Any], args: list[Any], timeout: float =
         try:
             barrier.wait(timeout=timeout)
             results.put((index, True, fn(arg)))
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        except BaseException as exc:
             results.put((index, False, f"{type(exc).__name__}: {exc}"))
 
     procs = [ctx.Process(target=child, args=(i, a)) for i, a in enumerate(args)]

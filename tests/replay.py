@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from conftest import FIXTURES, load_json
 from sqlalchemy import select
 
 from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback
-
-from conftest import FIXTURES, load_json
 
 SERVICE_URL = "/cds-services/vcf-order-select"
 FEEDBACK_URL = SERVICE_URL + "/feedback"

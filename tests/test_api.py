@@ -11,10 +11,9 @@ import re
 from typing import Any
 
 import pytest
+from conftest import FIXTURES, load_json, make_app
 
 from cds_service.protocol.models import CdsDiscovery, check_response
-
-from conftest import FIXTURES, load_json, make_app
 
 SERVICE_URL = "/cds-services/vcf-order-select"
 CASES = load_json(FIXTURES / "cases.json")

@@ -3,19 +3,18 @@ database failure never changes what the EHR gets back."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import FIXTURES, load_json, make_app
+from dbsupport import env_for
+from replay import CASES, SERVICE_URL, dump_text, overridden, post_feedback, replay_fixtures, table_rows
 from sqlalchemy import text
 
-from cds_service.store.audit import CallRecord, patient_hash, write_record
-from cds_service.ops.cli import main
-from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback
 from cds_service.decision.render import PAMA_BASE
-
-from conftest import FIXTURES, load_json, make_app
-from dbsupport import app_factory, database, db_app, db_config, env_for  # noqa: F401
-from replay import CASES, SERVICE_URL, dump_text, overridden, post_feedback, replay_fixtures, table_rows
+from cds_service.ops.cli import main
+from cds_service.store.audit import CallRecord, patient_hash, write_record
+from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback
 
 DOWN_DATABASE = {"DATABASE_URL": "postgresql+psycopg://cds:secret@127.0.0.1:1/nowhere", "AUDIT_HMAC_KEY": "k" * 32}
 
@@ -37,13 +36,13 @@ def test_each_call_is_recorded_as_it_was_answered(db_app, database):
     orders, cards = table_rows(database, AuditOrder), table_rows(database, AuditCard)
     assert len(calls) == len(CASES)
     version = db_app.extensions["vcf_cds"]["knowledge"].version
-    for r, call in zip(replayed, sorted(calls, key=lambda c: c["id"])):
+    for r, call in zip(replayed, sorted(calls, key=lambda c: c["id"]), strict=False):
         cid = r.case["id"]
         assert call["hook_instance"] == r.request["hookInstance"], cid
         assert (call["status"], call["service_id"], call["knowledge_version"]) == (r.status, "vcf-order-select", version)
         assert call["latency_ms"] > 0
         assert call["called_at"].tzinfo is not None
-        assert abs(call["called_at"] - datetime.now(timezone.utc)) < timedelta(minutes=5)
+        assert abs(call["called_at"] - datetime.now(UTC)) < timedelta(minutes=5)
         if r.status != 200:
             assert call["issue_code"] == r.response["issue"][0]["code"], cid
             assert call["patient_hmac"] is None
@@ -154,7 +153,7 @@ def test_failed_audit_write_leaves_no_partial_record(db_app, database, caplog):
 
 
 def test_purge_deletes_what_is_older_than_the_retention(db_app, database, db_config, monkeypatch, capsys):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for days_ago in (400, 366, 10, 0):
         call = {"called_at": now - timedelta(days=days_ago), "service_id": "vcf-order-select",
                 "hook_instance": f"h-{days_ago}", "patient_hmac": None, "status": 200, "issue_code": None,

@@ -19,18 +19,32 @@ import types
 import gunicorn.app.base
 import jwt
 import pytest
+from client_tokens import (
+    BASE,
+    SANDBOX_ISS,
+    SANDBOX_JKU,
+    SANDBOX_JWKS_PATH,
+    SANDBOX_KID,
+    SPEC_ISS,
+    SPEC_JWKS,
+    SPEC_PRIVATE_JWK,
+    SPEC_TOKEN,
+    bearer,
+    hand_made_token,
+    sandbox_claims,
+    sandbox_jwks,
+    sandbox_private_key,
+    sandbox_token,
+    write_issuers,
+)
+from conftest import FIXTURES, load_json, make_app
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from cds_service.security.auth import TokenVerifier, load_trusted_issuers
 from cds_service.ops.cli import main as cli_main
+from cds_service.security.auth import TokenVerifier, load_trusted_issuers
 from cds_service.security.replay import MemoryReplayCache
 from cds_service.settings import SettingsError
-
-from client_tokens import (BASE, SANDBOX_ISS, SANDBOX_JKU, SANDBOX_JWKS_PATH, SANDBOX_KID, SPEC_ISS, SPEC_JWKS,
-                           SPEC_PRIVATE_JWK, SPEC_TOKEN, bearer, hand_made_token, sandbox_claims, sandbox_jwks,
-                           sandbox_private_key, sandbox_token, write_issuers)
-from conftest import FIXTURES, load_json, make_app
 
 SERVICE = "/cds-services/vcf-order-select"
 REQUEST = load_json(FIXTURES / "requests" / "v1-new-vcf-mri-with-contrast.json")

@@ -11,13 +11,12 @@ import itertools
 import json
 
 import pytest
-
-from cds_service.protocol.errors import RequestError
-from cds_service.pipeline import evaluate
-from cds_service.protocol.models import check_response
-from cds_service.decision.render import PAMA_BASE, RenderOptions
-
 from conftest import FIXTURES, load_json
+
+from cds_service.decision.render import PAMA_BASE, RenderOptions
+from cds_service.pipeline import evaluate
+from cds_service.protocol.errors import RequestError
+from cds_service.protocol.models import check_response
 
 CASES = load_json(FIXTURES / "cases.json")
 SERVICE = "vcf-order-select"

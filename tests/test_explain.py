@@ -18,18 +18,16 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import FIXTURES, load_json, make_app
 from sqlalchemy import text
 
-from cds_service.store.audit import build_record, write_record
-from cds_service.security.links import ExplainLinks, InvalidLink, link_secret
 from cds_service.decision.knowledge import DEFAULT_DIR
+from cds_service.decision.render import RenderOptions
 from cds_service.pipeline import evaluate
 from cds_service.protocol.models import check_response
-from cds_service.decision.render import RenderOptions
+from cds_service.security.links import ExplainLinks, InvalidLink, link_secret
 from cds_service.settings import Settings, SettingsError
-
-from conftest import FIXTURES, load_json, make_app
-from dbsupport import app_factory, database, db_app, db_config  # noqa: F401
+from cds_service.store.audit import build_record, write_record
 
 SELECT_URL = "/cds-services/vcf-order-select"
 CASES = [c for c in load_json(FIXTURES / "cases.json") if c["expect"]["status"] == 200]

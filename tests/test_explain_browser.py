@@ -30,11 +30,10 @@ from types import SimpleNamespace
 
 import pytest
 import requests
+from conftest import FIXTURES, ROOT, load_json
 
 from cds_service.decision.engine import classify_order
 from cds_service.decision.knowledge import CATEGORY_DISPLAY
-
-from conftest import FIXTURES, ROOT, load_json
 
 CHROMIUM = os.environ.get("VCF_CDS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -217,7 +216,7 @@ def test_seed_case_cards_open_their_page_in_chromium(case, gunicorn, page, knowl
 def _check_content(page, card: dict, procedure, pama: str | None, variant, knowledge) -> None:
     text = page.inner_text("main")
     assert card["summary"] in text
-    order_facts = dict(zip(page.locator("dl.order dt").all_inner_texts(), page.locator("dl.order dd").all_inner_texts()))
+    order_facts = dict(zip(page.locator("dl.order dt").all_inner_texts(), page.locator("dl.order dd").all_inner_texts(), strict=False))
     if pama is None:
         assert order_facts["PAMA rating sent"] == "none: the order was not rated"
     else:
@@ -255,7 +254,7 @@ def _check_accessibility(page) -> None:
     assert page.get_attribute("html", "lang") == "en"
     assert page.locator("h1").all_inner_texts() == ["Why this advice?"]
     levels = page.eval_on_selector_all("h1, h2, h3, h4, h5, h6", "els => els.map(e => Number(e.tagName[1]))")
-    assert levels[0] == 1 and all(b <= a + 1 for a, b in zip(levels, levels[1:])), levels
+    assert levels[0] == 1 and all(b <= a + 1 for a, b in zip(levels, levels[1:], strict=False)), levels
     for table in page.locator("table").all():
         assert table.locator("caption").count() == 1
         assert set(table.locator("thead th").evaluate_all("els => els.map(e => e.scope)")) == {"col"}

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+from conftest import FIXTURES, make_app
+from dbsupport import run_in_processes
+from replay import FEEDBACK_URL, SERVICE_URL, accepted, overridden, post_feedback, table_rows
 
 from cds_service.store.tables import Feedback
-
-from conftest import FIXTURES, make_app
-from dbsupport import app_factory, database, db_app, db_config, run_in_processes  # noqa: F401
-from replay import FEEDBACK_URL, SERVICE_URL, accepted, overridden, post_feedback, table_rows
 
 UNKNOWN_CARD = "9368d37b-283f-44a0-93ea-547cebab93ed"
 
@@ -41,7 +40,7 @@ def test_accepted_suggestion_is_stored_with_its_ids(db_app, database):
     (row,) = table_rows(database, Feedback)
     assert row["card_uuid"] == card["uuid"] and row["outcome"] == "accepted"
     assert row["accepted_suggestions"] == [card["suggestions"][0]["uuid"]]
-    assert row["outcome_at"] == datetime(2021, 12, 11, 9, 5, 31, 520000, tzinfo=timezone.utc)
+    assert row["outcome_at"] == datetime(2021, 12, 11, 9, 5, 31, 520000, tzinfo=UTC)
     assert row["flag"] is None
 
 
@@ -225,5 +224,5 @@ def test_feedback_from_several_processes_at_once_is_all_stored(db_app, database)
     stamps = {r["outcome_at"] for r in rows}
     for n in range(4):
         for i in range(20):
-            assert datetime(2026, 11, 20, 10, n, i, n * 100000, tzinfo=timezone.utc) in stamps
+            assert datetime(2026, 11, 20, 10, n, i, n * 100000, tzinfo=UTC) in stamps
     assert all(r["flag"] is None for r in rows)

@@ -15,14 +15,13 @@ import time
 from collections import Counter
 
 import pytest
+from conftest import FIXTURES, INTEROP, load_json, make_app
 from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Response
 
 from cds_service.fhir.client import fill_template
 from cds_service.fhir.policy import parse_allowlist
 from cds_service.settings import SettingsError
-
-from conftest import FIXTURES, INTEROP, load_json, make_app
 
 CASES = [c for c in load_json(FIXTURES / "cases.json") if c["expect"]["status"] == 200]
 SERVICE_URL = "/cds-services/vcf-order-select"

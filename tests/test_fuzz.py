@@ -22,19 +22,29 @@ from typing import Any
 import jwt
 import pytest
 import schemathesis
+from client_tokens import (
+    BASE,
+    SANDBOX_ISS,
+    SANDBOX_ISSUERS_FILE,
+    SANDBOX_JKU,
+    SANDBOX_KID,
+    bearer,
+    hand_made_token,
+    sandbox_claims,
+    sandbox_file_app,
+    sandbox_private_key,
+    sandbox_token,
+)
+from conftest import FIXTURES, load_json, make_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from cds_service.security.auth import AuthError, TokenVerifier, load_trusted_issuers
 from cds_service.protocol.errors import RequestError
-from cds_service.protocol.request import ParsedRequest, parse_order_select
 from cds_service.protocol.models import check_response
-
-from client_tokens import (BASE, SANDBOX_ISS, SANDBOX_ISSUERS_FILE, SANDBOX_JKU, SANDBOX_KID, bearer,
-                           hand_made_token, sandbox_claims, sandbox_file_app, sandbox_private_key, sandbox_token)
+from cds_service.protocol.request import ParsedRequest, parse_order_select
+from cds_service.security.auth import AuthError, TokenVerifier, load_trusted_issuers
 from cds_service.security.replay import MemoryReplayCache
-from conftest import FIXTURES, load_json, make_app
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, print_blob=True,

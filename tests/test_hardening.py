@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
-from openapi_spec_validator import validate as validate_openapi
-
 from client_tokens import BASE, SANDBOX_JKU, bearer, sandbox_file_app, sandbox_token
 from conftest import FIXTURES, load_json, make_app
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_openapi
 
 SERVICE = "/cds-services/vcf-order-select"
 SANDBOX_ORIGIN = "https://sandbox.cds-hooks.org"
@@ -68,7 +67,7 @@ def test_no_cors_headers_unless_origins_are_configured():
     client = make_app().test_client()
     for resp in (client.get("/cds-services", headers={"Origin": SANDBOX_ORIGIN}),
                  client.options(SERVICE, headers={"Origin": SANDBOX_ORIGIN, "Access-Control-Request-Method": "POST"})):
-        assert not any(h.startswith("Access-Control-") for h in resp.headers.keys())
+        assert not any(h.startswith("Access-Control-") for h in resp.headers.keys())  # noqa: SIM118 - Headers iterates (name, value) pairs
 
 
 # ---------------------------------------------------------------------------- limits

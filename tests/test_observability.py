@@ -10,15 +10,14 @@ import re
 import sys
 
 import pytest
+from conftest import FIXTURES, load_json, make_app
 from prometheus_client import REGISTRY
 
-from cds_service.web.health import register_readiness_check
 from cds_service.observability import count_audit_write_failure, logging_config
-
-from conftest import FIXTURES, load_json, make_app
+from cds_service.web.health import register_readiness_check
 
 sys.path.insert(0, str(FIXTURES))
-from ehr_server import without_prefetch  # noqa: E402
+from ehr_server import without_prefetch
 
 SERVICE_URL = "/cds-services/vcf-order-select"
 ROUTE = "/cds-services/<service_id>"

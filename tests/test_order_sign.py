@@ -9,10 +9,9 @@ from __future__ import annotations
 import copy
 
 import pytest
+from conftest import FIXTURES, load_json
 
 from cds_service.protocol.models import check_response
-
-from conftest import FIXTURES, load_json
 
 SIGN_URL = "/cds-services/vcf-order-sign"
 SELECT_URL = "/cds-services/vcf-order-select"

@@ -9,17 +9,16 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
-
-from cds_service.store.audit import CallRecord, write_record
-from cds_service.ops.cli import main
-from cds_service.store.report import PAMA_RATINGS, UNRATED, build_report, code_label, render_html
-
-from dbsupport import app_factory, database, db_app, db_config, env_for  # noqa: F401
+from dbsupport import env_for
 from replay import accepted, overridden, post_feedback, replay_fixtures
+
+from cds_service.ops.cli import main
+from cds_service.store.audit import CallRecord, write_record
+from cds_service.store.report import PAMA_RATINGS, UNRATED, build_report, code_label, render_html
 
 NEVER_ISSUED = "f6b95768-b1c8-40dc-8385-bf3504b82ffb"
 
@@ -30,7 +29,7 @@ def _csv_sections(text: str) -> dict[str, list[dict[str, str]]]:
         rows = list(csv.reader(io.StringIO(block)))
         header = rows[0]
         for row in rows[1:]:
-            out.setdefault(row[0], []).append(dict(zip(header[1:], row[1:])))
+            out.setdefault(row[0], []).append(dict(zip(header[1:], row[1:], strict=False)))
     return out
 
 
@@ -130,7 +129,7 @@ def test_report_on_replayed_fixtures_and_feedback_shows_the_expected_counts(db_a
     assert feedback["feedback entries on issued cards"] == len(entries) - 1
 
     table = _run_report(db_config, monkeypatch, capsys)
-    for (variant, code), counts in expected["ratings"].items():
+    for (variant, code), _counts in expected["ratings"].items():
         assert any(line.split()[:3] == [variant, *code.split()] for line in table.splitlines()), (variant, code)
 
 
@@ -147,7 +146,7 @@ def _call(at: datetime, pama: str | None, variant: str | None, card_uuid: str, k
 def test_since_and_weekly_trend(app_factory, database):
     """Calls in three weeks; --since keeps the later ones; weeks start on Monday (UTC)."""
     client = app_factory().test_client()
-    monday = datetime(2026, 10, 5, 0, 30, tzinfo=timezone.utc)  # a Monday
+    monday = datetime(2026, 10, 5, 0, 30, tzinfo=UTC)  # a Monday
     plan = [(monday - timedelta(days=1), "appropriate", "a"),           # Sunday: week of 2026-09-28
             (monday, "not-appropriate", "b"),
             (monday + timedelta(days=6, hours=23), "not-appropriate", "c"),  # Sunday night, same week
@@ -197,8 +196,8 @@ def test_html_report_draws_the_charts(db_app, database, db_config, monkeypatch, 
     # Chart text stays text: axis labels name the variants, card kinds and reasons.
     for label in ("V1", "not-appropriate", reasons["codes"][0]["display"], "Trend per week"):
         assert label in text
-    assert render_html(build_report(database, now=datetime(2026, 1, 1, tzinfo=timezone.utc))) == \
-        render_html(build_report(database, now=datetime(2026, 1, 1, tzinfo=timezone.utc)))
+    assert render_html(build_report(database, now=datetime(2026, 1, 1, tzinfo=UTC))) == \
+        render_html(build_report(database, now=datetime(2026, 1, 1, tzinfo=UTC)))
 
 
 def test_report_on_an_empty_database_says_none(db_app, db_config, monkeypatch, capsys):

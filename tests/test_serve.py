@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import requests
-
 from conftest import FIXTURES, ROOT
 
 

@@ -8,16 +8,15 @@ from __future__ import annotations
 import re
 import sys
 
+from conftest import FIXTURES, load_json, make_app
 from fhir.resources.R4B import get_fhir_model_class
+from test_api import normalise_uuids, pama_codes, post
 
 from cds_service.protocol.models import check_response
 
-from conftest import FIXTURES, load_json, make_app
-from test_api import normalise_uuids, pama_codes, post
-
 sys.path.insert(0, str(FIXTURES))
-import build_typical_request  # noqa: E402
-from ehr_server import without_prefetch  # noqa: E402
+import build_typical_request
+from ehr_server import without_prefetch
 
 TYPICAL = FIXTURES / "bench" / "typical-request.json"
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import copy
 
-from cds_service.decision.scenario import yields_facts
-
 from conftest import FIXTURES, load_json
 from test_api import normalise_uuids, post
+
+from cds_service.decision.scenario import yields_facts
 
 BASE = load_json(FIXTURES / "requests" / "v1-new-vcf-mri-with-contrast.json")
 HYPERTENSION = {"system": "http://snomed.info/sct", "code": "59621000", "display": "Essential hypertension"}

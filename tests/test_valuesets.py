@@ -89,7 +89,7 @@ def test_icd10cm_codes_and_filters_are_valid(path: Path):
 def test_no_duplicate_codes(path: Path):
     data = _load(path)
     seen: set[tuple[str, str]] = set()
-    for kind, component in _components(data):
+    for _kind, component in _components(data):
         system = component.get("system", "")
         entries = [c["code"] for c in component.get("concept", [])]
         entries += [f["value"] for f in component.get("filter", [])]

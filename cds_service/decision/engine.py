@@ -7,12 +7,20 @@ and reminders, MRI after vertebral augmentation, steering to IR).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Literal
 
 from cds_service.decision.knowledge import Knowledge, Procedure, Rating, Region, Variant
-from cds_service.decision.scenario import Evidence, FactSet, VariantChoice, choose_variant, extract_facts, reference_date
+from cds_service.decision.scenario import (
+    Evidence,
+    FactSet,
+    VariantChoice,
+    choose_variant,
+    extract_facts,
+    reference_date,
+)
 
 PamaRating = Literal["appropriate", "not-appropriate", "no-criteria-apply"]
 Advisory = Literal[
@@ -82,7 +90,9 @@ def classify_order(knowledge: Knowledge, raw: Mapping) -> OrderClass:
     term = knowledge.terminology
     procedure = region = coding = None
     by_vs, region_by_vs = knowledge.procedure_by_valueset, knowledge.region_by_valueset
-    code = raw.get("code") if isinstance(raw.get("code"), dict) else {}
+    code = raw.get("code")
+    if not isinstance(code, Mapping):
+        code = {}
     for c in code.get("coding") or ():
         if not isinstance(c, dict):
             continue

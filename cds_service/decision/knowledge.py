@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -401,9 +402,9 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     # Facts
     rel = "facts.json"
     ff: FactsFile = _parse(FactsFile, _read_json(root / rel, rel), rel)
-    for f in [*ff.facts, *ff.derived]:
-        if f.id in COMPUTED_FACTS:
-            raise KnowledgeError(rel, f"fact '{f.id}'", "this id is reserved for the built-in acuity fact")
+    for fid in [*(f.id for f in ff.facts), *(d.id for d in ff.derived)]:
+        if fid in COMPUTED_FACTS:
+            raise KnowledgeError(rel, f"fact '{fid}'", "this id is reserved for the built-in acuity fact")
     unique(rel, "fact", [f.id for f in ff.facts] + [d.id for d in ff.derived])
     for f in ff.facts:
         need_vs(rel, f"fact '{f.id}'", f.valueSet)
@@ -425,8 +426,8 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     unique(rel, "procedure", [p.id for p in pf.procedures])
     unique(rel, "region", [r.id for r in pf.regions])
     procedures = {p.id: p for p in pf.procedures}
-    for p in pf.procedures:
-        need_vs(rel, f"procedure '{p.id}'", p.valueSet)
+    for proc in pf.procedures:
+        need_vs(rel, f"procedure '{proc.id}'", proc.valueSet)
     for r in pf.regions:
         need_vs(rel, f"region '{r.id}'", r.valueSet)
     for name in ("augmentation", "redFlagImaging", "redFlagConsultation"):
@@ -460,19 +461,19 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
                 if reg not in region_ids:
                     raise KnowledgeError(rel, entry, f"unknown region '{reg}'")
             seen: set[str] = set()
-            for i, r in enumerate(v.ratings):
-                where = f"{entry} rating {i} ('{r.procedure}')"
-                if r.procedure not in procedures:
-                    raise KnowledgeError(rel, where, f"unknown procedure '{r.procedure}'")
-                if r.procedure in seen:
+            for i, rt in enumerate(v.ratings):
+                where = f"{entry} rating {i} ('{rt.procedure}')"
+                if rt.procedure not in procedures:
+                    raise KnowledgeError(rel, where, f"unknown procedure '{rt.procedure}'")
+                if rt.procedure in seen:
                     raise KnowledgeError(rel, where, "procedure rated twice in one variant")
-                seen.add(r.procedure)
-                if procedures[r.procedure].kind != v.orderKind:
-                    raise KnowledgeError(rel, where, f"{procedures[r.procedure].kind} procedure in a {v.orderKind} variant")
-                if r.score is not None and r.score not in SCORE_RANGE[r.category]:
-                    raise KnowledgeError(rel, where, f"score {r.score} is outside category {r.category}")
-                if r.rrl is not None and not re.fullmatch(r"O|☢{1,5}|Varies", r.rrl):
-                    raise KnowledgeError(rel, where, f"relative radiation level '{r.rrl}' is not O, ☢..☢☢☢☢☢ or Varies")
+                seen.add(rt.procedure)
+                if procedures[rt.procedure].kind != v.orderKind:
+                    raise KnowledgeError(rel, where, f"{procedures[rt.procedure].kind} procedure in a {v.orderKind} variant")
+                if rt.score is not None and rt.score not in SCORE_RANGE[rt.category]:
+                    raise KnowledgeError(rel, where, f"score {rt.score} is outside category {rt.category}")
+                if rt.rrl is not None and not re.fullmatch(r"O|☢{1,5}|Varies", rt.rrl):
+                    raise KnowledgeError(rel, where, f"relative radiation level '{rt.rrl}' is not O, ☢..☢☢☢☢☢ or Varies")
             variants[v.id] = v
             variant_topic[v.id] = topic
             variant_file[v.id] = rel

@@ -10,8 +10,9 @@ suggestions, delete actions by resourceId, no empty strings, arrays or objects).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from cds_service.decision.engine import Decision, OrderDecision
 from cds_service.decision.knowledge import CATEGORY_DISPLAY, Knowledge, Procedure, Rating, Region, Variant
@@ -167,9 +168,10 @@ class _Renderer:
 
     def replace_suggestions(self, od: OrderDecision, ratings: Iterable[Rating], recommend_first: bool = True) -> list[dict]:
         out: list[dict] = []
+        ordered = od.order_class.procedure
         for r in ratings:
             proc = self.k.procedures[r.procedure]
-            if proc.kind != od.order_class.procedure.kind:
+            if ordered is None or proc.kind != ordered.kind:
                 continue
             new = self.new_order(od.raw, proc, od.order_class.region,
                                  reasons=od.facts.evidence.get("vcf", ()))
@@ -292,11 +294,13 @@ class _Renderer:
             if adv == "steer-ir":
                 aug = self.k.procedures[self.k.preferred.augmentation]
                 new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get("vcf", ()))
+                assert v is not None  # steer-ir is advised only within a variant
                 rating = v.rating_for(aug.id)
                 sug = [self.suggestion(f"Add: {self.k.preferred.augmentationText}", [
                     {"type": "create", "description": self.k.preferred.augmentationText, "resource": new}], recommended=True)]
                 self.card("steer-ir", "info", t["steerToIr"],
-                          self.variant_detail(od, v, f"{aug.display} is also Usually appropriate for this scenario.", [rating]),
+                          self.variant_detail(od, v, f"{aug.display} is also Usually appropriate for this scenario.",
+                                              [rating] if rating else []),
                           v, sug)
                 continue
             indicator, key, facts = simple[adv]
@@ -329,6 +333,7 @@ class _Renderer:
 
     # ---- ratings --------------------------------------------------------------------------
     def rating_action(self, od: OrderDecision) -> dict:
+        assert od.pama is not None and od.variant is not None  # only rated orders get a rating action
         coding = [{"system": PAMA_SYSTEM, "code": od.pama, "display": PAMA_RATING_DISPLAY[od.pama]}]
         if od.rating is not None and od.rating.category != "UA" and od.pama == "appropriate":
             coding.append({"system": ACR_CATEGORY_SYSTEM, "code": od.rating.category,

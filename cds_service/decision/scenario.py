@@ -7,10 +7,11 @@ and the code that produced it, so cards and audit records can show why.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from types import MappingProxyType
-from typing import Iterable, Literal, Mapping
+from typing import Literal
 
 from cds_service.decision.knowledge import Knowledge, Variant
 from cds_service.decision.terminology import ICD10CM
@@ -80,7 +81,7 @@ def _to_date(value: object) -> date | None:
 
 def reference_date(order_raw: Mapping) -> date:
     """The date acuity is measured against: the order's ``authoredOn``, else today (UTC)."""
-    return _to_date(order_raw.get("authoredOn")) or datetime.now(timezone.utc).date()
+    return _to_date(order_raw.get("authoredOn")) or datetime.now(UTC).date()
 
 
 def is_active_condition(raw: Mapping) -> bool:
@@ -145,7 +146,7 @@ def extract_facts(
 
     def add(origin: str, resource: str, concept: object, onset: date | None) -> None:
         for c in _codings(concept):
-            system, code = c.get("system"), c["code"]
+            system, code = c.get("system") or "", c["code"]
             for vs in term.memberships(system, code):
                 for fact in idx.get((vs, origin), ()):
                     concept_def = term.concept(vs, system, code)
@@ -246,5 +247,5 @@ def choose_variant(knowledge: Knowledge, facts: FactSet, order_kind: str) -> Var
         return VariantChoice("missing")
     fewest = min(len(g) for g in gaps)
     missing = tuple(dict.fromkeys(g for g in gaps if len(g) == fewest))
-    return VariantChoice("missing", candidates=tuple(v for v, g in zip(open_variants, gaps) if len(g) == fewest),
+    return VariantChoice("missing", candidates=tuple(v for v, g in zip(open_variants, gaps, strict=False) if len(g) == fewest),
                          missing=missing)

@@ -11,9 +11,9 @@ subsumption needs the full hierarchy, which this service does not ship.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
@@ -66,7 +66,7 @@ class ValueSetDef:
             return None
         return hit
 
-    def first_code(self, system: str, *, among: "ValueSetDef | None" = None) -> Concept | None:
+    def first_code(self, system: str, *, among: ValueSetDef | None = None) -> Concept | None:
         """First enumerated concept of ``system`` (also in ``among`` when given): the code a
         suggestion orders. File order is the knowledge author's preference order."""
         for c in self.include:
@@ -100,7 +100,7 @@ class Terminology:
     _memo: dict[tuple[str, str], tuple[str, ...]] = field(repr=False, compare=False, default_factory=dict)
 
     @classmethod
-    def build(cls, valuesets: Mapping[str, ValueSetDef]) -> "Terminology":
+    def build(cls, valuesets: Mapping[str, ValueSetDef]) -> Terminology:
         exact: dict[tuple[str, str], list[str]] = {}
         roots: list[tuple[str, str]] = []
         for vs in valuesets.values():

@@ -21,18 +21,17 @@ import os
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from cds_service.fhir.policy import FetchPolicy, split_url
-from cds_service.protocol.errors import RequestError
 from cds_service.observability import observe_fhir_fetch
+from cds_service.protocol.errors import RequestError
 
 __all__ = ["FhirClient", "fill_template"]
 

@@ -7,17 +7,18 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
-from typing import Sequence
 
-from cds_service.store.db import DatabaseError
-from cds_service.protocol.errors import RequestError
-from cds_service.fhir.client import FhirClient
-from cds_service.protocol.request import load_request_schemas
 from cds_service.decision.knowledge import CATEGORY_DISPLAY, KnowledgeError, load_knowledge
-from cds_service.pipeline import evaluate
 from cds_service.decision.render import RenderOptions
+from cds_service.fhir.client import FhirClient
+from cds_service.pipeline import evaluate
+from cds_service.protocol.errors import RequestError
+from cds_service.protocol.request import load_request_schemas
 from cds_service.settings import Settings, SettingsError
+from cds_service.store.db import DatabaseError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -94,7 +95,7 @@ def _knowledge(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
     for n, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
     return 0
@@ -111,14 +112,14 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _purge(args: argparse.Namespace) -> int:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from cds_service.store.audit import purge
     from cds_service.store.db import open_database
 
     settings = Settings.load()
     days = settings.audit_retention_days if args.days is None else args.days
-    before = datetime.now(timezone.utc) - timedelta(days=days)
+    before = datetime.now(UTC) - timedelta(days=days)
     with open_database(settings, strict=True) as db:
         result = purge(db, before, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"

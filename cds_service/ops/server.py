@@ -69,7 +69,7 @@ def load_fhir_models(resource_types: Sequence[str] = WARM_UP_RESOURCE_TYPES) -> 
         for arg in typing.get_args(annotation):
             yield from element_types(arg)
 
-    def walk(model: type) -> None:
+    def walk(model: Any) -> None:
         if model in seen:
             return
         seen.add(model)

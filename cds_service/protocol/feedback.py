@@ -8,8 +8,8 @@ Body: ``{"feedback": [{"card": uuid, "outcome": "accepted"|"overridden",
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -23,8 +23,9 @@ _RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d
 Uuid = Annotated[str, StringConstraints(pattern=_UUID_PATTERN)]
 
 
-def _text(limit: int) -> Any:
-    return Annotated[str, StringConstraints(min_length=1, max_length=limit)]
+Text256 = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Text512 = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+Text4000 = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 
 
 class _Wire(BaseModel):
@@ -35,16 +36,16 @@ class _Wire(BaseModel):
 class FeedbackCoding(_Wire):
     """CDS Hooks 2.0 Coding (§Data Types): ``system`` and ``code`` required."""
 
-    system: _text(512)
-    code: _text(256)
-    display: _text(512) | None = None
+    system: Text512
+    code: Text256
+    display: Text512 | None = None
 
 
 class OverrideReason(_Wire):
     """§Feedback OverrideReason: the reason chosen from the card's list and/or a comment."""
 
     reason: FeedbackCoding | None = None
-    userComment: _text(4000) | None = None
+    userComment: Text4000 | None = None
 
 
 class AcceptedSuggestion(_Wire):
@@ -87,7 +88,7 @@ class FeedbackEntry(_Wire):
     @property
     def outcome_at(self) -> datetime:
         """``outcomeTimestamp`` as an aware UTC datetime."""
-        return datetime.fromisoformat(self.outcomeTimestamp.upper()).astimezone(timezone.utc)
+        return datetime.fromisoformat(self.outcomeTimestamp.upper()).astimezone(UTC)
 
 
 class FeedbackRequest(_Wire):

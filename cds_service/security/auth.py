@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
@@ -113,7 +114,7 @@ class _IssuerEntry(BaseModel):
     jku: list[str] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
-    def _one_key_source(self) -> "_IssuerEntry":
+    def _one_key_source(self) -> _IssuerEntry:
         if (self.jwks_file is None) == (self.jku is None):
             raise ValueError("give exactly one of 'jwks_file' (a JWK Set file) or 'jku' (allowlisted JWK Set URLs)")
         for url in self.jku or ():
@@ -256,7 +257,7 @@ class TokenVerifier:
             raise AuthError("kid missing, or kid or jku not a string")
         iss = unverified.get("iss")
         issuer = self._issuers.get(iss) if isinstance(iss, str) else None
-        if issuer is None:
+        if issuer is None or not isinstance(iss, str):
             raise AuthError("iss is not a trusted issuer")
         key = issuer.signing_key(kid, jku)
         try:

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 

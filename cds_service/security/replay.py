@@ -13,7 +13,8 @@ import heapq
 import logging
 import threading
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger("cds_service.security.replay")
 

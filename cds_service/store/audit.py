@@ -14,28 +14,30 @@ The hook must not fail or wait on the database: :func:`record_outcome` and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import secrets
 import time
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping, MutableMapping
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 
-from cds_service.store.db import Database, DatabaseReplayCache, ensure_data_dir
-from cds_service.observability import count_audit_write_failure
-from cds_service.protocol.errors import RequestError
-from cds_service.store.explanation import order_evidence
 from cds_service.decision.knowledge import Knowledge
-from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback, ReplayEntry
 from cds_service.decision.outcome import Outcome
 from cds_service.decision.render import PAMA_BASE
+from cds_service.observability import count_audit_write_failure
+from cds_service.protocol.errors import RequestError
 from cds_service.settings import Settings, SettingsError
+from cds_service.store.db import Database, DatabaseReplayCache, ensure_data_dir
+from cds_service.store.explanation import order_evidence
+from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback, ReplayEntry
 
 log = logging.getLogger("cds_service.store.audit")
 
@@ -74,10 +76,8 @@ def _key_file(path: Path) -> bytes:
                 fh.write(secrets.token_hex(32) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.link(tmp, path)
-            except FileExistsError:
-                pass
         finally:
             tmp.unlink(missing_ok=True)
     try:
@@ -93,7 +93,7 @@ def _key_file(path: Path) -> bytes:
 
 def patient_hash(key: bytes, fhir_server: str | None, patient_id: str) -> str:
     """HMAC-SHA256 hex of the patient: ids are only unique per FHIR server, so both count."""
-    message = f"{fhir_server or ''}\n{patient_id}".encode("utf-8")
+    message = f"{fhir_server or ''}\n{patient_id}".encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
@@ -142,7 +142,7 @@ def build_record(outcome: Outcome, *, service_id: str, latency_ms: float, knowle
 
 def _call_row(service_id: str, hook_instance: Any, status: int, issue_code: str | None,
               latency_ms: float, knowledge_version: str, at: datetime | None) -> dict[str, Any]:
-    return {"called_at": at or datetime.now(timezone.utc), "service_id": service_id,
+    return {"called_at": at or datetime.now(UTC), "service_id": service_id,
             "hook_instance": _clip(hook_instance, _HOOK_INSTANCE_MAX), "patient_hmac": None,
             "status": status, "issue_code": issue_code, "latency_ms": round(latency_ms, 3),
             "knowledge_version": knowledge_version}
@@ -159,7 +159,9 @@ def _consult_ids(actions: Any) -> dict[str, str]:
 
 
 def _first_coding(raw: Mapping) -> Mapping:
-    code = raw.get("code") if isinstance(raw.get("code"), dict) else {}
+    code = raw.get("code")
+    if not isinstance(code, Mapping):
+        code = {}
     return next((c for c in code.get("coding") or () if isinstance(c, dict)), {})
 
 
@@ -173,7 +175,9 @@ def write_record(db: Database, record: CallRecord) -> int:
     Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot be written.
     """
     with db.transaction() as conn:
-        call_id = conn.execute(insert(AuditCall).values(**record.call)).inserted_primary_key[0]
+        inserted = conn.execute(insert(AuditCall).values(**record.call)).inserted_primary_key
+        assert inserted is not None  # a single-row INSERT always has one
+        call_id = inserted[0]
         if record.orders:
             conn.execute(insert(AuditOrder), [{**o, "call_id": call_id} for o in record.orders])
         if record.cards:
@@ -190,7 +194,7 @@ def record_outcome(state: MutableMapping[str, Any], service_id: str, outcome: Ou
                               knowledge_version=state["knowledge"].version, key=state["audit_key"],
                               knowledge=state["knowledge"])
         write_record(state["db"], record)
-    except Exception as exc:  # noqa: BLE001 - any failure here must not reach the client
+    except Exception as exc:
         _count_failure(state, service_id, exc)
 
 
@@ -204,7 +208,7 @@ def record_rejection(state: MutableMapping[str, Any], service_id: str, body: Any
         call = _call_row(service_id, hook_instance, error.status, error.code, latency_ms,
                          state["knowledge"].version, None)
         write_record(state["db"], CallRecord(call))
-    except Exception as exc:  # noqa: BLE001 - as in record_outcome
+    except Exception as exc:
         _count_failure(state, service_id, exc)
 
 

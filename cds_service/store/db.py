@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -28,8 +29,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from cds_service.store.tables import ReplayEntry
 from cds_service.settings import Settings, SettingsError
+from cds_service.store.tables import ReplayEntry
 
 log = logging.getLogger("cds_service.store.db")
 
@@ -113,7 +114,10 @@ def _alembic_config() -> Config:
 
 def head_revision() -> str:
     """The newest migration's revision id (what ``vcf-cds db upgrade`` brings a database to)."""
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:  # only if the package shipped without its migrations
+        raise DatabaseError("no migrations found in cds_service/store/migrations")
+    return head
 
 
 class Database:

@@ -15,19 +15,20 @@ says when that is not the knowledge that gave the advice. No Flask here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import select
 
-from cds_service.store.db import Database
 from cds_service.decision.engine import OrderDecision
 from cds_service.decision.knowledge import CATEGORY_DISPLAY, Knowledge, Topic, Variant
-from cds_service.store.tables import AuditCall, AuditCard, AuditOrder
 from cds_service.decision.render import PAMA_RATING_DISPLAY
 from cds_service.decision.scenario import Evidence, reference_date
 from cds_service.decision.terminology import SYSTEM_NAMES
+from cds_service.store.db import Database
+from cds_service.store.tables import AuditCall, AuditCard, AuditOrder
 
 EVIDENCE_FORMAT = 1
 _DISPLAY_MAX = 256
@@ -245,7 +246,7 @@ def load_explanation(db: Database, knowledge: Knowledge, card_uuid: str) -> Expl
     position = card["order_position"]
     if position is not None:
         rows = [r for r in rows if r["position"] == position]
-    orders = tuple(_order(knowledge, r) for r in rows)
+    orders = tuple(_order(knowledge, dict(r)) for r in rows)
     # Advice without a variant cites the topic whose criteria were applied (not a routing topic).
     main_topic = next(t for t in knowledge.topics if any(v.routing is None for v in t.variants))
     topics = tuple(dict.fromkeys(o.topic for o in orders if o.topic is not None)) or (main_topic,)
@@ -315,7 +316,7 @@ def _scenario_text(row: Mapping[str, Any], in_scope: bool, variant: Variant | No
     if row["variant"] and variant is None:
         return (f"The advice used ACR variant {row['variant']}, which the knowledge loaded now no longer "
                 "has; its table cannot be shown.")
-    if status == "selected":
+    if status == "selected" and variant is not None and topic is not None:
         return (f"The record fits exactly one ACR variant for {_ORDER_KIND_TEXT[variant.orderKind]}: "
                 f"variant {variant.id} of {topic.title}.")
     if status == "red-flag":
@@ -323,7 +324,7 @@ def _scenario_text(row: Mapping[str, Any], in_scope: bool, variant: Variant | No
             return ("Neurologic red flags in the record outrank every variant of these criteria: no variant "
                     "rates this order; the urgent evaluation comes first.")
         return ("Neurologic red flags in the record outrank every variant of the vertebral compression fracture "
-                f"criteria: imaging is rated under {topic.title}, variant {variant.id}.")
+                f"criteria: imaging is rated under {topic.title if topic else 'another topic'}, variant {variant.id}.")
     if status == "excluded":
         return ("The record shows a traumatic (high-energy) vertebral fracture: it is outside these criteria, "
                 "so no variant applies and the order was not rated.")
@@ -348,6 +349,6 @@ def _unconfirmed(row: Mapping[str, Any], ev: Mapping[str, Any], variant: Variant
             out.append(f"the code {SYSTEM_NAMES.get(f['system'], f['system'])} {f['code']}{display} (unconfirmed code)")
     if variant is not None and not variant.titleConfirmed:
         out.append(f"the title of ACR variant {variant.id} (not confirmed in the ACR's own wording)")
-    out += [f"the rating of {r.procedure} in variant {variant.id}: {PROVENANCE_TEXT['SECONDARY']}"
+    out += [f"the rating of {r.procedure} in variant {variant.id if variant else '?'}: {PROVENANCE_TEXT['SECONDARY']}"
             for r in table if r.provenance == "SECONDARY"]
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -69,7 +69,7 @@ def store_feedback(db: Database, service_id: str, entries: list[FeedbackEntry],
     ``dedup_key`` decides. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database
     cannot be read or written (nothing of the request is then stored).
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     cards = sorted({e.card.lower() for e in entries})
     # Read outside the write transaction, which then only inserts: it stays short, and a
     # SQLite transaction never has to upgrade a read lock (that fails at once when busy).

@@ -23,16 +23,17 @@ import csv
 import html
 import io
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from sqlalchemy import Select, and_, func, select
 
+from cds_service.decision.terminology import CPT, LOINC, SNOMED
 from cds_service.store.db import Database
 from cds_service.store.feedback import FLAG_UNKNOWN_CARD
 from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback
-from cds_service.decision.terminology import CPT, LOINC, SNOMED
 
 PAMA_RATINGS = ("appropriate", "not-appropriate", "no-criteria-apply")
 UNRATED = "not rated"
@@ -144,7 +145,7 @@ def build_report(db: Database, since: date | None = None,
     the client sent none (the service's reasons are in ``data/cards.json``).
     Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot be read.
     """
-    start = datetime.combine(since, time.min, tzinfo=timezone.utc) if since else None
+    start = datetime.combine(since, time.min, tzinfo=UTC) if since else None
     labels = reason_labels or {}
 
     def recent(stmt: Select) -> Select:
@@ -206,7 +207,7 @@ def build_report(db: Database, since: date | None = None,
     weeks = sorted(set(week_calls) | set(week_ratings) | set(week_cards))
     return Report(
         since=since,
-        generated_at=now or datetime.now(timezone.utc),
+        generated_at=now or datetime.now(UTC),
         calls_by_status=dict(sorted(status_rows)),
         ratings=[RatingRow(v, c, dict(counts)) for (v, c), counts in sorted(ratings.items())],
         cards=[CardRow(kind, indicator, n, outcomes[kind]["accepted"], outcomes[kind]["overridden"])
@@ -276,7 +277,7 @@ def render_table(report: Report) -> str:
         cells = [[str(c) for c in row] for row in [header, *rows]]
         widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
         for n, row in enumerate(cells):
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
             if n == 0:
                 lines.append("  " + "  ".join("-" * w for w in widths))
         lines.append("")
@@ -338,10 +339,10 @@ def _ratings_chart(report: Report) -> str:
 
     def draw(ax: Any) -> None:
         left = [0] * len(variants)
-        for rating, color in zip([*PAMA_RATINGS, UNRATED], ["#2e7d32", "#c62828", "#f9a825", "#9e9e9e"]):
+        for rating, color in zip([*PAMA_RATINGS, UNRATED], ["#2e7d32", "#c62828", "#f9a825", "#9e9e9e"], strict=False):
             values = [by_variant[v].get(rating, 0) for v in variants]
             ax.barh(variants, values, left=left, label=rating, color=color)
-            left = [a + b for a, b in zip(left, values)]
+            left = [a + b for a, b in zip(left, values, strict=False)]
         ax.set_xlabel("orders")
         ax.invert_yaxis()
         _legend_outside(ax)
@@ -381,7 +382,7 @@ def _trend_chart(report: Report) -> str:
     def draw(ax: Any) -> None:
         x = [w.start for w in weeks]
         rated = [sum(w.ratings.get(r, 0) for r in PAMA_RATINGS) for w in weeks]
-        ax.plot(x, [100 * w.ratings.get("not-appropriate", 0) / n if n else 0 for w, n in zip(weeks, rated)],
+        ax.plot(x, [100 * w.ratings.get("not-appropriate", 0) / n if n else 0 for w, n in zip(weeks, rated, strict=False)],
                 marker="o", label="% of rated orders not appropriate", color="#c62828")
         ax.plot(x, [100 * w.accepted / w.cards if w.cards else 0 for w in weeks], marker="s",
                 label="% of cards accepted", color="#2e7d32")

@@ -18,9 +18,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from cds_service.decision.render import RenderOptions
 from cds_service.security.links import PATH, InvalidLink
 from cds_service.store.explanation import load_explanation
-from cds_service.decision.render import RenderOptions
 
 log = logging.getLogger("cds_service.explain")
 bp = Blueprint("explain", __name__, template_folder="templates")

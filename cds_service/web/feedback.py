@@ -24,10 +24,10 @@ from flask import Blueprint, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds_service.web.hooks import cds_state, error_response, json_response, read_service_body
 from cds_service.protocol.errors import RequestError, operation_outcome
 from cds_service.protocol.feedback import FeedbackRequest
 from cds_service.store.feedback import store_feedback
+from cds_service.web.hooks import cds_state, error_response, json_response, read_service_body
 
 log = logging.getLogger("cds_service.web.feedback")
 bp = Blueprint("cds_feedback", __name__)

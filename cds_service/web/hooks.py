@@ -14,11 +14,11 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from cds_service.store.audit import record_outcome, record_rejection
-from cds_service.protocol.errors import RequestError, operation_outcome
-from cds_service.web.explain import render_options
 from cds_service.observability import bind_request_id, observe_outcome
 from cds_service.pipeline import discovery, evaluate
+from cds_service.protocol.errors import RequestError, operation_outcome
+from cds_service.store.audit import record_outcome, record_rejection
+from cds_service.web.explain import render_options
 
 log = logging.getLogger("cds_service.web.hooks")
 bp = Blueprint("cds", __name__)
@@ -100,8 +100,9 @@ def httperror_response(exc: HTTPException) -> Response:
     text = {404: "no such endpoint", 405: "method not allowed on this endpoint",
             413: "request body is larger than this service accepts"}.get(status, exc.name)
     resp = error_response(status, _HTTP_ISSUE.get(status, "processing"), text)
-    if status == 405 and getattr(exc, "valid_methods", None):
-        resp.headers["Allow"] = ", ".join(exc.valid_methods)
+    valid_methods = getattr(exc, "valid_methods", None)
+    if status == 405 and valid_methods:
+        resp.headers["Allow"] = ", ".join(valid_methods)
     return resp
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app
 
-from cds_service.protocol.request import RequestSchemas
-from cds_service.protocol.feedback import FeedbackRequest
 from cds_service.decision.knowledge import Knowledge
+from cds_service.protocol.feedback import FeedbackRequest
+from cds_service.protocol.request import RequestSchemas
 
 bp = Blueprint("openapi", __name__)
 

@@ -18,8 +18,8 @@ import logging
 from flask import Flask, Response, g, request
 from flask_cors import CORS
 
-from cds_service.security.auth import AuthError, TokenVerifier, load_trusted_issuers
 from cds_service.protocol.errors import operation_outcome
+from cds_service.security.auth import AuthError, TokenVerifier, load_trusted_issuers
 from cds_service.security.replay import ReplayCache
 from cds_service.settings import ENV_PREFIX, Settings, SettingsError
 
