@@ -60,7 +60,7 @@ def load_hmac_key(settings: Settings) -> bytes:
     is unreadable or readable by group or others.
     """
     if settings.audit_hmac_key:
-        return settings.audit_hmac_key.encode("utf-8")
+        return settings.audit_hmac_key.get_secret_value().encode("utf-8")
     if settings.database_url is not None:
         raise SettingsError("setting VCF_CDS_AUDIT_HMAC_KEY: required when VCF_CDS_DATABASE_URL is set "
                             "(at least 32 characters, the same on every host)")

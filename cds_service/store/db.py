@@ -56,7 +56,7 @@ def database_url(settings: Settings) -> URL:
         data_dir = ensure_data_dir(settings)
         return URL.create("sqlite", database=str(data_dir / SQLITE_FILE))
     try:
-        url = make_url(settings.database_url)
+        url = make_url(settings.database_url.get_secret_value())
     except ArgumentError:
         raise SettingsError("setting VCF_CDS_DATABASE_URL: not a SQLAlchemy database URL") from None
     if url.get_backend_name() not in SUPPORTED_BACKENDS:
