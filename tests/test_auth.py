@@ -40,6 +40,8 @@ from conftest import FIXTURES, load_json, make_app
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from cds_service.observability import MULTIPROC_ENV
+from cds_service.ops import server
 from cds_service.ops.cli import main as cli_main
 from cds_service.security.auth import AuthError, TokenVerifier, load_trusted_issuers
 from cds_service.security.replay import MemoryReplayCache
@@ -393,10 +395,15 @@ def test_auth_on_without_trusted_issuers_refuses_to_start():
         make_app(AUTH="on")
 
 
-def test_auth_is_on_by_default(monkeypatch, capsys):
+def test_auth_is_on_by_default(monkeypatch, capsys, tmp_path):
     """``vcf-cds serve`` with no settings stops before serving, saying what to set."""
     for name in [n for n in os.environ if n.startswith("VCF_CDS_")]:
         monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # the default DATA_DIR, ./var, is then the test's own
+    # serve() sets these for the whole process; later tests must not inherit them (metrics
+    # read from multiprocess files, logs written to this test's captured stderr).
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "metrics"))
+    monkeypatch.setattr(server, "configure_logging", lambda level: None)
 
     def serve(self):
         raise AssertionError("the server started without trusted issuers")
