@@ -383,8 +383,8 @@ def parse_record(
     for key in required:
         unusable = found[key] is None if key in found else prefetch_unavailable(prefetch, key)
         if unusable:
-            # Without conditions the service cannot tell which ACR variant applies,
-            # and guessing "no relevant history" would rate the order wrongly.
+            # Never read a required key as "no relevant history": without conditions the
+            # service cannot tell which ACR variant applies, and a guess would rate wrongly.
             raise RequestError(
                 412,
                 "required",
