@@ -9,6 +9,7 @@ default ``DATA_DIR``) was created or changed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,6 +48,8 @@ def schemas():
 SESSION_DATA_DIR = Path(tempfile.mkdtemp(prefix="vcf-cds-tests-"))
 # The developer's data directory: the default DATA_DIR, relative to the repository.
 REPO_DATA_DIR = ROOT / "var"
+# Hypothesis keeps caches (constants, Unicode tables) under ./.hypothesis unless told otherwise.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(SESSION_DATA_DIR / "hypothesis"))
 
 # Settings every test app starts from; a test overrides only what it is about. Client
 # authentication is off here so each test exercises its own subject; tests/test_auth.py
