@@ -21,6 +21,7 @@ __all__ = ["ReadinessCheck", "bp", "readiness_checks", "register_readiness_check
 log = logging.getLogger("cds_service.web.health")
 bp = Blueprint("health", __name__)
 
+
 def readiness_checks(app: Flask) -> list[tuple[str, ReadinessCheck]]:
     """The app's (name, check) pairs, in the order registered (``AppState.readiness``)."""
     return list(state_of(app).readiness)
