@@ -102,3 +102,52 @@ AUGMENTATION: Literal["augmentation"] = "augmentation"
 # The procedure modality whose orders after a vertebral augmentation get the
 # post-augmentation note (``acr/procedures.json``).
 MRI_MODALITY = "MR"
+
+# ---- card wording (cards.json) -----------------------------------------------------------
+# Which {placeholders} each text may use: render.py fills exactly these. Every card about an
+# order may name the ordered procedure; the red-flag card is about the whole call.
+_ORDER = frozenset({"procedure"})
+_NONE: frozenset[str] = frozenset()
+CARD_PLACEHOLDERS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType({
+    # kind: (summary, detail)
+    CardKind.RED_FLAG: (_NONE, _NONE),
+    CardKind.NOT_APPROPRIATE: (_ORDER, _ORDER | {"category"}),
+    CardKind.MAY_BE_APPROPRIATE: (_ORDER, _ORDER | {"category"}),
+    CardKind.NO_CRITERIA: (_ORDER, _ORDER),
+    CardKind.MISSING_FACTS: (_ORDER | {"missing"}, _ORDER),
+    CardKind.CONFLICT: (_ORDER, _ORDER),
+    CardKind.TRAUMATIC: (_ORDER, _ORDER),
+    Advisory.STEER_IR: (_ORDER, _ORDER | {"augmentation"}),
+    **{a: (_ORDER, _ORDER) for a in Advisory if a is not Advisory.STEER_IR},
+})
+# Phrases the cards share (cards.json ``text``) and their placeholders.
+CARD_TEXT: Mapping[str, frozenset[str]] = MappingProxyType({
+    "missingFactsShort": _NONE,  # the missing-facts summary when the list would not fit
+    "recordOneOf": _NONE,
+    "candidateVariants": _NONE,
+    "evidenceHeading": _NONE,
+    "redFlagEvidenceHeading": _NONE,
+    "redFlagRouting": frozenset({"topic", "title"}),
+    "urgentOrderLabel": frozenset({"procedure"}),
+    "urgentOrderAction": frozenset({"procedure"}),
+    "variantHeading": frozenset({"variant", "title"}),
+    "variantHeadingUnconfirmed": frozenset({"variant", "title"}),
+    "topicLine": frozenset({"topic", "revised"}),
+    "orderedHeading": _NONE,
+    "alternativesHeading": _NONE,
+    "ratingScore": frozenset({"score"}),
+    "ratingRadiation": frozenset({"rrl"}),
+    "ratingRadiationNote": frozenset({"rrl", "note"}),
+    "ratingSource": frozenset({"provenance"}),
+    "sourceLine": frozenset({"citation", "url"}),
+    "sourceLineUnconfirmed": frozenset({"citation", "url"}),
+    "secondaryNote": _NONE,
+    "unconfirmedNote": frozenset({"items"}),
+    "unconfirmedCode": frozenset({"code"}),
+    "replaceLabel": frozenset({"procedure"}),
+    "replaceRemove": frozenset({"order"}),
+    "replaceOrder": frozenset({"procedure", "category"}),
+    "referralLabel": frozenset({"referral"}),
+    "ratingAction": frozenset({"rating"}),
+    "explainLink": _NONE,
+})
