@@ -141,35 +141,18 @@ def extract_facts(
     reference date for onset-based acuity (``reference_date``). Returns a :class:`FactSet`
     including derived facts and ``vcf-new`` / ``vcf-prior`` (decision-rules.md §3.2).
     """
-    idx = knowledge.fact_index
-    term = knowledge.terminology
     found: dict[str, list[Evidence]] = {}
-
-    def add(origin: str, resource: str, concept: object, onset: date | None) -> None:
-        for c in _codings(concept):
-            system, code = c.get("system") or "", c["code"]
-            for vs in term.memberships(system, code):
-                for fact in idx.get((vs, origin), ()):
-                    concept_def = term.concept(vs, system, code)
-                    found.setdefault(fact, []).append(Evidence(
-                        fact=fact, resource=resource, system=system, code=code,
-                        display=c.get("display") or (concept_def.display if concept_def else None),
-                        valueset=vs, unconfirmed=bool(concept_def and concept_def.unconfirmed),
-                        encounter=_encounter(knowledge, system, code), onset=onset))
-
     for raw in conditions:
-        if not is_active_condition(raw):
-            continue
-        onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
-        add("condition", f"Condition/{raw.get('id')}", raw.get("code"), onset)
+        if is_active_condition(raw):
+            onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
+            _add_facts(knowledge, found, "condition", f"Condition/{raw.get('id')}", raw.get("code"), onset)
     for raw in procedures:
-        if raw.get("status") in EXCLUDED_PROCEDURE_STATUS:
-            continue
-        performed = _to_date(raw.get("performedDateTime")) or _to_date((raw.get("performedPeriod") or {}).get("start"))
-        add("procedure", f"Procedure/{raw.get('id')}", raw.get("code"), performed)
+        if raw.get("status") not in EXCLUDED_PROCEDURE_STATUS:
+            performed = _to_date(raw.get("performedDateTime")) or _to_date((raw.get("performedPeriod") or {}).get("start"))
+            _add_facts(knowledge, found, "procedure", f"Procedure/{raw.get('id')}", raw.get("code"), performed)
     order_ref = f"{order.get('resourceType', 'ServiceRequest')}/{order.get('id')}#reasonCode"
     for reason in order.get("reasonCode") or ():
-        add("reasonCode", order_ref, reason, None)
+        _add_facts(knowledge, found, "reasonCode", order_ref, reason, None)
 
     facts = {k: tuple(v) for k, v in found.items()}
     for d in knowledge.derived.values():
@@ -182,6 +165,22 @@ def extract_facts(
     if prior:
         facts[ComputedFact.VCF_PRIOR.value] = prior
     return FactSet(MappingProxyType(facts))
+
+
+def _add_facts(knowledge: Knowledge, found: dict[str, list[Evidence]], origin: str, resource: str,
+               concept: object, onset: date | None) -> None:
+    """Add the facts ``concept``'s codings yield from ``origin`` (facts.json ``from``)."""
+    term = knowledge.terminology
+    for c in _codings(concept):
+        system, code = c.get("system") or "", c["code"]
+        for vs in term.memberships(system, code):
+            for fact in knowledge.fact_index.get((vs, origin), ()):
+                concept_def = term.concept(vs, system, code)
+                found.setdefault(fact, []).append(Evidence(
+                    fact=fact, resource=resource, system=system, code=code,
+                    display=c.get("display") or (concept_def.display if concept_def else None),
+                    valueset=vs, unconfirmed=bool(concept_def and concept_def.unconfirmed),
+                    encounter=_encounter(knowledge, system, code), onset=onset))
 
 
 def _acuity(knowledge: Knowledge, facts: Mapping[str, tuple[Evidence, ...]], as_of: date):
