@@ -5,7 +5,7 @@ categories and procedures by name. Those names are defined here and nowhere else
 :func:`~cds_service.decision.knowledge.load_knowledge` refuses a knowledge directory that
 lacks one of them (naming the file and the entry), so renaming ``bleeding-risk`` in
 ``data/`` stops the service at start-up instead of silently dropping the coagulopathy
-warning. Each name carries what it is used for, which is what the error message says.
+warning. Each fact carries what it is used for (``FACT_USES``), which the error message says.
 """
 
 from __future__ import annotations
