@@ -12,21 +12,33 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from cds_service.decision.contract import (
+    APPROPRIATE,
+    MAY_BE_APPROPRIATE,
+    USUALLY_APPROPRIATE,
+    USUALLY_NOT_APPROPRIATE,
+    Advisory,
+    CardKind,
+    ComputedFact,
+    Fact,
+)
 from cds_service.decision.engine import Decision, OrderDecision
-from cds_service.decision.knowledge import CATEGORY_DISPLAY, Knowledge, Procedure, Rating, Region, Variant
-from cds_service.decision.scenario import Evidence
+from cds_service.decision.knowledge import Knowledge, Procedure, Rating, Region, Variant
+from cds_service.decision.scenario import Evidence, VariantChoice
 from cds_service.decision.terminology import CPT, LOINC, SNOMED, SYSTEM_NAMES
 
 PAMA_BASE = "http://fhir.org/argonaut/Extension/"
 PAMA_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
 ACR_CATEGORY_SYSTEM = "urn:vcf-cds-hooks:CodeSystem:acr-appropriateness-category"
 VARIANT_SYSTEM = "urn:vcf-cds-hooks:CodeSystem:acr-variant"
-PAMA_RATING_DISPLAY = {"appropriate": "Appropriate", "not-appropriate": "Not appropriate",
-                       "no-criteria-apply": "No criteria apply"}
+# The bundled ratings.json's PAMA displays, for store/explanation.py, which predates
+# Knowledge.pama_display: read the knowledge instead.
+PAMA_RATING_DISPLAY: Mapping[str, str] = MappingProxyType({
+    "appropriate": "Appropriate", "not-appropriate": "Not appropriate", "no-criteria-apply": "No criteria apply"})
 SUMMARY_MAX = 139
-EXPLAIN_LINK_LABEL = "Why this advice?"
 ORDER_CODE_SYSTEMS = (CPT, LOINC, SNOMED)
 
 
@@ -65,16 +77,6 @@ def _summary(text: str) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
-def _evidence_line(e: Evidence, label: str | None = None) -> str:
-    return f"- {label + ': ' if label else ''}{_code_text(e)} ({e.resource})"
-
-
-def _code_text(e: Evidence) -> str:
-    system = SYSTEM_NAMES.get(e.system, e.system)
-    label = f"{system} {e.code}" + (f" {e.display}" if e.display else "")
-    return label + (" (unconfirmed code)" if e.unconfirmed else "")
-
-
 class _Renderer:
     def __init__(self, knowledge: Knowledge, decision: Decision, drafts_by_ref: Mapping[str, Mapping],
                  patient_id: str, options: RenderOptions):
@@ -90,32 +92,55 @@ class _Renderer:
         self.card_orders: dict[str, int] = {}
         self.consult_ids: dict[int, str] = {}
 
+    # ---- wording (cards.json; placeholders checked at load) ---------------------------
+    def say(self, key: str, **fields: object) -> str:
+        """A shared phrase of ``cards.json`` ``text``, its placeholders filled."""
+        return self.text[key].format(**fields)
+
+    def summary(self, kind: str, **fields: object) -> str:
+        return self.k.cards.kinds[kind].summary.format(**fields)
+
+    def lead(self, kind: str, **fields: object) -> str:
+        """The first paragraph of a card's detail."""
+        return self.k.cards.kinds[kind].detail.format(**fields)
+
+    def code_text(self, e: Evidence) -> str:
+        system = SYSTEM_NAMES.get(e.system, e.system)
+        label = f"{system} {e.code}" + (f" {e.display}" if e.display else "")
+        return self.say("unconfirmedCode", code=label) if e.unconfirmed else label
+
+    def evidence_line(self, e: Evidence, label: str | None = None) -> str:
+        return f"- {label + ': ' if label else ''}{self.code_text(e)} ({e.resource})"
+
     # ---- building blocks -------------------------------------------------------------
     def source(self, variant: Variant | None) -> dict:
-        src: dict[str, Any] = {"label": self.k.cards.source["label"]}
+        src: dict[str, Any] = {"label": self.k.cards.source.label}
         if variant is not None:
             topic = self.k.variant_topic[variant.id]
             src["url"] = topic.url
             src["topic"] = {"system": VARIANT_SYSTEM, "code": variant.id, "display": variant.title}
         else:  # advice that rests on no variant cites the service's own topic
-            src["url"] = next(t.url for t in self.k.topics if t.id == self.k.cards.source["topic"])
+            src["url"] = next(t.url for t in self.k.topics if t.id == self.k.cards.source.topic)
         return src
 
-    def card(self, kind: str, indicator: str, summary: str, detail: str, variant: Variant | None,
-             suggestions: Sequence[dict] = (), behavior: str = "at-most-one", override: bool = False) -> None:
+    def card(self, kind: str, summary: str, detail: str, variant: Variant | None,
+             suggestions: Sequence[dict] = (), behavior: str = "at-most-one") -> None:
+        """Issue a card of ``kind``: its indicator from cards.json; warning and critical
+        cards offer the override reasons."""
+        indicator = self.k.cards.kinds[kind].indicator
         c: dict[str, Any] = {"uuid": self.o.new_id(), "summary": _summary(summary), "indicator": indicator,
                              "detail": detail, "source": self.source(variant)}
         if suggestions:
             c["suggestions"] = list(suggestions)
             c["selectionBehavior"] = behavior
-        if override:
+        if indicator != "info":
             reasons = self.k.cards.overrideReasons
             c["overrideReasons"] = [{"system": reasons["system"], "code": r["code"], "display": r["display"]}
                                     for r in reasons["codes"]]
         if self.o.explain_url is not None:
-            c["links"] = [{"label": EXPLAIN_LINK_LABEL, "url": self.o.explain_url(c["uuid"]), "type": "absolute"}]
+            c["links"] = [{"label": self.say("explainLink"), "url": self.o.explain_url(c["uuid"]), "type": "absolute"}]
         self.cards.append(c)
-        self.kinds[c["uuid"]] = kind
+        self.kinds[c["uuid"]] = str(kind)
         if self.order_position is not None:
             self.card_orders[c["uuid"]] = self.order_position
 
@@ -177,13 +202,14 @@ class _Renderer:
             if ordered is None or proc.kind != ordered.kind:
                 continue
             new = self.new_order(od.raw, proc, od.order_class.region,
-                                 reasons=od.facts.evidence.get("vcf", ()))
+                                 reasons=od.facts.evidence.get(Fact.VCF, ()))
             if new is None:
                 continue
             name = new["code"]["coding"][0].get("display") if "coding" in new["code"] else new["code"]["text"]
-            out.append(self.suggestion(f"Replace with {name}", [
-                {"type": "delete", "description": f"Remove the draft order {od.ref}", "resourceId": od.ref},
-                {"type": "create", "description": f"Order {proc.display} ({CATEGORY_DISPLAY[r.category]}, ACR)",
+            out.append(self.suggestion(self.say("replaceLabel", procedure=name), [
+                {"type": "delete", "description": self.say("replaceRemove", order=od.ref), "resourceId": od.ref},
+                {"type": "create", "description": self.say("replaceOrder", procedure=proc.display,
+                                                           category=self.k.category_display(r.category)),
                  "resource": new}], recommended=recommend_first and not out))
         return out
 
@@ -192,48 +218,56 @@ class _Renderer:
         facts = []
         wanted = set(variant.criteria.all) if variant else set()
         for fact, evs in od.facts.evidence.items():
-            if fact in self.k.derived or (wanted and fact not in wanted and fact in ("vcf-new", "vcf-prior")):
+            if fact in self.k.derived or (wanted and fact not in wanted and fact in tuple(ComputedFact)):
                 continue
             for e in evs:
-                facts.append(_evidence_line(e, self.k.fact_label(fact)))
+                facts.append(self.evidence_line(e, self.k.fact_label(fact)))
         return list(dict.fromkeys(facts))
 
     def rating_line(self, r: Rating) -> str:
         proc = self.k.procedures[r.procedure]
-        parts = [CATEGORY_DISPLAY[r.category]]
+        parts = [self.k.category_display(r.category)]
         if r.score is not None:
-            parts.append(f"score {r.score}")
-        if r.rrl:
-            parts.append(f"radiation {r.rrl}" + (f", {r.rrlNote}" if r.rrlNote else ""))
-        parts.append(f"source {r.provenance}")
+            parts.append(self.say("ratingScore", score=r.score))
+        if r.rrl and r.rrlNote:
+            parts.append(self.say("ratingRadiationNote", rrl=r.rrl, note=r.rrlNote))
+        elif r.rrl:
+            parts.append(self.say("ratingRadiation", rrl=r.rrl))
+        parts.append(self.say("ratingSource", provenance=r.provenance))
         return f"- {proc.display}: " + "; ".join(parts)
 
     def variant_detail(self, od: OrderDecision, variant: Variant, lead: str, extra: Sequence[Rating] = ()) -> str:
         topic = self.k.variant_topic[variant.id]
-        title = variant.title + ("" if variant.titleConfirmed else " (exact ACR title unconfirmed)")
-        lines = [lead, "", f"**ACR variant {variant.id}**: {title}", f"({topic.title}, revised {topic.revised})", ""]
+        heading = "variantHeading" if variant.titleConfirmed else "variantHeadingUnconfirmed"
+        lines = [lead, "", self.say(heading, variant=variant.id, title=variant.title),
+                 self.say("topicLine", topic=topic.title, revised=topic.revised), ""]
         ev = self.evidence_lines(od, variant)
         if ev:
-            lines += ["**Evidence in the record**", *ev, ""]
+            lines += [self.say("evidenceHeading"), *ev, ""]
         if od.rating is not None:
-            lines += ["**Ordered**", self.rating_line(od.rating), ""]
+            lines += [self.say("orderedHeading"), self.rating_line(od.rating), ""]
         alts = list(extra) or list(od.alternatives)
         if alts:
-            lines += ["**Usually appropriate for this variant**", *[self.rating_line(r) for r in alts], ""]
+            lines += [self.say("alternativesHeading"), *[self.rating_line(r) for r in alts], ""]
         notes = self.provenance_notes(od, [od.rating, *alts] if od.rating else alts)
         if notes:
             lines += notes
-        lines.append(f"Source: {topic.citation} {topic.url}" + ("" if topic.urlConfirmed else " (link unconfirmed)"))
+        lines.append(self.say("sourceLine" if topic.urlConfirmed else "sourceLineUnconfirmed",
+                              citation=topic.citation, url=topic.url))
         return "\n".join(lines).strip()
 
     def provenance_notes(self, od: OrderDecision, ratings: Sequence[Rating | None]) -> list[str]:
         notes = []
         if any(r is not None and r.provenance == "SECONDARY" for r in ratings):
-            notes.append(self.text["secondaryNote"])
-        unconfirmed = sorted({_code_text(e) for e in od.facts.all_evidence() if e.unconfirmed})
+            notes.append(self.say("secondaryNote"))
+        unconfirmed = sorted({self.code_text(e) for e in od.facts.all_evidence() if e.unconfirmed})
         if unconfirmed:
-            notes.append(self.text["unconfirmedNote"].format(items="; ".join(unconfirmed)))
+            notes.append(self.say("unconfirmedNote", items="; ".join(unconfirmed)))
         return [*notes, ""] if notes else []
+
+    @staticmethod
+    def candidate_lines(variants: Iterable[Variant]) -> list[str]:
+        return [f"- {c.id}: {c.title}" for c in variants]
 
     # ---- cards ----------------------------------------------------------------------------
     def order_cards(self, od: OrderDecision) -> None:
@@ -242,76 +276,77 @@ class _Renderer:
         if proc is None or choice is None:
             return
         v = od.variant
-        name = proc.display
         if choice.status in ("selected", "red-flag") and v is not None and od.rating is not None:
-            r = od.rating
-            if r.category == "UNA":
-                self.card("not-appropriate", "warning", self.text["notAppropriate"].format(procedure=name),
-                          self.variant_detail(od, v, f"{name} is rated **{r.category_display}** for this scenario."),
-                          v, self.replace_suggestions(od, od.alternatives), override=True)
-            elif r.category in ("MBA", "MBA-D"):
-                self.card("may-be-appropriate", "info", self.text["mayBeAppropriate"].format(procedure=name),
-                          self.variant_detail(od, v, f"{name} is rated **{r.category_display}**; better-rated options are listed below."),
-                          v, self.replace_suggestions(od, od.alternatives))
-            # Usually appropriate: silence (the rating travels in systemActions); no alert fatigue.
+            self.rated_card(od, proc, v, od.rating)
         elif choice.status == "selected" and v is not None:
-            self.card("no-criteria", "info", self.text["noCriteria"].format(procedure=name),
-                      self.variant_detail(od, v, f"The ACR table for this variant does not rate {name}."),
+            self.card(CardKind.NO_CRITERIA, self.summary(CardKind.NO_CRITERIA, procedure=proc.display),
+                      self.variant_detail(od, v, self.lead(CardKind.NO_CRITERIA, procedure=proc.display)),
                       v, self.replace_suggestions(od, od.alternatives))
         elif choice.status == "missing" and choice.missing:
-            options = [" and ".join(self.k.fact_label(f) for f in gap) for gap in choice.missing]
-            missing = " or ".join(options)
-            detail = [f"{name} cannot be rated: the record does not say which ACR scenario applies.",
-                      "", "Record one of the following to get a rating:", *[f"- {o}" for o in options], ""]
-            if choice.candidates:
-                detail += ["Candidate variants:", *[f"- {c.id}: {c.title}" for c in choice.candidates], ""]
-            detail += self.evidence_lines(od, None)
-            summary = self.text["missingFacts"].format(missing=missing)
-            if len(summary) > SUMMARY_MAX:
-                summary = self.text["missingFactsShort"]
-            self.card("missing-facts", "info", summary,
-                      "\n".join(detail).strip(), None)
+            self.missing_facts_card(od, proc, choice)
         elif choice.status == "conflict":
-            detail = [f"{name} cannot be rated: the record fits more than one ACR variant.", "",
-                      *[f"- {c.id}: {c.title}" for c in choice.candidates], "", *self.evidence_lines(od, None)]
-            self.card("conflict", "info", self.text["conflict"], "\n".join(detail).strip(), None)
+            detail = [self.lead(CardKind.CONFLICT, procedure=proc.display), "",
+                      *self.candidate_lines(choice.candidates), "", *self.evidence_lines(od, None)]
+            self.card(CardKind.CONFLICT, self.summary(CardKind.CONFLICT, procedure=proc.display),
+                      "\n".join(detail).strip(), None)
         elif choice.status == "excluded":
-            detail = ["High-energy trauma fractures are not osteoporotic: they are outside these criteria "
-                      "and need spine surgery evaluation (seed 003; decision-rules.md §2.5).", "",
-                      *self.evidence_lines(od, None)]
-            self.card("traumatic", "info", self.text["traumatic"], "\n".join(detail).strip(), None)
-        self.advisory_cards(od)
+            detail = [self.lead(CardKind.TRAUMATIC, procedure=proc.display), "", *self.evidence_lines(od, None)]
+            self.card(CardKind.TRAUMATIC, self.summary(CardKind.TRAUMATIC, procedure=proc.display),
+                      "\n".join(detail).strip(), None)
+        self.advisory_cards(od, proc)
 
-    def advisory_cards(self, od: OrderDecision) -> None:
-        t = self.text
-        v = od.variant
-        simple = {
-            "augment-bleeding": ("warning", "augmentBleeding", ("bleeding-risk",)),
-            "augment-neuro": ("warning", "augmentNeuro", ("neuro-red-flag",)),
-            "augment-infection": ("warning", "augmentInfection", ("infection",)),
-            "augment-no-edema": ("info", "augmentNoEdema", ()),
-            "augment-no-therapy": ("info", "augmentNoTherapy", ()),
-            "post-augmentation-mri": ("info", "postAugmentationMri", ("augmentation-history",)),
-        }
+    def rated_card(self, od: OrderDecision, proc: Procedure, v: Variant, r: Rating) -> None:
+        """Usually not appropriate: a warning; may be appropriate: an info card; usually
+        appropriate: silence (the rating travels in systemActions; no alert fatigue)."""
+        if r.category == USUALLY_NOT_APPROPRIATE:
+            kind = CardKind.NOT_APPROPRIATE
+        elif r.category in MAY_BE_APPROPRIATE:
+            kind = CardKind.MAY_BE_APPROPRIATE
+        else:
+            return
+        fields = {"procedure": proc.display, "category": self.k.category_display(r.category)}
+        self.card(kind, self.summary(kind, **fields), self.variant_detail(od, v, self.lead(kind, **fields)),
+                  v, self.replace_suggestions(od, od.alternatives))
+
+    def missing_facts_card(self, od: OrderDecision, proc: Procedure, choice: VariantChoice) -> None:
+        options = [" and ".join(self.k.fact_label(f) for f in gap) for gap in choice.missing]
+        kind = CardKind.MISSING_FACTS
+        detail = [self.lead(kind, procedure=proc.display), "", self.say("recordOneOf"), *[f"- {o}" for o in options], ""]
+        if choice.candidates:
+            detail += [self.say("candidateVariants"), *self.candidate_lines(choice.candidates), ""]
+        detail += self.evidence_lines(od, None)
+        summary = self.summary(kind, missing=" or ".join(options), procedure=proc.display)
+        if len(summary) > SUMMARY_MAX:
+            summary = self.say("missingFactsShort")
+        self.card(kind, summary, "\n".join(detail).strip(), None)
+
+    def advisory_cards(self, od: OrderDecision, proc: Procedure) -> None:
+        """One card per advisory, listing the evidence of the facts cards.json names for it."""
         for adv in od.advisories:
-            if adv == "steer-ir":
-                aug = self.k.procedures[self.k.preferred.augmentation]
-                new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get("vcf", ()))
-                assert v is not None  # steer-ir is advised only within a variant
-                rating = v.rating_for(aug.id)
-                sug = [self.suggestion(f"Add: {self.k.preferred.augmentationText}", [
-                    {"type": "create", "description": self.k.preferred.augmentationText, "resource": new}], recommended=True)]
-                self.card("steer-ir", "info", t["steerToIr"],
-                          self.variant_detail(od, v, f"{aug.display} is also Usually appropriate for this scenario.",
-                                              [rating] if rating else []),
-                          v, sug)
+            if adv == Advisory.STEER_IR:
+                self.steer_to_ir_card(od, proc)
                 continue
-            indicator, key, facts = simple[adv]
-            lines = [t[key + "Detail"]]
-            ev = [_evidence_line(e, self.k.fact_label(f)) for f in facts for e in od.facts.evidence.get(f, ())]
+            name = proc.display
+            spec = self.k.cards.kinds[adv]
+            lines = [self.lead(adv, procedure=name)]
+            ev = [self.evidence_line(e, self.k.fact_label(f)) for f in spec.evidence for e in od.facts.evidence.get(f, ())]
             if ev:
-                lines += ["", "**Evidence in the record**", *dict.fromkeys(ev)]
-            self.card(adv, indicator, t[key], "\n".join(lines), v, override=indicator == "warning")
+                lines += ["", self.say("evidenceHeading"), *dict.fromkeys(ev)]
+            self.card(adv, self.summary(adv, procedure=name), "\n".join(lines), od.variant)
+
+    def steer_to_ir_card(self, od: OrderDecision, proc: Procedure) -> None:
+        v = od.variant
+        assert v is not None  # steer-ir is advised only within a variant
+        aug = self.k.procedures[self.k.preferred.augmentation]
+        new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get(Fact.VCF, ()))
+        rating = v.rating_for(aug.id)
+        referral = self.k.preferred.augmentationText
+        sug = [self.suggestion(self.say("referralLabel", referral=referral), [
+            {"type": "create", "description": referral, "resource": new}], recommended=True)]
+        fields = {"procedure": proc.display, "augmentation": aug.display}
+        self.card(Advisory.STEER_IR, self.summary(Advisory.STEER_IR, **fields),
+                  self.variant_detail(od, v, self.lead(Advisory.STEER_IR, **fields), [rating] if rating else []),
+                  v, sug)
 
     def red_flag_card(self) -> None:
         d = self.d
@@ -324,23 +359,22 @@ class _Renderer:
                                  urgent=True, reasons=d.red_flags)
             if new is None:
                 continue
-            suggestions.append(self.suggestion(f"Order urgent: {proc.display}", [
-                {"type": "create", "description": f"Urgent {proc.display}", "resource": new}]))
-        lines = [self.text["redFlagDetail"], "", "**Red flags in the record**",
-                 *dict.fromkeys(_evidence_line(e) for e in d.red_flags)]
+            suggestions.append(self.suggestion(self.say("urgentOrderLabel", procedure=proc.display), [
+                {"type": "create", "description": self.say("urgentOrderAction", procedure=proc.display), "resource": new}]))
+        lines = [self.lead(CardKind.RED_FLAG), "", self.say("redFlagEvidenceHeading"),
+                 *dict.fromkeys(self.evidence_line(e) for e in d.red_flags)]
         routed = next((od.variant for od in d.orders if od.variant is not None and od.variant.routing), None)
         if routed is not None:
-            lines += ["", f"Imaging is rated under ACR {self.k.variant_topic[routed.id].title}, variant: {routed.title}"]
-        self.card("red-flag", "critical", self.text["redFlag"], "\n".join(lines), routed, suggestions, behavior="any",
-                  override=True)
+            lines += ["", self.say("redFlagRouting", topic=self.k.variant_topic[routed.id].title, title=routed.title)]
+        self.card(CardKind.RED_FLAG, self.summary(CardKind.RED_FLAG), "\n".join(lines), routed, suggestions, behavior="any")
 
     # ---- ratings --------------------------------------------------------------------------
     def rating_action(self, od: OrderDecision, position: int) -> dict:
         assert od.pama is not None and od.variant is not None  # only rated orders get a rating action
-        coding = [{"system": PAMA_SYSTEM, "code": od.pama, "display": PAMA_RATING_DISPLAY[od.pama]}]
-        if od.rating is not None and od.rating.category != "UA" and od.pama == "appropriate":
+        coding = [{"system": PAMA_SYSTEM, "code": od.pama, "display": self.k.pama_display(od.pama)}]
+        if od.rating is not None and od.rating.category != USUALLY_APPROPRIATE and od.pama == APPROPRIATE:
             coding.append({"system": ACR_CATEGORY_SYSTEM, "code": od.rating.category,
-                           "display": CATEGORY_DISPLAY[od.rating.category]})
+                           "display": self.k.category_display(od.rating.category)})
         topic = self.k.variant_topic[od.variant.id]
         self.consult_ids[position] = consult_id = f"urn:uuid:{self.o.new_id()}"
         ext = [
@@ -353,7 +387,7 @@ class _Renderer:
         # Keep the EHR's own extensions; replace only earlier PAMA ratings of this order.
         kept = [e for e in resource.get("extension") or () if not str(e.get("url", "")).startswith(PAMA_BASE)]
         resource["extension"] = kept + ext
-        return {"type": "update", "description": f"ACR appropriateness rating: {PAMA_RATING_DISPLAY[od.pama]}",
+        return {"type": "update", "description": self.say("ratingAction", rating=self.k.pama_display(od.pama)),
                 "resource": resource}
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 from types import MappingProxyType
 from typing import Literal
 
+from cds_service.decision.contract import RED_FLAG_ROUTING, ComputedFact, Fact
 from cds_service.decision.knowledge import Knowledge, Variant
 from cds_service.decision.terminology import ICD10CM
 
@@ -140,35 +141,18 @@ def extract_facts(
     reference date for onset-based acuity (``reference_date``). Returns a :class:`FactSet`
     including derived facts and ``vcf-new`` / ``vcf-prior`` (decision-rules.md §3.2).
     """
-    idx = knowledge.fact_index
-    term = knowledge.terminology
     found: dict[str, list[Evidence]] = {}
-
-    def add(origin: str, resource: str, concept: object, onset: date | None) -> None:
-        for c in _codings(concept):
-            system, code = c.get("system") or "", c["code"]
-            for vs in term.memberships(system, code):
-                for fact in idx.get((vs, origin), ()):
-                    concept_def = term.concept(vs, system, code)
-                    found.setdefault(fact, []).append(Evidence(
-                        fact=fact, resource=resource, system=system, code=code,
-                        display=c.get("display") or (concept_def.display if concept_def else None),
-                        valueset=vs, unconfirmed=bool(concept_def and concept_def.unconfirmed),
-                        encounter=_encounter(knowledge, system, code), onset=onset))
-
     for raw in conditions:
-        if not is_active_condition(raw):
-            continue
-        onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
-        add("condition", f"Condition/{raw.get('id')}", raw.get("code"), onset)
+        if is_active_condition(raw):
+            onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
+            _add_facts(knowledge, found, "condition", f"Condition/{raw.get('id')}", raw.get("code"), onset)
     for raw in procedures:
-        if raw.get("status") in EXCLUDED_PROCEDURE_STATUS:
-            continue
-        performed = _to_date(raw.get("performedDateTime")) or _to_date((raw.get("performedPeriod") or {}).get("start"))
-        add("procedure", f"Procedure/{raw.get('id')}", raw.get("code"), performed)
+        if raw.get("status") not in EXCLUDED_PROCEDURE_STATUS:
+            performed = _to_date(raw.get("performedDateTime")) or _to_date((raw.get("performedPeriod") or {}).get("start"))
+            _add_facts(knowledge, found, "procedure", f"Procedure/{raw.get('id')}", raw.get("code"), performed)
     order_ref = f"{order.get('resourceType', 'ServiceRequest')}/{order.get('id')}#reasonCode"
     for reason in order.get("reasonCode") or ():
-        add("reasonCode", order_ref, reason, None)
+        _add_facts(knowledge, found, "reasonCode", order_ref, reason, None)
 
     facts = {k: tuple(v) for k, v in found.items()}
     for d in knowledge.derived.values():
@@ -177,10 +161,26 @@ def extract_facts(
             facts[d.id] = evs
     new, prior = _acuity(knowledge, facts, as_of)
     if new:
-        facts["vcf-new"] = new
+        facts[ComputedFact.VCF_NEW.value] = new
     if prior:
-        facts["vcf-prior"] = prior
+        facts[ComputedFact.VCF_PRIOR.value] = prior
     return FactSet(MappingProxyType(facts))
+
+
+def _add_facts(knowledge: Knowledge, found: dict[str, list[Evidence]], origin: str, resource: str,
+               concept: object, onset: date | None) -> None:
+    """Add the facts ``concept``'s codings yield from ``origin`` (facts.json ``from``)."""
+    term = knowledge.terminology
+    for c in _codings(concept):
+        system, code = c.get("system") or "", c["code"]
+        for vs in term.memberships(system, code):
+            for fact in knowledge.fact_index.get((vs, origin), ()):
+                concept_def = term.concept(vs, system, code)
+                found.setdefault(fact, []).append(Evidence(
+                    fact=fact, resource=resource, system=system, code=code,
+                    display=c.get("display") or (concept_def.display if concept_def else None),
+                    valueset=vs, unconfirmed=bool(concept_def and concept_def.unconfirmed),
+                    encounter=_encounter(knowledge, system, code), onset=onset))
 
 
 def _acuity(knowledge: Knowledge, facts: Mapping[str, tuple[Evidence, ...]], as_of: date):
@@ -226,13 +226,13 @@ def choose_variant(knowledge: Knowledge, facts: FactSet, order_kind: str) -> Var
     outside the criteria (§2.5); otherwise exactly one variant must fit, else the order is
     not rated and the missing or conflicting facts are reported (§3.3).
     """
-    if "neuro-red-flag" in facts:
+    if Fact.NEURO_RED_FLAG in facts:
         routed = [v for v in knowledge.variants.values()
-                  if v.routing == "red-flag" and v.orderKind == order_kind and _fits(v, facts)]
+                  if v.routing == RED_FLAG_ROUTING and v.orderKind == order_kind and _fits(v, facts)]
         return VariantChoice("red-flag", variant=routed[0] if routed else None)
-    if "vcf-traumatic" in facts:
+    if Fact.VCF_TRAUMATIC in facts:
         return VariantChoice("excluded")
-    if not ("vcf" in facts or "vcf-prior" in facts):
+    if not (Fact.VCF in facts or ComputedFact.VCF_PRIOR in facts):
         return VariantChoice("out-of-scope")
     pool = [v for v in knowledge.variants.values() if v.orderKind == order_kind and v.routing is None]
     fitting = [v for v in pool if _fits(v, facts)]
