@@ -1,4 +1,6 @@
-"""Flask application factory (the public entry point for tools outside the repo)."""
+"""The composition root: :func:`create_app` builds every long-lived object from the settings
+and wires them into a Flask app (the public entry point for tools outside the repo).
+:class:`AppState` and :func:`state_of` are re-exported from :mod:`cds_service.web.state`."""
 
 from __future__ import annotations
 
