@@ -42,7 +42,7 @@ def main() -> int:
     logging.disable(logging.INFO)
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = {"DATA_DIR": tmp}
+        config = {"DATA_DIR": tmp, "AUTH": "off"}  # in-process calls: no CDS Client in front
         if args.database_url:
             config.update(DATABASE_URL=args.database_url,
                           AUDIT_HMAC_KEY=os.environ.get("VCF_CDS_AUDIT_HMAC_KEY", "bench-key-" + "x" * 32))
