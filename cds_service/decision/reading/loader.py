@@ -61,6 +61,7 @@ class TargetPhrase(_Strict):
     phrase: str = Field(min_length=1)
     requiresAny: tuple[str, ...] = ()
     excludeIfPreceding: tuple[str, ...] = ()
+    excludeIfFollowing: tuple[str, ...] = ()
 
 
 class FindingDef(_Strict):
@@ -69,6 +70,7 @@ class FindingDef(_Strict):
     id: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
     label: str
     uncertainCounts: bool
+    historicalCounts: bool = False
     source: str = Field(min_length=1)
     targets: tuple[TargetPhrase, ...] = Field(min_length=1)
 
