@@ -164,12 +164,10 @@ class _Engine:
             # third-party noise, not ours to fix (and an error under the test suite's filters).
             warnings.simplefilter("ignore", DeprecationWarning)
             import spacy
-            from loguru import logger
             from medspacy.context import ConTextRule
             from medspacy.ner import TargetRule
 
-        # PyRuSH logs every sentence at DEBUG through loguru: silence it (cost and noise).
-        logger.disable("PyRuSH")
+        self.lock = threading.Lock()
         self.k = knowledge
         # spaCy's rule-based sentencizer, on blocks split at blank lines, list items and headings:
         # medspaCy's PyRuSH splitter was measured at ~22 ms for a 450-character report (pure
@@ -451,7 +449,11 @@ def read_text(text: str, knowledge: ReadingKnowledge | None = None) -> tuple[Tex
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
-    result = _engine(k).read_text(text)
+    engine = _engine(k)
+    with engine.lock:
+        # spaCy does not promise that one pipeline may run in several threads at once; only
+        # uncached texts take this lock.
+        result = engine.read_text(text)
     _CACHE.put(key, result)
     return result
 
