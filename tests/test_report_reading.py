@@ -326,3 +326,61 @@ def test_this_suite_is_not_shadowed_by_site_packages_tests():
         text = path.read_text(encoding="utf-8")
         assert not any(f in text for f in forbidden), f"{path.name} imports the 'tests' package"
     assert not (ROOT / "resources").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Imaging facts for the decision (variant 6, seed 002, MRI reminder, repeat study, incidental)
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def test_seed_003_mri_gives_edema_and_cleft_at_the_current_t8_fracture():
+    from cds_service.decision.reading.imaging import imaging_facts
+
+    facts = imaging_facts([read_report(_mri_report())], now=NOW)
+    assert not facts.no_spine_mri
+    assert {f.finding for f in facts.edema_or_cleft} == {"marrow-edema", "intravertebral-cleft"}
+    assert facts.fracture_levels == ("T8",)
+    assert all(f.evidence()["resource"] == "DiagnosticReport/dr-t8-mri" for f in facts.edema_or_cleft)
+
+
+def test_seed_002_edema_at_a_previously_augmented_level_is_not_a_new_fracture():
+    from cds_service.decision.reading.imaging import imaging_facts
+
+    report = _mri_report(id="dr-after-vp", conclusion=("Persistent marrow edema at the previously augmented L1 level, "
+                                                       "a common finding after vertebroplasty. No new fracture."))
+    from_procedure = imaging_facts([read_report(report)], now=NOW, fracture_levels=["L1"], augmented_levels=["L1"])
+    assert from_procedure.edema_or_cleft == () and len(from_procedure.edema_at_augmented_level) == 1
+    # The report itself names the augmented level: same answer without a coded Procedure.
+    from_text = imaging_facts([read_report(report)], now=NOW, fracture_levels=["L1"])
+    assert from_text.edema_or_cleft == () and from_text.augmented_levels == ("L1",)
+
+
+def test_edema_at_another_level_than_the_fracture_does_not_count():
+    from cds_service.decision.reading.imaging import imaging_facts
+
+    report = _mri_report(conclusion="Chronic T8 compression fracture without edema. Marrow edema in the L3 vertebral body "
+                                    "without fracture, likely degenerative.")
+    facts = imaging_facts([read_report(report)], now=NOW, fracture_levels=["T8"])
+    assert facts.edema_or_cleft == ()
+
+
+def test_an_mri_older_than_12_weeks_or_no_mri_means_no_spine_mri_on_record():
+    from cds_service.decision.reading.imaging import imaging_facts
+
+    old = _mri_report(effectiveDateTime="2026-08-01T10:00:00Z", issued="2026-08-01T12:00:00Z")
+    assert imaging_facts([read_report(old)], now=NOW).no_spine_mri
+    assert imaging_facts([], now=NOW).no_spine_mri
+
+
+def test_incidental_fracture_from_a_chest_ct_and_the_same_study_recently():
+    from cds_service.decision.reading.imaging import imaging_facts, same_study_recently
+
+    chest = read_report(_mri_report(id="dr-chest", code={"text": "CT chest with contrast"},
+                                    conclusion="Incidental age-indeterminate compression deformity of T7."))
+    mri = read_report(_mri_report(effectiveDateTime="2026-11-20T10:00:00Z"))
+    facts = imaging_facts([chest, mri], now=NOW)
+    assert [f.report_id for f in facts.incidental_fractures] == ["dr-chest"]
+    assert [r.report_id for r in same_study_recently([chest, mri], now=NOW, loinc="36532-0")] == ["dr-t8-mri"]
+    assert [r.report_id for r in same_study_recently([chest, mri], now=NOW, modality="MR", region="thoracic")] == ["dr-t8-mri"]
+    assert same_study_recently([chest, mri], now=NOW, modality="MR", region="lumbar") == ()

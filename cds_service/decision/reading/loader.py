@@ -264,6 +264,21 @@ class PrefetchFile(_Strict):
     keys: tuple[PrefetchKey, ...]
 
 
+# imaging-rules.json ----------------------------------------------------------------------
+
+class ImagingRulesFile(_Strict):
+    version: str
+    description: str
+    recentMriDays: int = Field(ge=1)
+    recentMriSource: str = Field(min_length=1)
+    repeatStudyDays: int = Field(ge=1)
+    repeatStudyReason: str = Field(min_length=1)
+    repeatStudyUnconfirmed: bool
+    oldFractureAcuities: tuple[str, ...]
+    incidentalAcuities: tuple[str, ...]
+    incidentalSource: str = Field(min_length=1)
+
+
 # value sets ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -299,6 +314,7 @@ class ReadingKnowledge:
     medications: MedicationsFile
     thresholds: ThresholdsFile
     prefetch: PrefetchFile
+    imaging: ImagingRulesFile
     valuesets: Mapping[str, ReadingValueSet]
 
 
@@ -310,6 +326,7 @@ _FILES: dict[str, type[BaseModel]] = {
     "medications.json": MedicationsFile,
     "bleeding-thresholds.json": ThresholdsFile,
     "prefetch.json": PrefetchFile,
+    "imaging-rules.json": ImagingRulesFile,
 }
 
 
@@ -430,5 +447,6 @@ def load_reading_knowledge(directory: str | Path | None = None) -> ReadingKnowle
         medications=meds,
         thresholds=thresholds,
         prefetch=parsed["prefetch.json"],
+        imaging=parsed["imaging-rules.json"],
         valuesets=MappingProxyType(valuesets),
     )
