@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, load_json
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from cds_service.decision.reading import ReadingKnowledgeError, load_reading_knowledge
 from cds_service.decision.reading.loader import DEFAULT_DIR
@@ -59,6 +60,7 @@ def _mri_report(**overrides):
         "conclusion": "Acute T8 vertebral compression fracture with extensive bone marrow edema and a small intravertebral cleft.",
     }
     report.update(overrides)
+    DiagnosticReport.model_validate(report)
     return report
 
 
