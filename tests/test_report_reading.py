@@ -21,7 +21,14 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from cds_service.decision.reading import ReadingKnowledgeError, load_reading_knowledge
 from cds_service.decision.reading.loader import DEFAULT_DIR
-from cds_service.decision.reading.reports import cache_info, clear_cache, read_report, read_reports, read_text
+from cds_service.decision.reading.reports import (
+    cache_info,
+    clear_cache,
+    read_report,
+    read_reports,
+    read_text,
+    vertebral_levels,
+)
 
 CORPUS = ROOT / "tests" / "corpus" / "report-sentences.json"
 
@@ -155,6 +162,21 @@ def test_corpus_precision_and_recall_per_finding(corpus):
 def test_context_rules_added_to_the_defaults(text, finding, status):
     found = [f for f in read_text(text) if f.finding == finding]
     assert found and found[0].status == status and not found[0].present
+
+
+@pytest.mark.parametrize("text, groups", [
+    ("T12-L1", [("T12", "L1")]),
+    ("L1-L3", [("L1", "L2", "L3")]),
+    ("T11 through L2", [("T11", "T12", "L1", "L2")]),
+    ("C5-6 and L5-S1", [("C5", "C6", "L5", "S1")]),
+    ("L2 and L3", [("L2", "L3")]),
+    ("T10, T11, and T12", [("T10", "T11", "T12")]),
+    ("Th12 and D11", [("T12", "T11")]),
+    ("T8, 25% height loss; L1 and 2 cm lesion", [("T8",), ("L1",)]),
+    ("T1-weighted and T2 hyperintense signal in the T2 vertebral body", [("T2",)]),
+])
+def test_vertebral_levels(text, groups):
+    assert list(vertebral_levels(text)) == groups
 
 
 # ---------------------------------------------------------------------------------------

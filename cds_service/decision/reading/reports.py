@@ -458,6 +458,13 @@ def read_text(text: str, knowledge: ReadingKnowledge | None = None) -> tuple[Tex
     return result
 
 
+def vertebral_levels(text: str, knowledge: ReadingKnowledge | None = None) -> tuple[tuple[str, ...], ...]:
+    """The vertebral level groups named in ``text``, in order, ranges expanded
+    (``"T11 through L2"`` -> ``(("T11", "T12", "L1", "L2"),)``); MRI sequence names (T1-weighted,
+    T2 hyperintense) are not levels."""
+    return tuple(g[2] for g in _engine(knowledge or _default_knowledge()).level_groups(text))
+
+
 # ---------------------------------------------------------------------------------------
 # DiagnosticReport
 
