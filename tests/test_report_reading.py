@@ -408,3 +408,45 @@ def test_incidental_fracture_from_a_chest_ct_and_the_same_study_recently():
     assert [r.report_id for r in same_study_recently([chest, mri], now=NOW, loinc="36532-0")] == ["dr-t8-mri"]
     assert [r.report_id for r in same_study_recently([chest, mri], now=NOW, modality="MR", region="thoracic")] == ["dr-t8-mri"]
     assert same_study_recently([chest, mri], now=NOW, modality="MR", region="lumbar") == ()
+
+
+# ---------------------------------------------------------------------------------------
+# The corpus reports (US Core DiagnosticReport for Report and Note, base64 text/plain presentedForm)
+
+
+def _corpus_report(name):
+    report = load_json(ROOT / "tests" / "corpus" / name)
+    DiagnosticReport.model_validate(report)
+    return report
+
+
+def test_seed_003_mri_report_makes_variant_6_facts_and_lists_its_pdf_as_skipped():
+    from cds_service.decision.reading.imaging import imaging_facts
+
+    result = read_reports([_corpus_report("seed-003-mri-thoracic-spine.json")], now=NOW, lookback_days=365)
+    (reading,) = result.readings
+    assert reading.is_spine_mri and reading.text_source == "presentedForm"
+    assert [(s.resource_id, s.content_type) for s in result.skipped] == [("dr-seed003-mri-t-spine", "application/pdf")]
+    facts = imaging_facts(result.readings, now=NOW)
+    assert {(f.finding, f.levels) for f in facts.edema_or_cleft} == {("marrow-edema", ("T8",)),
+                                                                      ("intravertebral-cleft", ("T8",))}
+    assert not reading.present("retropulsion") and not reading.present("malignancy-features")
+
+
+def test_seed_002_mri_report_edema_only_at_the_augmented_level():
+    from cds_service.decision.reading.imaging import imaging_facts
+
+    readings = read_reports([_corpus_report("seed-002-mri-after-vertebroplasty.json")], now=NOW, lookback_days=365).readings
+    facts = imaging_facts(readings, now=NOW)
+    assert facts.augmented_levels == ("L1",)
+    assert facts.edema_or_cleft == () and facts.edema_at_augmented_level
+    assert not facts.no_spine_mri
+
+
+def test_chest_ct_report_gives_an_incidental_fracture_and_no_spine_mri():
+    from cds_service.decision.reading.imaging import imaging_facts
+
+    readings = read_reports([_corpus_report("chest-ct-incidental-t7.json")], now=NOW, lookback_days=365).readings
+    facts = imaging_facts(readings, now=NOW)
+    assert facts.no_spine_mri
+    assert {(f.levels, f.acuity, f.incidental) for f in facts.incidental_fractures} >= {(("T7",), "age-indeterminate", True)}
