@@ -153,8 +153,8 @@ class ReportReading:
 
 
 # ---------------------------------------------------------------------------------------
-# The NLP engine: built once per knowledge version, shared by threads (spaCy pipelines are
-# read-only once built; the cache below has its own lock).
+# The NLP engine: built once per knowledge version and shared; uncached texts are read under
+# its lock, the cache has its own.
 
 
 class _Engine:
