@@ -344,9 +344,9 @@ def test_this_suite_is_not_shadowed_by_site_packages_tests():
     # Test helpers are imported by module name (tests/ has no __init__.py, pytest's default
     # 'prepend' import mode puts tests/ first on sys.path), never as 'tests.<name>': a
     # 'tests' package in site-packages therefore cannot replace them.
-    assert not (ROOT / "tests" / "__init__.py").exists()
+    assert not list((ROOT / "tests").rglob("__init__.py"))
     forbidden = ("from " + "tests", "import " + "tests")
-    for path in (ROOT / "tests").glob("*.py"):
+    for path in (ROOT / "tests").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert not any(f in text for f in forbidden), f"{path.name} imports the 'tests' package"
     assert not (ROOT / "resources").exists()
