@@ -331,7 +331,7 @@ def test_prefetch_proposals_are_well_formed():
     assert set(keys) == {"radiologyReports", "medicationRequests", "medicationStatements", "coagulationLabs"}
     assert "category=http://loinc.org|LP29684-5" in keys["radiologyReports"].template
     for p in keys.values():
-        assert "{{context.patientId}}" in p.template and "{patientId}" in p.fetch and p.purpose
+        assert "{{context.patientId}}" in p.template and "{patientId}" in p.query and p.purpose
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_prefetch_proposals_are_well_formed():
 def test_this_suite_is_not_shadowed_by_site_packages_tests():
     conftest = sys.modules["conftest"]
     assert Path(conftest.__file__).resolve().parent == ROOT / "tests"
-    # Test helpers are imported by module name (tests/ has no __init__.py, pytest's default
+    # Shared test modules are imported by module name (tests/ has no __init__.py, pytest's default
     # 'prepend' import mode puts tests/ first on sys.path), never as 'tests.<name>': a
     # 'tests' package in site-packages therefore cannot replace them.
     assert not list((ROOT / "tests").rglob("__init__.py"))

@@ -1,4 +1,4 @@
-"""Small helpers shared by the readers: FHIR dates and codings from plain JSON dicts."""
+"""Small functions shared by the readers: FHIR dates and codings from plain JSON dicts."""
 
 from __future__ import annotations
 

@@ -252,7 +252,7 @@ class ThresholdsFile(_Strict):
 class PrefetchKey(_Strict):
     key: str
     template: str
-    fetch: str
+    query: str
     lookbackDays: int = Field(ge=1)
     purpose: str
     source: str
