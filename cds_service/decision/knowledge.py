@@ -49,7 +49,7 @@ CATEGORY_DISPLAY = {
 }
 # ACR scale: 1-3 UNA, 4-6 MBA, 7-9 UA (decision-rules.md §1).
 SCORE_RANGE = {"UA": range(7, 10), "MBA": range(4, 7), "MBA-D": range(4, 7), "UNA": range(1, 4)}
-COMPUTED_FACTS = frozenset({"vcf-new", "vcf-prior"})
+COMPUTED_FACTS = frozenset({"vcf-new", "vcf-prior", "vcf-current"})
 
 
 class KnowledgeError(Exception):
@@ -77,6 +77,25 @@ class FactKind(_Strict):
     askWhenMissing: bool = True
 
 
+class QualifiedFact(_Strict):
+    """A fact made of the evidence of one base fact (``of``) that passes a test.
+
+    ``requires``: some of these base facts must hold (e.g. osteoporosis for a fragility
+    fracture, a spine problem for an unspecific neurologic symptom). ``recentWithinDays``:
+    only evidence with onset at most that many days before the order, stated on the order's
+    reasonCode, or an encounter diagnosis of the order's encounter counts (decision-rules.md
+    §6.2, §6.3). ``rule`` cites the source, or says the figure is a product decision.
+    """
+
+    id: str
+    label: str
+    of: str
+    requires: tuple[str, ...] = ()
+    recentWithinDays: int | None = Field(None, gt=0)
+    rule: str
+    askWhenMissing: bool = True
+
+
 class DerivedFact(_Strict):
     """A fact that holds when any of its underlying facts holds."""
 
@@ -91,6 +110,8 @@ class Acuity(_Strict):
     initialCharacters: tuple[str, ...]
     subsequentCharacters: tuple[str, ...]
     newWithinDays: int = Field(gt=0)
+    sequelaCharacters: tuple[str, ...] = ()
+    currentWithinDays: int = Field(gt=0)
     vcfFacts: tuple[str, ...]
     priorFacts: tuple[str, ...]
 
@@ -98,6 +119,7 @@ class Acuity(_Strict):
 class FactsFile(_Strict):
     description: str
     facts: tuple[FactKind, ...]
+    qualified: tuple[QualifiedFact, ...] = ()
     derived: tuple[DerivedFact, ...]
     acuity: Acuity
 
@@ -115,9 +137,15 @@ class Procedure(_Strict):
 
 
 class Region(_Strict):
+    """A spine region: ``valueSet`` holds the order codes naming it; ``fractureValueSet`` the
+    fracture codes naming it (M48.5-, S22.0-, S32.0-); ``covers`` the fracture regions an
+    order for this region images or treats (decision-rules.md §6.8)."""
+
     id: str
     display: str
     valueSet: str
+    fractureValueSet: str | None = None
+    covers: tuple[str, ...] = ()
 
 
 class PreferredReferral(_Strict):
@@ -219,7 +247,8 @@ REQUIRED_CARD_TEXT = (
     "augmentBleedingDetail", "augmentNeuro", "augmentNeuroDetail", "augmentInfection",
     "augmentInfectionDetail", "augmentNoEdema", "augmentNoEdemaDetail", "augmentNoTherapy",
     "augmentNoTherapyDetail", "postAugmentationMri", "postAugmentationMriDetail",
-    "secondaryNote", "unconfirmedNote",
+    "secondaryNote", "unconfirmedNote", "augmentAsymptomatic", "augmentAsymptomaticDetail", "regionMismatch",
+    "regionMismatchDetail", "fragilityReading", "fragilityReadingDetail",
 )
 
 
@@ -235,6 +264,7 @@ class Knowledge:
     version: str
     terminology: Terminology
     facts: Mapping[str, FactKind]
+    qualified: Mapping[str, QualifiedFact]
     derived: Mapping[str, DerivedFact]
     acuity: Acuity
     procedures: Mapping[str, Procedure]
@@ -253,16 +283,19 @@ class Knowledge:
     def askable(self, fact_id: str) -> bool:
         """Whether a card may ask the clinician to record this fact when it is missing
         (a diagnosis such as malignancy defines the patient; it is never 'missing')."""
-        f = self.facts.get(fact_id) or self.derived.get(fact_id)
+        f = self.facts.get(fact_id) or self.qualified.get(fact_id) or self.derived.get(fact_id)
         return f.askWhenMissing if f is not None else True
 
     def fact_label(self, fact_id: str) -> str:
         if fact_id in self.facts:
             return self.facts[fact_id].label
+        if fact_id in self.qualified:
+            return self.qualified[fact_id].label
         if fact_id in self.derived:
             return self.derived[fact_id].label
         return {"vcf-new": "new vertebral fracture (initial encounter or recent onset)",
-                "vcf-prior": "history of vertebral fracture or augmentation"}.get(fact_id, fact_id)
+                "vcf-prior": "history of vertebral fracture or augmentation",
+                "vcf-current": "current vertebral fracture (not a sequela, not healed long ago)"}.get(fact_id, fact_id)
 
 
 def _read_json(path: Path, rel: str) -> Any:
@@ -402,23 +435,28 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     # Facts
     rel = "facts.json"
     ff: FactsFile = _parse(FactsFile, _read_json(root / rel, rel), rel)
-    for fid in [*(f.id for f in ff.facts), *(d.id for d in ff.derived)]:
+    for fid in [*(f.id for f in ff.facts), *(q.id for q in ff.qualified), *(d.id for d in ff.derived)]:
         if fid in COMPUTED_FACTS:
             raise KnowledgeError(rel, f"fact '{fid}'", "this id is reserved for the built-in acuity fact")
-    unique(rel, "fact", [f.id for f in ff.facts] + [d.id for d in ff.derived])
+    unique(rel, "fact", [f.id for f in ff.facts] + [q.id for q in ff.qualified] + [d.id for d in ff.derived])
     for f in ff.facts:
         need_vs(rel, f"fact '{f.id}'", f.valueSet)
         if f.valueSet is None and not f.optional:
             raise KnowledgeError(rel, f"fact '{f.id}'", "has no value set but is not marked optional")
     fact_ids = {f.id for f in ff.facts}
+    # Qualified facts read base facts only; derived facts read base and qualified facts.
+    for q in ff.qualified:
+        for a in (q.of, *q.requires):
+            if a not in fact_ids:
+                raise KnowledgeError(rel, f"qualified '{q.id}'", f"unknown base fact '{a}'")
     for d in ff.derived:
         for a in d.anyOf:
-            if a not in fact_ids:
+            if a not in fact_ids and a not in {q.id for q in ff.qualified}:
                 raise KnowledgeError(rel, f"derived '{d.id}'", f"unknown fact '{a}'")
     for a in ff.acuity.vcfFacts + ff.acuity.priorFacts:
-        if a not in fact_ids:
+        if a not in fact_ids and a not in {q.id for q in ff.qualified}:
             raise KnowledgeError(rel, "acuity", f"unknown fact '{a}'")
-    all_facts = fact_ids | {d.id for d in ff.derived} | COMPUTED_FACTS
+    all_facts = fact_ids | {q.id for q in ff.qualified} | {d.id for d in ff.derived} | COMPUTED_FACTS
 
     # Procedures and regions
     rel = "acr/procedures.json"
@@ -430,6 +468,10 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         need_vs(rel, f"procedure '{proc.id}'", proc.valueSet)
     for r in pf.regions:
         need_vs(rel, f"region '{r.id}'", r.valueSet)
+        need_vs(rel, f"region '{r.id}'", r.fractureValueSet)
+        for c in r.covers:
+            if c not in {x.id for x in pf.regions}:
+                raise KnowledgeError(rel, f"region '{r.id}'", f"covers unknown region '{c}'")
     for name in ("augmentation", "redFlagImaging", "redFlagConsultation"):
         pid = getattr(pf.preferredReferral, name)
         if pid not in procedures:
@@ -514,6 +556,7 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         version=digest.hexdigest()[:12],
         terminology=Terminology.build(valuesets),
         facts=MappingProxyType({f.id: f for f in ff.facts}),
+        qualified=MappingProxyType({q.id: q for q in ff.qualified}),
         derived=MappingProxyType({d.id: d for d in ff.derived}),
         acuity=ff.acuity,
         procedures=MappingProxyType(procedures),

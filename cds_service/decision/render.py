@@ -44,6 +44,8 @@ class RenderOptions:
 
     argonaut_copy: bool = True
     qcdsm: str = "vcf-cds-hooks"
+    # Read by the pipeline, which passes it to the decision (setting PAMA_OFFICIAL_ONLY).
+    pama_official_only: bool = False
     new_id: Callable[[], str] = field(default=new_uuid)
     explain_url: Callable[[str], str] | None = None
 
@@ -127,7 +129,7 @@ class _Renderer:
             for c in vs.include:
                 if c.system != system or c.is_a:
                     continue
-                if region is not None:
+                if region is not None and procedure.kind == "imaging":  # treatment codes: region-free
                     if self.k.terminology.valuesets[region.valueSet].contains(c.system, c.code):
                         return {"system": c.system, "code": c.code, "display": c.display}
                 elif procedure.kind == "treatment" or not any(r.contains(c.system, c.code) for r in region_sets):
@@ -189,7 +191,7 @@ class _Renderer:
         facts = []
         wanted = set(variant.criteria.all) if variant else set()
         for fact, evs in od.facts.evidence.items():
-            if fact in self.k.derived or (wanted and fact not in wanted and fact in ("vcf-new", "vcf-prior")):
+            if fact in self.k.derived or (wanted and fact not in wanted and fact in ("vcf-new", "vcf-prior", "vcf-current")):
                 continue
             for e in evs:
                 facts.append(_evidence_line(e, self.k.fact_label(fact)))
@@ -209,6 +211,8 @@ class _Renderer:
         topic = self.k.variant_topic[variant.id]
         title = variant.title + ("" if variant.titleConfirmed else " (exact ACR title unconfirmed)")
         lines = [lead, "", f"**ACR variant {variant.id}**: {title}", f"({topic.title}, revised {topic.revised})", ""]
+        if od.choice is not None and od.choice.status == "agreed":
+            lines += [f"The record fits {' or '.join(c.id for c in od.choice.candidates)}: each rates this order alike.", ""]
         ev = self.evidence_lines(od, variant)
         if ev:
             lines += ["**Evidence in the record**", *ev, ""]
@@ -240,7 +244,7 @@ class _Renderer:
             return
         v = od.variant
         name = proc.display
-        if choice.status in ("selected", "red-flag") and v is not None and od.rating is not None:
+        if choice.status in ("selected", "red-flag", "agreed") and v is not None and od.rating is not None:
             r = od.rating
             if r.category == "UNA":
                 self.card("not-appropriate", "warning", self.text["notAppropriate"].format(procedure=name),
@@ -285,7 +289,10 @@ class _Renderer:
         simple = {
             "augment-bleeding": ("warning", "augmentBleeding", ("bleeding-risk",)),
             "augment-neuro": ("warning", "augmentNeuro", ("neuro-red-flag",)),
-            "augment-infection": ("warning", "augmentInfection", ("infection",)),
+            "augment-infection": ("critical", "augmentInfection", ("infection",)),
+            "augment-asymptomatic": ("warning", "augmentAsymptomatic", ("asymptomatic",)),
+            "region-mismatch": ("warning", "regionMismatch", ("vcf", "vcf-traumatic")),
+            "fragility-reading": ("info", "fragilityReading", ("vcf-fragility", "osteoporosis")),
             "augment-no-edema": ("info", "augmentNoEdema", ()),
             "augment-no-therapy": ("info", "augmentNoTherapy", ()),
             "post-augmentation-mri": ("info", "postAugmentationMri", ("augmentation-history",)),
@@ -304,11 +311,15 @@ class _Renderer:
                           v, sug)
                 continue
             indicator, key, facts = simple[adv]
-            lines = [t[key + "Detail"]]
+            summary, lines = t[key], [t[key + "Detail"]]
+            if adv == "region-mismatch" and od.order_class.region is not None:
+                where = {"order": od.order_class.region.display,
+                         "fracture": " and ".join(r.display for r in od.fracture_regions)}
+                summary, lines = summary.format(**where), [lines[0].format(**where)]
             ev = [_evidence_line(e, self.k.fact_label(f)) for f in facts for e in od.facts.evidence.get(f, ())]
             if ev:
                 lines += ["", "**Evidence in the record**", *dict.fromkeys(ev)]
-            self.card(adv, indicator, t[key], "\n".join(lines), v, override=indicator == "warning")
+            self.card(adv, indicator, summary, "\n".join(lines), v, override=indicator in ("warning", "critical"))
 
     def red_flag_card(self) -> None:
         d = self.d
