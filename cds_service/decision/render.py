@@ -14,6 +14,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cds_service.decision.contract import (
+    APPROPRIATE,
+    MAY_BE_APPROPRIATE,
+    USUALLY_APPROPRIATE,
+    USUALLY_NOT_APPROPRIATE,
+    Advisory,
+    CardKind,
+    ComputedFact,
+    Fact,
+)
 from cds_service.decision.engine import Decision, OrderDecision
 from cds_service.decision.knowledge import CATEGORY_DISPLAY, Knowledge, Procedure, Rating, Region, Variant
 from cds_service.decision.scenario import Evidence
@@ -114,7 +124,7 @@ class _Renderer:
         if self.o.explain_url is not None:
             c["links"] = [{"label": EXPLAIN_LINK_LABEL, "url": self.o.explain_url(c["uuid"]), "type": "absolute"}]
         self.cards.append(c)
-        self.kinds[c["uuid"]] = kind
+        self.kinds[c["uuid"]] = str(kind)
         if self.order_position is not None:
             self.card_orders[c["uuid"]] = self.order_position
 
@@ -176,7 +186,7 @@ class _Renderer:
             if ordered is None or proc.kind != ordered.kind:
                 continue
             new = self.new_order(od.raw, proc, od.order_class.region,
-                                 reasons=od.facts.evidence.get("vcf", ()))
+                                 reasons=od.facts.evidence.get(Fact.VCF, ()))
             if new is None:
                 continue
             name = new["code"]["coding"][0].get("display") if "coding" in new["code"] else new["code"]["text"]
@@ -191,7 +201,7 @@ class _Renderer:
         facts = []
         wanted = set(variant.criteria.all) if variant else set()
         for fact, evs in od.facts.evidence.items():
-            if fact in self.k.derived or (wanted and fact not in wanted and fact in ("vcf-new", "vcf-prior", "vcf-current")):
+            if fact in self.k.derived or (wanted and fact not in wanted and fact in tuple(ComputedFact)):
                 continue
             for e in evs:
                 facts.append(_evidence_line(e, self.k.fact_label(fact)))
@@ -246,17 +256,17 @@ class _Renderer:
         name = proc.display
         if choice.status in ("selected", "red-flag", "agreed") and v is not None and od.rating is not None:
             r = od.rating
-            if r.category == "UNA":
-                self.card("not-appropriate", "warning", self.text["notAppropriate"].format(procedure=name),
+            if r.category == USUALLY_NOT_APPROPRIATE:
+                self.card(CardKind.NOT_APPROPRIATE, "warning", self.text["notAppropriate"].format(procedure=name),
                           self.variant_detail(od, v, f"{name} is rated **{r.category_display}** for this scenario."),
                           v, self.replace_suggestions(od, od.alternatives), override=True)
-            elif r.category in ("MBA", "MBA-D"):
-                self.card("may-be-appropriate", "info", self.text["mayBeAppropriate"].format(procedure=name),
+            elif r.category in MAY_BE_APPROPRIATE:
+                self.card(CardKind.MAY_BE_APPROPRIATE, "info", self.text["mayBeAppropriate"].format(procedure=name),
                           self.variant_detail(od, v, f"{name} is rated **{r.category_display}**; better-rated options are listed below."),
                           v, self.replace_suggestions(od, od.alternatives))
             # Usually appropriate: silence (the rating travels in systemActions); no alert fatigue.
         elif choice.status == "selected" and v is not None:
-            self.card("no-criteria", "info", self.text["noCriteria"].format(procedure=name),
+            self.card(CardKind.NO_CRITERIA, "info", self.text["noCriteria"].format(procedure=name),
                       self.variant_detail(od, v, f"The ACR table for this variant does not rate {name}."),
                       v, self.replace_suggestions(od, od.alternatives))
         elif choice.status == "missing" and choice.missing:
@@ -270,49 +280,49 @@ class _Renderer:
             summary = self.text["missingFacts"].format(missing=missing)
             if len(summary) > SUMMARY_MAX:
                 summary = self.text["missingFactsShort"]
-            self.card("missing-facts", "info", summary,
+            self.card(CardKind.MISSING_FACTS, "info", summary,
                       "\n".join(detail).strip(), None)
         elif choice.status == "conflict":
             detail = [f"{name} cannot be rated: the record fits more than one ACR variant.", "",
                       *[f"- {c.id}: {c.title}" for c in choice.candidates], "", *self.evidence_lines(od, None)]
-            self.card("conflict", "info", self.text["conflict"], "\n".join(detail).strip(), None)
+            self.card(CardKind.CONFLICT, "info", self.text["conflict"], "\n".join(detail).strip(), None)
         elif choice.status == "excluded":
             detail = ["High-energy trauma fractures are not osteoporotic: they are outside these criteria "
                       "and need spine surgery evaluation (seed 003; decision-rules.md §2.5).", "",
                       *self.evidence_lines(od, None)]
-            self.card("traumatic", "info", self.text["traumatic"], "\n".join(detail).strip(), None)
+            self.card(CardKind.TRAUMATIC, "info", self.text["traumatic"], "\n".join(detail).strip(), None)
         self.advisory_cards(od)
 
     def advisory_cards(self, od: OrderDecision) -> None:
         t = self.text
         v = od.variant
         simple = {
-            "augment-bleeding": ("warning", "augmentBleeding", ("bleeding-risk",)),
-            "augment-neuro": ("warning", "augmentNeuro", ("neuro-red-flag",)),
-            "augment-infection": ("critical", "augmentInfection", ("infection",)),
-            "augment-asymptomatic": ("warning", "augmentAsymptomatic", ("asymptomatic",)),
-            "region-mismatch": ("warning", "regionMismatch", ("vcf", "vcf-traumatic")),
-            "fragility-reading": ("info", "fragilityReading", ("vcf-fragility", "osteoporosis")),
-            "augment-no-edema": ("info", "augmentNoEdema", ()),
-            "augment-no-therapy": ("info", "augmentNoTherapy", ()),
-            "post-augmentation-mri": ("info", "postAugmentationMri", ("augmentation-history",)),
+            Advisory.AUGMENT_BLEEDING: ("warning", "augmentBleeding", (Fact.BLEEDING_RISK,)),
+            Advisory.AUGMENT_NEURO: ("warning", "augmentNeuro", (Fact.NEURO_RED_FLAG,)),
+            Advisory.AUGMENT_INFECTION: ("critical", "augmentInfection", (Fact.INFECTION,)),
+            Advisory.AUGMENT_ASYMPTOMATIC: ("warning", "augmentAsymptomatic", (Fact.ASYMPTOMATIC,)),
+            Advisory.REGION_MISMATCH: ("warning", "regionMismatch", (Fact.VCF, Fact.VCF_TRAUMATIC)),
+            Advisory.FRAGILITY_READING: ("info", "fragilityReading", (Fact.VCF_FRAGILITY, Fact.OSTEOPOROSIS)),
+            Advisory.AUGMENT_NO_EDEMA: ("info", "augmentNoEdema", ()),
+            Advisory.AUGMENT_NO_THERAPY: ("info", "augmentNoTherapy", ()),
+            Advisory.POST_AUGMENTATION_MRI: ("info", "postAugmentationMri", (Fact.AUGMENTATION_HISTORY,)),
         }
         for adv in od.advisories:
-            if adv == "steer-ir":
+            if adv == Advisory.STEER_IR:
                 aug = self.k.procedures[self.k.preferred.augmentation]
-                new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get("vcf", ()))
+                new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get(Fact.VCF, ()))
                 assert v is not None  # steer-ir is advised only within a variant
                 rating = v.rating_for(aug.id)
                 sug = [self.suggestion(f"Add: {self.k.preferred.augmentationText}", [
                     {"type": "create", "description": self.k.preferred.augmentationText, "resource": new}], recommended=True)]
-                self.card("steer-ir", "info", t["steerToIr"],
+                self.card(Advisory.STEER_IR, "info", t["steerToIr"],
                           self.variant_detail(od, v, f"{aug.display} is also Usually appropriate for this scenario.",
                                               [rating] if rating else []),
                           v, sug)
                 continue
             indicator, key, facts = simple[adv]
             summary, lines = t[key], [t[key + "Detail"]]
-            if adv == "region-mismatch" and od.order_class.region is not None:
+            if adv == Advisory.REGION_MISMATCH and od.order_class.region is not None:
                 where = {"order": od.order_class.region.display,
                          "fracture": " and ".join(r.display for r in od.fracture_regions)}
                 summary, lines = summary.format(**where), [lines[0].format(**where)]
@@ -339,14 +349,14 @@ class _Renderer:
         routed = next((od.variant for od in d.orders if od.variant is not None and od.variant.routing), None)
         if routed is not None:
             lines += ["", f"Imaging is rated under ACR {self.k.variant_topic[routed.id].title}, variant: {routed.title}"]
-        self.card("red-flag", "critical", self.text["redFlag"], "\n".join(lines), routed, suggestions, behavior="any",
+        self.card(CardKind.RED_FLAG, "critical", self.text["redFlag"], "\n".join(lines), routed, suggestions, behavior="any",
                   override=True)
 
     # ---- ratings --------------------------------------------------------------------------
     def rating_action(self, od: OrderDecision) -> dict:
         assert od.pama is not None and od.variant is not None  # only rated orders get a rating action
         coding = [{"system": PAMA_SYSTEM, "code": od.pama, "display": PAMA_RATING_DISPLAY[od.pama]}]
-        if od.rating is not None and od.rating.category != "UA" and od.pama == "appropriate":
+        if od.rating is not None and od.rating.category != USUALLY_APPROPRIATE and od.pama == APPROPRIATE:
             coding.append({"system": ACR_CATEGORY_SYSTEM, "code": od.rating.category,
                            "display": CATEGORY_DISPLAY[od.rating.category]})
         topic = self.k.variant_topic[od.variant.id]
