@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -354,7 +354,11 @@ def _ext(element: Mapping, url: str) -> Any:
     return None
 
 
+# ---- value sets -------------------------------------------------------------------------
+
 def _load_valueset(path: Path, rel: str) -> ValueSetDef:
+    """One ``valuesets/<id>.json``: a valid R4 ValueSet whose id is the file name, composed
+    of enumerated concepts and ICD-10-CM ``is-a`` roots of known code systems."""
     from fhir.resources.R4B.valueset import ValueSet  # R4 data: R4B models (the plain import is R5)
 
     raw = _read_json(path, rel)
@@ -365,58 +369,53 @@ def _load_valueset(path: Path, rel: str) -> ValueSetDef:
     if raw.get("id") != path.stem:
         raise KnowledgeError(rel, "id", f"'{raw.get('id')}' does not match the file name '{path.stem}'")
     compose = raw.get("compose") or {}
-
-    def concepts(part: str) -> tuple[Concept, ...]:
-        out: list[Concept] = []
-        for i, inc in enumerate(compose.get(part) or ()):
-            system = inc.get("system")
-            where = f"compose.{part}[{i}]"
-            if system not in KNOWN_SYSTEMS:
-                raise KnowledgeError(rel, where, f"unknown code system '{system}'")
-            for c in inc.get("concept") or ():
-                out.append(Concept(system, normalize_code(system, c["code"]), c.get("display"),
-                                   unconfirmed=bool(_ext(c, UNCONFIRMED_EXT)),
-                                   source=_ext(c, SOURCE_EXT) or _ext(inc, SOURCE_EXT)))
-            if len(inc.get("filter") or ()) > 1:
-                # FHIR ANDs the filters of one include; every root here is meant as an alternative.
-                raise KnowledgeError(rel, where, "one is-a filter per include (filters in one include are ANDed)")
-            for f in inc.get("filter") or ():
-                if system != ICD10CM or f.get("op") != "is-a" or f.get("property") != "concept":
-                    raise KnowledgeError(rel, where, "only 'concept is-a' filters on ICD-10-CM are supported")
-                out.append(Concept(system, normalize_code(system, f["value"]), None, is_a=True,
-                                   unconfirmed=bool(_ext(inc, UNCONFIRMED_EXT)), source=_ext(inc, SOURCE_EXT)))
-            if part == "include" and not (inc.get("concept") or inc.get("filter")):
-                raise KnowledgeError(rel, where, "includes a whole code system; list concepts or an is-a filter")
-        return tuple(out)
-
-    include = concepts("include")
+    include = _compose_concepts(rel, compose, "include")
     if not include:
         raise KnowledgeError(rel, "compose.include", "value set has no concepts")
     return ValueSetDef(id=raw["id"], url=raw.get("url", ""), title=raw.get("title") or raw.get("name") or raw["id"],
-                       description=raw.get("description", ""), include=include, exclude=concepts("exclude"))
+                       description=raw.get("description", ""), include=include,
+                       exclude=_compose_concepts(rel, compose, "exclude"))
 
 
-def load_knowledge(directory: str | Path | None = None) -> Knowledge:
-    """Load ``directory`` (default: the bundled ``cds_service/decision/data``) and cross-check it.
+def _compose_concepts(rel: str, compose: Mapping, part: str) -> tuple[Concept, ...]:
+    """The concepts of ``compose.include`` or ``compose.exclude``, in file order."""
+    out: list[Concept] = []
+    for i, inc in enumerate(compose.get(part) or ()):
+        where = f"compose.{part}[{i}]"
+        system = inc.get("system")
+        if system not in KNOWN_SYSTEMS:
+            raise KnowledgeError(rel, where, f"unknown code system '{system}'")
+        out += _enumerated(system, inc)
+        out += _is_a_roots(rel, where, system, inc)
+        if part == "include" and not (inc.get("concept") or inc.get("filter")):
+            raise KnowledgeError(rel, where, "includes a whole code system; list concepts or an is-a filter")
+    return tuple(out)
 
-    Raises :class:`KnowledgeError` naming file and entry for: unreadable or invalid JSON,
-    an invalid FHIR ValueSet, duplicate ids, a reference to a value set, fact, procedure or
-    region that does not exist, an enum value out of range, a score outside its category.
-    """
-    root = Path(directory) if directory else DEFAULT_DIR
-    if not root.is_dir():
-        raise KnowledgeError(str(root), "directory", "knowledge directory not found")
-    digest = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*.json"))
-    for p in files:
-        digest.update(p.relative_to(root).as_posix().encode())
-        digest.update(p.read_bytes())
 
-    # Value sets
+def _enumerated(system: str, inc: Mapping) -> list[Concept]:
+    return [Concept(system, normalize_code(system, c["code"]), c.get("display"),
+                    unconfirmed=bool(_ext(c, UNCONFIRMED_EXT)), source=_ext(c, SOURCE_EXT) or _ext(inc, SOURCE_EXT))
+            for c in inc.get("concept") or ()]
+
+
+def _is_a_roots(rel: str, where: str, system: str, inc: Mapping) -> list[Concept]:
+    filters = inc.get("filter") or ()
+    if len(filters) > 1:
+        # FHIR ANDs the filters of one include; every root here is meant as an alternative.
+        raise KnowledgeError(rel, where, "one is-a filter per include (filters in one include are ANDed)")
+    for f in filters:
+        if system != ICD10CM or f.get("op") != "is-a" or f.get("property") != "concept":
+            raise KnowledgeError(rel, where, "only 'concept is-a' filters on ICD-10-CM are supported")
+    return [Concept(system, normalize_code(system, f["value"]), None, is_a=True,
+                    unconfirmed=bool(_ext(inc, UNCONFIRMED_EXT)), source=_ext(inc, SOURCE_EXT))
+            for f in filters]
+
+
+def _load_valuesets(root: Path) -> dict[str, ValueSetDef]:
+    """Every ``valuesets/*.json`` by id; urls unique; at least one."""
     valuesets: dict[str, ValueSetDef] = {}
     urls: dict[str, str] = {}
-    vs_dir = root / "valuesets"
-    for path in sorted(vs_dir.glob("*.json")):
+    for path in sorted((root / "valuesets").glob("*.json")):
         rel = f"valuesets/{path.name}"
         vs = _load_valueset(path, rel)
         if vs.url in urls:
@@ -425,58 +424,115 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         valuesets[vs.id] = vs
     if not valuesets:
         raise KnowledgeError("valuesets/", "directory", "no value sets found")
+    return valuesets
 
-    def need_vs(rel: str, entry: str, vs_id: str | None) -> None:
-        if vs_id is not None and vs_id not in valuesets:
-            raise KnowledgeError(rel, entry, f"value set '{vs_id}' does not exist in valuesets/")
 
-    def unique(rel: str, kind: str, ids: list[str]) -> None:
-        seen: set[str] = set()
-        for i in ids:
-            if i in seen:
-                raise KnowledgeError(rel, f"{kind} '{i}'", "duplicate id")
-            seen.add(i)
+# ---- shared checks ----------------------------------------------------------------------
 
-    # Facts
+def _need_valueset(valuesets: Mapping[str, ValueSetDef], rel: str, entry: str, vs_id: str | None) -> None:
+    if vs_id is not None and vs_id not in valuesets:
+        raise KnowledgeError(rel, entry, f"value set '{vs_id}' does not exist in valuesets/")
+
+
+def _unique(rel: str, kind: str, ids: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise KnowledgeError(rel, f"{kind} '{i}'", "duplicate id")
+        seen.add(i)
+
+
+# ---- facts.json -------------------------------------------------------------------------
+
+def _load_facts(root: Path, valuesets: Mapping[str, ValueSetDef]) -> FactsFile:
+    """``facts.json``: ids unique and not reserved, value sets exist, derived and acuity
+    facts name defined facts."""
     rel = "facts.json"
     ff: FactsFile = _parse(FactsFile, _read_json(root / rel, rel), rel)
-    for fid in [*(f.id for f in ff.facts), *(d.id for d in ff.derived)]:
-        if fid in COMPUTED_FACTS:
-            raise KnowledgeError(rel, f"fact '{fid}'", "this id is reserved for the built-in acuity fact")
-    unique(rel, "fact", [f.id for f in ff.facts] + [d.id for d in ff.derived])
+    _check_fact_ids(rel, ff)
     for f in ff.facts:
-        need_vs(rel, f"fact '{f.id}'", f.valueSet)
+        _need_valueset(valuesets, rel, f"fact '{f.id}'", f.valueSet)
         if f.valueSet is None and not f.optional:
             raise KnowledgeError(rel, f"fact '{f.id}'", "has no value set but is not marked optional")
-    fact_ids = {f.id for f in ff.facts}
+    _check_fact_references(rel, ff)
+    return ff
+
+
+def _check_fact_ids(rel: str, ff: FactsFile) -> None:
+    ids = [*(f.id for f in ff.facts), *(d.id for d in ff.derived)]
+    for fid in ids:
+        if fid in COMPUTED_FACTS:
+            raise KnowledgeError(rel, f"fact '{fid}'", "this id is reserved for the built-in acuity fact")
+    _unique(rel, "fact", ids)
+
+
+def _check_fact_references(rel: str, ff: FactsFile) -> None:
+    """Derived facts and the acuity rule name base facts (not derived ones)."""
+    base = {f.id for f in ff.facts}
     for d in ff.derived:
         for a in d.anyOf:
-            if a not in fact_ids:
+            if a not in base:
                 raise KnowledgeError(rel, f"derived '{d.id}'", f"unknown fact '{a}'")
     for a in ff.acuity.vcfFacts + ff.acuity.priorFacts:
-        if a not in fact_ids:
+        if a not in base:
             raise KnowledgeError(rel, "acuity", f"unknown fact '{a}'")
-    all_facts = fact_ids | {d.id for d in ff.derived} | COMPUTED_FACTS
 
-    # Procedures and regions
+
+def _fact_ids(ff: FactsFile) -> frozenset[str]:
+    """Every fact a criterion may name: base, derived and the computed acuity facts."""
+    return frozenset({f.id for f in ff.facts} | {d.id for d in ff.derived} | COMPUTED_FACTS)
+
+
+def _fact_index(ff: FactsFile) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(value set, origin) -> the facts it yields, for the hot path."""
+    index: dict[tuple[str, str], list[str]] = {}
+    for f in ff.facts:
+        if f.valueSet is not None:
+            for origin in f.from_:
+                index.setdefault((f.valueSet, origin), []).append(f.id)
+    return {k: tuple(v) for k, v in index.items()}
+
+
+# ---- acr/procedures.json ----------------------------------------------------------------
+
+def _load_procedures(root: Path, valuesets: Mapping[str, ValueSetDef]) -> ProceduresFile:
+    """``acr/procedures.json``: ids unique, value sets exist, preferred referrals orderable."""
     rel = "acr/procedures.json"
     pf: ProceduresFile = _parse(ProceduresFile, _read_json(root / rel, rel), rel)
-    unique(rel, "procedure", [p.id for p in pf.procedures])
-    unique(rel, "region", [r.id for r in pf.regions])
-    procedures = {p.id: p for p in pf.procedures}
+    _unique(rel, "procedure", (p.id for p in pf.procedures))
+    _unique(rel, "region", (r.id for r in pf.regions))
     for proc in pf.procedures:
-        need_vs(rel, f"procedure '{proc.id}'", proc.valueSet)
+        _need_valueset(valuesets, rel, f"procedure '{proc.id}'", proc.valueSet)
     for r in pf.regions:
-        need_vs(rel, f"region '{r.id}'", r.valueSet)
+        _need_valueset(valuesets, rel, f"region '{r.id}'", r.valueSet)
+    _check_preferred(rel, pf)
+    return pf
+
+
+def _check_preferred(rel: str, pf: ProceduresFile) -> None:
+    procedures = {p.id: p for p in pf.procedures}
     for name in ("augmentation", "redFlagImaging", "redFlagConsultation"):
         pid = getattr(pf.preferredReferral, name)
         if pid not in procedures:
             raise KnowledgeError(rel, f"preferredReferral.{name}", f"unknown procedure '{pid}'")
         if procedures[pid].valueSet is None:
             raise KnowledgeError(rel, f"preferredReferral.{name}", f"'{pid}' has no value set, so it cannot be ordered")
-    region_ids = {r.id for r in pf.regions}
 
-    # ACR topics
+
+# ---- acr/<topic>.json ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Topics:
+    topics: tuple[Topic, ...]
+    variants: Mapping[str, Variant]
+    variant_topic: Mapping[str, Topic]
+
+
+def _load_topics(root: Path, fact_ids: frozenset[str], pf: ProceduresFile) -> _Topics:
+    """Every ``acr/*.json`` but procedures.json: variant ids unique across topics, each
+    variant and rating checked against facts, regions and procedures; at least one variant."""
+    procedures = {p.id: p for p in pf.procedures}
+    region_ids = frozenset(r.id for r in pf.regions)
     topics: list[Topic] = []
     variants: dict[str, Variant] = {}
     variant_topic: dict[str, Topic] = {}
@@ -487,41 +543,55 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         rel = f"acr/{path.name}"
         topic: Topic = _parse(Topic, _read_json(path, rel), rel)
         for v in topic.variants:
-            entry = f"variant '{v.id}'"
             if v.id in variants:
-                raise KnowledgeError(rel, entry, f"duplicate variant id (also in {variant_file[v.id]})")
-            for fact in v.criteria.all + v.criteria.none:
-                if fact not in all_facts:
-                    raise KnowledgeError(rel, entry, f"criteria name unknown fact '{fact}'")
-            if not v.criteria.all:
-                raise KnowledgeError(rel, entry, "criteria.all is empty: the variant would match every patient")
-            for reg in v.regions:
-                if reg not in region_ids:
-                    raise KnowledgeError(rel, entry, f"unknown region '{reg}'")
-            seen: set[str] = set()
-            for i, rt in enumerate(v.ratings):
-                where = f"{entry} rating {i} ('{rt.procedure}')"
-                if rt.procedure not in procedures:
-                    raise KnowledgeError(rel, where, f"unknown procedure '{rt.procedure}'")
-                if rt.procedure in seen:
-                    raise KnowledgeError(rel, where, "procedure rated twice in one variant")
-                seen.add(rt.procedure)
-                if procedures[rt.procedure].kind != v.orderKind:
-                    raise KnowledgeError(rel, where, f"{procedures[rt.procedure].kind} procedure in a {v.orderKind} variant")
-                if rt.score is not None and rt.score not in SCORE_RANGE[rt.category]:
-                    raise KnowledgeError(rel, where, f"score {rt.score} is outside category {rt.category}")
-                if rt.rrl is not None and not re.fullmatch(r"O|☢{1,5}|Varies", rt.rrl):
-                    raise KnowledgeError(rel, where, f"relative radiation level '{rt.rrl}' is not O, ☢..☢☢☢☢☢ or Varies")
-            variants[v.id] = v
-            variant_topic[v.id] = topic
-            variant_file[v.id] = rel
+                raise KnowledgeError(rel, f"variant '{v.id}'", f"duplicate variant id (also in {variant_file[v.id]})")
+            _check_variant(rel, v, fact_ids, region_ids, procedures)
+            variants[v.id], variant_topic[v.id], variant_file[v.id] = v, topic, rel
         topics.append(topic)
     if not variants:
         raise KnowledgeError("acr/", "directory", "no ACR topic with variants found")
+    return _Topics(tuple(topics), variants, variant_topic)
 
+
+def _check_variant(rel: str, v: Variant, fact_ids: frozenset[str], region_ids: frozenset[str],
+                   procedures: Mapping[str, Procedure]) -> None:
+    entry = f"variant '{v.id}'"
+    for fact in v.criteria.all + v.criteria.none:
+        if fact not in fact_ids:
+            raise KnowledgeError(rel, entry, f"criteria name unknown fact '{fact}'")
+    if not v.criteria.all:
+        raise KnowledgeError(rel, entry, "criteria.all is empty: the variant would match every patient")
+    for reg in v.regions:
+        if reg not in region_ids:
+            raise KnowledgeError(rel, entry, f"unknown region '{reg}'")
+    rated: set[str] = set()
+    for i, rt in enumerate(v.ratings):
+        _check_rating(rel, f"{entry} rating {i} ('{rt.procedure}')", rt, v, procedures, rated)
+        rated.add(rt.procedure)
+
+
+def _check_rating(rel: str, where: str, rt: Rating, v: Variant, procedures: Mapping[str, Procedure],
+                  rated: set[str]) -> None:
+    proc = procedures.get(rt.procedure)
+    if proc is None:
+        raise KnowledgeError(rel, where, f"unknown procedure '{rt.procedure}'")
+    if rt.procedure in rated:
+        raise KnowledgeError(rel, where, "procedure rated twice in one variant")
+    if proc.kind != v.orderKind:
+        raise KnowledgeError(rel, where, f"{proc.kind} procedure in a {v.orderKind} variant")
+    if rt.score is not None and rt.score not in SCORE_RANGE[rt.category]:
+        raise KnowledgeError(rel, where, f"score {rt.score} is outside category {rt.category}")
+    if rt.rrl is not None and not re.fullmatch(r"O|☢{1,5}|Varies", rt.rrl):
+        raise KnowledgeError(rel, where, f"relative radiation level '{rt.rrl}' is not O, ☢..☢☢☢☢☢ or Varies")
+
+
+# ---- services.json, cards.json ---------------------------------------------------------
+
+def _load_services(root: Path) -> ServicesFile:
+    """``services.json``: ids unique and kebab-case, hooks supported, required prefetch templated."""
     rel = "services.json"
     sf: ServicesFile = _parse(ServicesFile, _read_json(root / rel, rel), rel)
-    unique(rel, "service", [s.id for s in sf.services])
+    _unique(rel, "service", (s.id for s in sf.services))
     for s in sf.services:
         if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", s.id):
             raise KnowledgeError(rel, f"service '{s.id}'", "id must be kebab-case")
@@ -531,7 +601,11 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         for key in s.requiredPrefetch:
             if key not in s.prefetch:
                 raise KnowledgeError(rel, f"service '{s.id}'", f"required prefetch '{key}' has no template")
+    return sf
 
+
+def _load_cards(root: Path, topics: Iterable[Topic]) -> CardsFile:
+    """``cards.json``: the cited topic exists, every text the renderer uses is present."""
     rel = "cards.json"
     cf: CardsFile = _parse(CardsFile, _read_json(root / rel, rel), rel)
     # Cards without a variant (no rating, advisories) cite this topic.
@@ -540,6 +614,14 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     for key in REQUIRED_CARD_TEXT:
         if key not in cf.text:
             raise KnowledgeError(rel, f"text.{key}", "missing")
+    return cf
+
+
+def _check_suggestion_rules(cf: CardsFile, pf: ProceduresFile, valuesets: Mapping[str, ValueSetDef]) -> None:
+    """``cards.json`` ``suggestionRules``: procedures, value sets and regions it names exist."""
+    rel = "cards.json"
+    procedures = {p.id for p in pf.procedures}
+    region_ids = {r.id for r in pf.regions}
     sr = cf.suggestionRules
     for pid in sr.neverReplaced.procedures:
         if pid not in procedures:
@@ -548,7 +630,7 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         if key not in sr.neverReplaced.why:
             raise KnowledgeError(rel, "suggestionRules.neverReplaced.why", f"no reason given for '{key}'")
     for rr in sr.recordRegions:
-        need_vs(rel, f"suggestionRules.recordRegions '{rr.region}'", rr.valueSet)
+        _need_valueset(valuesets, rel, f"suggestionRules.recordRegions '{rr.region}'", rr.valueSet)
     named = [rr.region for rr in sr.recordRegions] + [x for v in sr.regionExpansion.values() for x in v]
     named += [x for k, v in sr.redFlagImaging.byRegion.items() for x in (*v, k) if x != "unknown"]
     for reg in named:
@@ -557,28 +639,59 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     if "unknown" not in sr.redFlagImaging.byRegion:
         raise KnowledgeError(rel, "suggestionRules.redFlagImaging.byRegion", "no entry for 'unknown'")
 
-    fact_index: dict[tuple[str, str], list[str]] = {}
-    for f in ff.facts:
-        if f.valueSet is not None:
-            for origin in f.from_:
-                fact_index.setdefault((f.valueSet, origin), []).append(f.id)
 
+# ---- the whole directory ------------------------------------------------------------------
+
+def _knowledge_root(directory: str | Path | None) -> Path:
+    root = Path(directory) if directory else DEFAULT_DIR
+    if not root.is_dir():
+        raise KnowledgeError(str(root), "directory", "knowledge directory not found")
+    return root
+
+
+def _version(root: Path) -> str:
+    """sha256 prefix over every file's path and bytes."""
+    digest = hashlib.sha256()
+    for p in sorted(root.rglob("*.json")):
+        digest.update(p.relative_to(root).as_posix().encode())
+        digest.update(p.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def load_knowledge(directory: str | Path | None = None) -> Knowledge:
+    """Load ``directory`` (default: the bundled ``cds_service/decision/data``) and cross-check it.
+
+    Raises :class:`KnowledgeError` naming file and entry for: unreadable or invalid JSON,
+    an invalid FHIR ValueSet, duplicate ids, a reference to a value set, fact, procedure or
+    region that does not exist, an enum value out of range, a score outside its category.
+    Files are read in this order, so of several problems the first file's is reported:
+    value sets, facts, procedures, topics, services, cards.
+    """
+    root = _knowledge_root(directory)
+    version = _version(root)
+    valuesets = _load_valuesets(root)
+    ff = _load_facts(root, valuesets)
+    pf = _load_procedures(root, valuesets)
+    acr = _load_topics(root, _fact_ids(ff), pf)
+    sf = _load_services(root)
+    cf = _load_cards(root, acr.topics)
+    _check_suggestion_rules(cf, pf, valuesets)
     return Knowledge(
         directory=root,
-        version=digest.hexdigest()[:12],
+        version=version,
         terminology=Terminology.build(valuesets),
         facts=MappingProxyType({f.id: f for f in ff.facts}),
         derived=MappingProxyType({d.id: d for d in ff.derived}),
         acuity=ff.acuity,
-        procedures=MappingProxyType(procedures),
+        procedures=MappingProxyType({p.id: p for p in pf.procedures}),
         regions=pf.regions,
         preferred=pf.preferredReferral,
-        topics=tuple(topics),
-        variants=MappingProxyType(variants),
-        variant_topic=MappingProxyType(variant_topic),
+        topics=acr.topics,
+        variants=MappingProxyType(dict(acr.variants)),
+        variant_topic=MappingProxyType(dict(acr.variant_topic)),
         services=MappingProxyType({s.id: s for s in sf.services}),
         cards=cf,
-        fact_index=MappingProxyType({k: tuple(v) for k, v in fact_index.items()}),
+        fact_index=MappingProxyType(_fact_index(ff)),
         procedure_by_valueset=MappingProxyType({p.valueSet: p for p in pf.procedures if p.valueSet}),
         region_by_valueset=MappingProxyType({r.valueSet: r for r in pf.regions}),
     )

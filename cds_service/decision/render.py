@@ -378,8 +378,8 @@ class _Renderer:
             lines.append(f"{line} — {where}")
         more = len(groups) - EVIDENCE_MAX
         if more > 0:
-            key = "evidenceMoreLink" if self.o.explain_url is not None else "evidenceMore"
-            lines.append(self.text[key].format(n=more, url=_MORE_LINK))
+            more_key = "evidenceMoreLink" if self.o.explain_url is not None else "evidenceMore"
+            lines.append(self.text[more_key].format(n=more, url=_MORE_LINK))
         return lines
 
     def order_evidence(self, od: OrderDecision, variant: Variant | None) -> list[str]:
