@@ -512,7 +512,8 @@ class _Renderer:
         elif plan.first and una:
             summary = t["useInstead"].format(alternative=plan.first[0], reason=reason)
         elif plan.first:
-            summary = t["useInsteadMay"].format(alternative=plan.first[0], ordered=ordered, scenario=scenario)
+            summary = t["useInsteadMay"].format(alternative=plan.first[0], ordered=_lower_first(ordered),
+                                                scenario=scenario)
         else:
             summary = (t["reasonGeneric"] if una else "{ordered}: may be appropriate for {scenario}; better-rated "
                        "options exist").format(ordered=ordered, scenario=scenario) + " (ACR)"
