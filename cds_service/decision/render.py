@@ -274,7 +274,8 @@ class _Renderer:
             coding = self.order_coding(procedure, region)
             if coding is None:
                 return None
-            sr["code"] = {"coding": [{k: v for k, v in coding.items() if v}], "text": procedure.display}
+            sr["code"] = {"coding": [{k: v for k, v in coding.items() if v}],
+                          "text": self.plain_name(procedure, [region] if region else ())}
         if urgent:
             sr["priority"] = "urgent"
         sr["subject"] = (template or {}).get("subject") or {"reference": f"Patient/{self.patient_id}"}
