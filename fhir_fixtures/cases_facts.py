@@ -4,7 +4,7 @@ Each case is a complete order-select request as an EHR posts it, built with the 
 ``build_cases.py`` (which calls :func:`build` with itself as ``bc``), and a manifest entry
 saying what a spine interventional radiologist expects. The clinical rule behind each case
 is decision-rules.md §6 (its numbered correction is named in ``source``). Codes outside the
-decision-rules.md §4 lists are declared per case in ``codes_beyond_section4`` with the reason.
+decision-rules.md §4 lists are declared per case in ``codes_outside_section4`` with the reason.
 
     .venv/bin/python fhir_fixtures/build_cases.py
 """
@@ -69,7 +69,7 @@ def build(bc: ModuleType) -> None:
         "Active breast cancer is a malignancy for VCF routing: variant V2, where MRI without and with IV "
         "contrast is Usually appropriate (SECONDARY) -> appropriate, silence. Before issue 12 this was V1 "
         "'no malignancy' with 'Usually not appropriate: replace with MRI without contrast'.",
-        codes_beyond_section4={"C50.912": "active primary breast cancer (decision-rules §6.1)"})
+        codes_outside_section4={"C50.912": "active primary breast cancer (decision-rules §6.1)"})
 
     cid = "facts-skin-cancer-history-kyphoplasty"
     pid, enc, h = ids(cid)
@@ -86,11 +86,13 @@ def build(bc: ModuleType) -> None:
         "82F, osteoporosis, history of excised basal cell carcinoma (Z85.828), subacute L1 osteoporotic VCF "
         "(3 weeks), back pain, new kyphosis (2 weeks); order kyphoplasty lumbar (22514).",
         "decision-rules §6.1 (Z85.828 is not a malignancy history), §6.3, §1 V7", 200, "V7",
-        {f"ServiceRequest/{sr['id']}": "appropriate"}, ["info", "info"],
+        {f"ServiceRequest/{sr['id']}": "appropriate"}, ["info"],
         "A basal cell carcinoma history (conditions classifiable to C44) is not a malignancy history: the "
         "osteoporotic fracture with new kyphosis is V7, augmentation Usually appropriate (SEED) -> "
-        "appropriate, with the two routine reminders (no MRI edema on record, no osteoporosis therapy). "
-        "Before issue 12 this went to V8 with 'replace with radiotherapy'.")
+        "appropriate, with the routine augmentation checklist (no MRI edema on record, no osteoporosis "
+        "therapy; one card, or two before the checklist card). "
+        "Before issue 12 this went to V8 with 'replace with radiotherapy'.",
+        acceptable_indicators=[["info", "info"]])
 
     cid = "facts-renal-osteodystrophy-kyphoplasty"
     pid, enc, h = ids(cid)
@@ -109,7 +111,7 @@ def build(bc: ModuleType) -> None:
         "M84.68XA is a current vertebral fracture but neither neoplastic nor osteoporotic: not V8 (no "
         "'replace with radiotherapy'), and V6/V7 need an osteoporotic fracture, so no rating and one info "
         "card naming what would pick the scenario.",
-        codes_beyond_section4={"N25.0": "the disease behind M84.68XA (not a fact of any value set)"})
+        codes_outside_section4={"N25.0": "the disease behind M84.68XA (not a fact of any value set)"})
 
     # ---- §6.2 neurologic red flags ----------------------------------------------------
     cid = "facts-chronic-incontinence-lumbar-xr"
@@ -170,8 +172,8 @@ def build(bc: ModuleType) -> None:
         200, None, {f"ServiceRequest/{sr['id']}": None}, ["info", "info"],
         "A 2019 sequela is not a current fracture and COPD dyspnea since 2019 is not 'worsening': V7 does not "
         "apply and augmentation is NOT rated Usually appropriate. No rating; an info card naming what is "
-        "missing (a current fracture) and the osteoporosis-therapy reminder.",
-        codes_beyond_section4={"J44.9": "COPD, the cause of the old dyspnea (not a fact of any value set)"})
+        "missing (a current fracture) and the osteoporosis-therapy reminder (augmentation checklist).",
+        codes_outside_section4={"J44.9": "COPD, the cause of the old dyspnea (not a fact of any value set)"})
 
     # ---- §6.4 fragility fracture --------------------------------------------------------
     cid = "facts-fragility-traumatic-code-mri"
@@ -211,7 +213,7 @@ def build(bc: ModuleType) -> None:
         {f"ServiceRequest/{sr['id']}": None}, ["critical"],
         "Active vertebral osteomyelitis is an absolute exclusion for augmentation: one critical card, and "
         "no PAMA rating (before issue 12: 'appropriate' plus a warning saying 'absolute contraindication').",
-        codes_beyond_section4={"M46.24": "vertebral osteomyelitis (decision-rules §6.5)"})
+        codes_outside_section4={"M46.24": "vertebral osteomyelitis (decision-rules §6.5)"})
 
     # ---- §6.8 region -------------------------------------------------------------------
     cid = "facts-cervical-mri-for-lumbar-fracture"
@@ -237,9 +239,11 @@ def build(bc: ModuleType) -> None:
     add(cid, request(cid, pat, conds, [sr], procedures=[]),
         "84F, osteoporosis, thoracic VCF (M48.54XA, 3 weeks), thoracic back pain, new kyphosis; order "
         "kyphoplasty LUMBAR (22514).",
-        "decision-rules §6.8, §1 V7", 200, "V7", {f"ServiceRequest/{sr['id']}": None}, ["warning", "info", "info"],
+        "decision-rules §6.8, §1 V7", 200, "V7", {f"ServiceRequest/{sr['id']}": None}, ["warning", "info"],
         "V7 rates augmentation Usually appropriate, but a lumbar kyphoplasty does not treat a thoracic "
-        "fracture: no 'appropriate' rating, a warning naming the mismatch, and the routine reminders.")
+        "fracture: no 'appropriate' rating, a warning naming the mismatch, and the routine augmentation "
+        "checklist (one card, or two before the checklist card).",
+        acceptable_indicators=[["warning", "info", "info"]])
 
     # ---- §6.9 asymptomatic -------------------------------------------------------------
     cid = "facts-asymptomatic-fracture-kyphoplasty"
@@ -262,4 +266,4 @@ def build(bc: ModuleType) -> None:
         "management is the Usually appropriate option; the routine reminders. i12-cards may merge the info "
         "cards.",
         acceptable_indicators=[["warning", "info"], ["warning", "info", "info"], ["warning"]],
-        codes_beyond_section4={"84387000": "SNOMED CT Asymptomatic (decision-rules §6.9)"})
+        codes_outside_section4={"84387000": "SNOMED CT Asymptomatic (decision-rules §6.9)"})

@@ -144,7 +144,7 @@ def check_case(case, problems):
                 validate_resource(b, f"prefetch.{key}", failures)
     # codes
     hand_written = not (cid.startswith("synthea-") or cid.startswith("argonaut-"))
-    allowed_extra = DELIBERATE.get(cid, set()) | set(case.get("codes_beyond_section4", {}))
+    allowed_extra = DELIBERATE.get(cid, set()) | set(case.get("codes_outside_section4", ()))
     for c in codings(body):
         system, code = c["system"], c["code"]
         if system == ICD_SYS:

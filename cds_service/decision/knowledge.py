@@ -238,25 +238,63 @@ class ServicesFile(_Strict):
     services: tuple[ServiceDef, ...]
 
 
+class NeverReplaced(_Strict):
+    """Orders no suggestion deletes or replaces: by procedure id or procedure category;
+    ``why`` holds the clinician-facing reason for each id or category."""
+
+    procedures: tuple[str, ...]
+    categories: tuple[str, ...]
+    why: dict[str, str]
+    sources: str
+
+
+class RecordRegion(_Strict):
+    region: str
+    valueSet: str
+
+
+class RedFlagImaging(_Strict):
+    """Regions the urgent red-flag MRI must cover, by fracture region (or 'unknown')."""
+
+    byRegion: dict[str, tuple[str, ...]]
+    sources: str
+
+
+class SuggestionRules(_Strict):
+    """What suggestions may do (cards.json ``suggestionRules``)."""
+
+    description: str
+    neverReplaced: NeverReplaced
+    recordRegions: tuple[RecordRegion, ...]
+    regionExpansion: dict[str, tuple[str, ...]]
+    redFlagImaging: RedFlagImaging
+    scenario: dict[str, str]
+
+
 class CardsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     description: str
     source: dict[str, str]
     overrideReasons: dict[str, Any]
     text: dict[str, str]
+    suggestionRules: SuggestionRules
 
 
 # The hooks whose context fhir_input can read (CDS Hooks library: order-select, order-sign).
 SUPPORTED_HOOKS = ("order-select", "order-sign")
 
 REQUIRED_CARD_TEXT = (
-    "notAppropriate", "mayBeAppropriate", "noCriteria", "missingFacts",
-    "missingFactsShort", "conflict", "traumatic", "redFlag", "redFlagDetail", "steerToIr", "augmentBleeding",
-    "augmentBleedingDetail", "augmentNeuro", "augmentNeuroDetail", "augmentInfection",
-    "augmentInfectionDetail", "augmentNoEdema", "augmentNoEdemaDetail", "augmentNoTherapy",
-    "augmentNoTherapyDetail", "postAugmentationMri", "postAugmentationMriDetail",
-    "secondaryNote", "unconfirmedNote", "augmentAsymptomatic", "augmentAsymptomaticDetail", "regionMismatch",
-    "regionMismatchDetail", "fragilityReading", "fragilityReadingDetail",
+    "useInstead", "useInsteadMay", "removeDuplicate", "reasonContrast", "reasonGeneric", "notAppropriateLead",
+    "mayBeAppropriateLead", "noRatingAdd", "noRating", "noRatingLead", "neverReplacedLead", "wholeSpineNote",
+    "missingFacts", "missingFactsShort", "conflict", "traumatic", "traumaticDetail", "redFlag", "redFlagCovered",
+    "redFlagAugment", "redFlagDetail", "redFlagAugmentDetail", "redFlagRegionUnknown", "redFlagRegionThoracic",
+    "redFlagRegionLumbar", "redFlagRouted", "steerToIr", "steerToIrLead", "checklist", "checklistLead",
+    "checklistEdema", "checklistEdemaDetail", "checklistTherapy", "checklistTherapyDetail", "checklistAnticoag",
+    "checklistAnticoagDetail", "checklistCoag", "checklistCoagDetail", "augmentInfection", "augmentInfectionDetail",
+    "postAugmentationMri", "postAugmentationMriDetail", "provenanceOFFICIAL", "provenanceSEED",
+    "provenanceSECONDARY", "secondaryNote", "seedNote", "unconfirmedNote", "titleUnconfirmed", "evidenceHeading",
+    "evidenceMore", "evidenceMoreLink", "orderReason", "augmentAsymptomatic", "augmentAsymptomaticDetail",
+    "regionMismatch", "regionMismatchDetail", "fragilityReading", "fragilityReadingDetail",
 )
 
 
@@ -658,6 +696,29 @@ def _load_cards(root: Path, topics: Iterable[Topic]) -> CardsFile:
     return cf
 
 
+def _check_suggestion_rules(cf: CardsFile, pf: ProceduresFile, valuesets: Mapping[str, ValueSetDef]) -> None:
+    """``cards.json`` ``suggestionRules``: procedures, value sets and regions it names exist."""
+    rel = "cards.json"
+    procedures = {p.id for p in pf.procedures}
+    region_ids = {r.id for r in pf.regions}
+    sr = cf.suggestionRules
+    for pid in sr.neverReplaced.procedures:
+        if pid not in procedures:
+            raise KnowledgeError(rel, "suggestionRules.neverReplaced", f"unknown procedure '{pid}'")
+    for key in (*sr.neverReplaced.procedures, *sr.neverReplaced.categories):
+        if key not in sr.neverReplaced.why:
+            raise KnowledgeError(rel, "suggestionRules.neverReplaced.why", f"no reason given for '{key}'")
+    for rr in sr.recordRegions:
+        _need_valueset(valuesets, rel, f"suggestionRules.recordRegions '{rr.region}'", rr.valueSet)
+    named = [rr.region for rr in sr.recordRegions] + [x for v in sr.regionExpansion.values() for x in v]
+    named += [x for k, v in sr.redFlagImaging.byRegion.items() for x in (*v, k) if x != "unknown"]
+    for reg in named:
+        if reg not in region_ids:
+            raise KnowledgeError(rel, "suggestionRules", f"unknown region '{reg}'")
+    if "unknown" not in sr.redFlagImaging.byRegion:
+        raise KnowledgeError(rel, "suggestionRules.redFlagImaging.byRegion", "no entry for 'unknown'")
+
+
 # ---- the whole directory ------------------------------------------------------------------
 
 def _knowledge_root(directory: str | Path | None) -> Path:
@@ -693,6 +754,7 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     acr = _load_topics(root, _fact_ids(ff), pf)
     sf = _load_services(root)
     cf = _load_cards(root, acr.topics)
+    _check_suggestion_rules(cf, pf, valuesets)
     return Knowledge(
         directory=root,
         version=version,

@@ -1,32 +1,33 @@
 """Decision -> CDS Hooks 2.0 response: cards, suggestions and rating systemActions.
 
-Pure. Wording comes from ``data/cards.json``; ids come from an injected generator so a
-response can be compared whole in tests (style.md, after cds-hooks/sandbox-cds-services).
-Ratings follow the Argonaut "CDS Hooks for PAMA" extensions (decision-rules.md §5); cards
-follow CDS Hooks 2.0 §Card Attributes (summary < 140 characters, selectionBehavior with
-suggestions, delete actions by resourceId, no empty strings, arrays or objects).
+Pure. Wording and suggestion rules come from ``data/cards.json``; ids come from an injected
+generator so a response can be compared whole in tests (style.md, after
+cds-hooks/sandbox-cds-services). Ratings follow the Argonaut "CDS Hooks for PAMA"
+extensions; cards follow CDS Hooks 2.0 §Card Attributes (summary < 140 characters,
+selectionBehavior with suggestions, delete actions by resourceId, no empty strings, arrays
+or objects).
+
+Cards a clinician reads in seconds: the summary leads with the action; one card per
+situation (the red-flag card also carries the augmentation exclusion; one checklist card per
+augmentation order); evidence is one line per resource, capped; every text taken from the
+record is escaped for CommonMark before it goes into ``detail``. Suggestions never remove
+care the service cannot judge: an order whose ACR cell it does not hold, a consultation or a
+bone density study is never deleted, and nothing already among the draft orders is
+suggested again (issue 12).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cds_service.decision.contract import (
-    APPROPRIATE,
-    MAY_BE_APPROPRIATE,
-    USUALLY_APPROPRIATE,
-    USUALLY_NOT_APPROPRIATE,
-    Advisory,
-    CardKind,
-    ComputedFact,
-    Fact,
-)
-from cds_service.decision.engine import Decision, OrderDecision
+from cds_service.decision.contract import ComputedFact
+from cds_service.decision.engine import Decision, OrderClass, OrderDecision, classify_order
 from cds_service.decision.knowledge import CATEGORY_DISPLAY, Knowledge, Procedure, Rating, Region, Variant
-from cds_service.decision.scenario import Evidence
+from cds_service.decision.scenario import Evidence, FactSet
 from cds_service.decision.terminology import CPT, LOINC, SNOMED, SYSTEM_NAMES
 
 PAMA_BASE = "http://fhir.org/argonaut/Extension/"
@@ -38,10 +39,32 @@ PAMA_RATING_DISPLAY = {"appropriate": "Appropriate", "not-appropriate": "Not app
 SUMMARY_MAX = 139
 EXPLAIN_LINK_LABEL = "Why this advice?"
 ORDER_CODE_SYSTEMS = (CPT, LOINC, SNOMED)
+EVIDENCE_MAX = 8  # evidence lines per card; the rest is "and N more" (a 5 MB record must not make 150 MB of cards)
+# Placeholder for the card's own "Why this advice?" URL, known only once the card has its uuid.
+_MORE_LINK = "\x00more-link\x00"
+# The ASCII punctuation CommonMark lets a backslash escape (spec §2.4) that can open inline
+# markup anywhere in a line: links, images, emphasis, code, raw HTML, entities, tables
+# (parentheses are inert once brackets are escaped: no "](" can form a link).
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]#+!<>|~&])")
+# ...and what opens a block only at the start: a list item ("-", "1." / "1)"), a heading, a quote.
+_MD_BLOCK_START = re.compile(r"^(\d{1,9})([.)])|^([-=])")
+_WS = re.compile(r"\s+")
 
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
+
+
+def md_escape(text: object) -> str:
+    """Text from the record made inert for a CommonMark / GFM renderer.
+
+    Every markup character is backslash-escaped (CommonMark 0.31 §2.4: any ASCII
+    punctuation may be escaped and then renders as itself) and line breaks collapse to one
+    space, so a Condition display such as ``[x](javascript:alert(1))``, ``![i](http://..)``
+    or ``<img src=x onerror=...>`` arrives as plain text and cannot start a block.
+    """
+    flat = _MD_SPECIAL.sub(r"\\\1", _WS.sub(" ", str(text)).strip())
+    return _MD_BLOCK_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", flat)
 
 
 @dataclass(frozen=True)
@@ -75,14 +98,34 @@ def _summary(text: str) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
-def _evidence_line(e: Evidence, label: str | None = None) -> str:
-    return f"- {label + ': ' if label else ''}{_code_text(e)} ({e.resource})"
-
-
 def _code_text(e: Evidence) -> str:
     system = SYSTEM_NAMES.get(e.system, e.system)
-    label = f"{system} {e.code}" + (f" {e.display}" if e.display else "")
-    return label + (" (unconfirmed code)" if e.unconfirmed else "")
+    return f"{system} {md_escape(e.code)}" + (" (unconfirmed code)" if e.unconfirmed else "")
+
+
+def _lower_first(name: str) -> str:
+    """'Radiation oncology consultation' -> 'radiation oncology consultation'; 'MRI ...' stays."""
+    return name[:1].lower() + name[1:] if name[1:2].islower() else name
+
+
+def _unique(items: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(items))
+
+
+def _unique_evidence(evs: Iterable[Evidence]) -> list[Evidence]:
+    return list({(e.system, e.code): e for e in evs}.values())
+
+
+@dataclass
+class _Plan:
+    """Suggestions toward better-rated procedures: ``items`` (CDS Hooks suggestions),
+    ``first`` (name and procedure of the first one), ``drafted`` (name of an alternative
+    already among the draft orders), ``whole_spine`` (imaging region unknown)."""
+
+    items: list[dict] = field(default_factory=list)
+    first: tuple[str, Procedure] | None = None
+    drafted: tuple[str, Procedure] | None = None
+    whole_spine: bool = False
 
 
 class _Renderer:
@@ -94,10 +137,14 @@ class _Renderer:
         self.patient_id = patient_id
         self.o = options
         self.text = knowledge.cards.text
+        self.rules = knowledge.cards.suggestionRules
+        self.regions = {r.id: r for r in knowledge.regions}
         self.cards: list[dict] = []
         self.kinds: dict[str, str] = {}
         self.order_position: int | None = None
         self.card_orders: dict[str, int] = {}
+        self._draft_classes: dict[str, OrderClass] = {ref: classify_order(knowledge, raw)
+                                                      for ref, raw in drafts_by_ref.items()}
 
     # ---- building blocks -------------------------------------------------------------
     def source(self, variant: Variant | None) -> dict:
@@ -122,12 +169,83 @@ class _Renderer:
             c["overrideReasons"] = [{"system": reasons["system"], "code": r["code"], "display": r["display"]}
                                     for r in reasons["codes"]]
         if self.o.explain_url is not None:
-            c["links"] = [{"label": EXPLAIN_LINK_LABEL, "url": self.o.explain_url(c["uuid"]), "type": "absolute"}]
+            url = self.o.explain_url(c["uuid"])
+            c["links"] = [{"label": EXPLAIN_LINK_LABEL, "url": url, "type": "absolute"}]
+            c["detail"] = c["detail"].replace(_MORE_LINK, url)
         self.cards.append(c)
-        self.kinds[c["uuid"]] = str(kind)
+        self.kinds[c["uuid"]] = kind
         if self.order_position is not None:
             self.card_orders[c["uuid"]] = self.order_position
 
+    # ---- regions --------------------------------------------------------------------------
+    def record_regions(self, evidence: Iterable[Evidence]) -> list[str]:
+        """Spine regions the record codes name (cards.json ``recordRegions``), in record order."""
+        out: list[str] = []
+        for e in evidence:
+            for rr in self.rules.recordRegions:
+                if self.k.terminology.valuesets[rr.valueSet].contains(e.system, e.code):
+                    out.append(rr.region)
+        return _unique(out)
+
+    def fracture_regions(self, facts: FactSet) -> list[str]:
+        vcf_facts = (*self.k.acuity.vcfFacts, "vcf-traumatic")
+        return self.record_regions(e for f in vcf_facts for e in facts.evidence.get(f, ()))
+
+    def pain_regions(self, facts: FactSet) -> list[str]:
+        return self.record_regions(facts.evidence.get("back-pain", ()))
+
+    def expand(self, regions: Iterable[str]) -> list[Region]:
+        """Record regions -> orderable imaging regions (thoracolumbar: thoracic and lumbar)."""
+        ids = [x for r in regions for x in self.rules.regionExpansion.get(r, (r,))]
+        return [self.regions[i] for i in _unique(ids)]
+
+    def target_regions(self, od: OrderDecision) -> list[Region]:
+        """Where replacement imaging looks: the order's own region, else the fracture's, else
+        the back pain's; [] when unknown (the suggestion then covers the whole spine)."""
+        if od.order_class.region is not None:
+            return [od.order_class.region]
+        return self.expand(self.fracture_regions(od.facts) or self.pain_regions(od.facts))
+
+    def plain_name(self, proc: Procedure, regions: Sequence[Region] = (), emphasize: bool = False) -> str:
+        """A procedure as a clinician names it: 'MRI lumbar spine without contrast', not the
+        ACR's 'MRI spine area of interest without IV contrast'. ``emphasize`` capitalises
+        WITHOUT / WITH, the word a contrast advice turns on."""
+        name = proc.display
+        where = [r.display for r in regions]
+        if where and all(w.endswith(" spine") for w in where):
+            place = " and ".join(w.removesuffix(" spine") for w in where) + " spine"
+        else:
+            place = " and ".join(where) or "spine"
+        name = name.replace("spine area of interest", place).replace(" IV contrast", " contrast")
+        if emphasize:
+            name = re.sub(r"\b(without|with)\b", lambda m: m.group(1).upper(), name)
+        return name
+
+    # ---- what the draft orders already hold ---------------------------------------------
+    def drafted(self, proc: Procedure, region: Region | None, exclude: str | None = None) -> bool:
+        """Whether a draft order (other than ``exclude``) already orders ``proc`` in ``region``
+        (an order naming no region, or the complete spine, covers every region)."""
+        for ref, oc in self._draft_classes.items():
+            if ref == exclude or oc.procedure is None or oc.procedure.id != proc.id:
+                continue
+            if proc.kind == "treatment" or region is None or oc.region is None or oc.region.id in (region.id, "complete"):
+                return True
+        return False
+
+    def mri_covered_regions(self) -> set[str] | None:
+        """Regions a draft MRI whose sequences include non-contrast ones already images (an
+        MRI without and with contrast includes the non-contrast study); None = all of them."""
+        covered: set[str] = set()
+        for oc in self._draft_classes.values():
+            p = oc.procedure
+            if p is None or p.modality != "MR" or p.contrast not in ("without", "without-and-with"):
+                continue
+            if oc.region is None or oc.region.id == "complete":
+                return None
+            covered.add(oc.region.id)
+        return covered
+
+    # ---- orders a suggestion creates ----------------------------------------------------------
     def order_coding(self, procedure: Procedure, region: Region | None) -> dict | None:
         """The code a suggestion orders: first code of the procedure's value set in the same
         region; with no region, a code that names no region (e.g. LOINC 'MR spine')."""
@@ -139,7 +257,7 @@ class _Renderer:
             for c in vs.include:
                 if c.system != system or c.is_a:
                     continue
-                if region is not None and procedure.kind == "imaging":  # treatment codes: region-free
+                if region is not None:
                     if self.k.terminology.valuesets[region.valueSet].contains(c.system, c.code):
                         return {"system": c.system, "code": c.code, "display": c.display}
                 elif procedure.kind == "treatment" or not any(r.contains(c.system, c.code) for r in region_sets):
@@ -159,7 +277,8 @@ class _Renderer:
             coding = self.order_coding(procedure, region)
             if coding is None:
                 return None
-            sr["code"] = {"coding": [{k: v for k, v in coding.items() if v}], "text": procedure.display}
+            sr["code"] = {"coding": [{k: v for k, v in coding.items() if v}],
+                          "text": self.plain_name(procedure, [region] if region else ())}
         if urgent:
             sr["priority"] = "urgent"
         sr["subject"] = (template or {}).get("subject") or {"reference": f"Patient/{self.patient_id}"}
@@ -168,7 +287,7 @@ class _Renderer:
                 sr[key] = template[key]
         if reasons and not sr.get("reasonCode"):
             sr["reasonCode"] = [{"coding": [{"system": e.system, "code": e.code, **({"display": e.display} if e.display else {})}]}
-                                for e in reasons]
+                                for e in _unique_evidence(reasons)]
         return sr
 
     def suggestion(self, label: str, actions: list[dict], recommended: bool = False) -> dict:
@@ -178,73 +297,163 @@ class _Renderer:
             s["isRecommended"] = True
         return s
 
-    def replace_suggestions(self, od: OrderDecision, ratings: Iterable[Rating], recommend_first: bool = True) -> list[dict]:
-        out: list[dict] = []
+    def never_replaced(self, proc: Procedure) -> str | None:
+        """Why ``proc`` is never deleted or replaced (cards.json ``neverReplaced``), else None."""
+        nr = self.rules.neverReplaced
+        if proc.id in nr.procedures:
+            return nr.why[proc.id]
+        if proc.category is not None and proc.category in nr.categories:
+            return nr.why[proc.category]
+        return None
+
+    # ---- suggestions -----------------------------------------------------------------------
+    def created_name(self, proc: Procedure, regions: Sequence[Region]) -> str:
+        if proc.id == self.k.preferred.augmentation:
+            return self.k.preferred.augmentationText
+        return self.plain_name(proc, regions if proc.kind == "imaging" else (), emphasize=True)
+
+    def alternative_suggestions(self, od: OrderDecision, ratings: Iterable[Rating], *, replace: bool) -> _Plan:
+        """Suggestions toward the variant's better-rated procedures.
+
+        ``replace``: each suggestion deletes the order and creates the alternative; only for
+        an order whose cell is known (Usually not appropriate / May be appropriate) and that
+        is not a consultation or bone density study. Otherwise suggestions only add, and
+        only consultations or the IR referral: adding a second imaging study beside one the
+        service cannot judge is not advice. An alternative already among the draft orders is
+        never suggested again: if one is, removing this order is the only suggestion.
+        """
         ordered = od.order_class.procedure
-        for r in ratings:
+        assert ordered is not None
+        plan = _Plan()
+        regions = self.target_regions(od)
+        # Same modality first: "use MRI WITHOUT contrast" is the advice for an MRI with contrast.
+        alts = sorted(ratings, key=lambda r: self.k.procedures[r.procedure].modality != ordered.modality)
+        delete = {"type": "delete", "description": f"Remove the draft order {od.ref}", "resourceId": od.ref}
+        for r in alts:
             proc = self.k.procedures[r.procedure]
-            if ordered is None or proc.kind != ordered.kind:
+            if proc.kind != ordered.kind or (not replace and proc.kind != "treatment"):
                 continue
-            new = self.new_order(od.raw, proc, od.order_class.region,
-                                 reasons=od.facts.evidence.get(Fact.VCF, ()))
-            if new is None:
+            where: list[Region | None] = list(regions) if proc.kind == "imaging" and regions else [None]
+            name = self.created_name(proc, regions)
+            if all(self.drafted(proc, reg, exclude=od.ref) for reg in where):
+                plan.drafted = plan.drafted or (name, proc)
                 continue
-            name = new["code"]["coding"][0].get("display") if "coding" in new["code"] else new["code"]["text"]
-            out.append(self.suggestion(f"Replace with {name}", [
-                {"type": "delete", "description": f"Remove the draft order {od.ref}", "resourceId": od.ref},
-                {"type": "create", "description": f"Order {proc.display} ({CATEGORY_DISPLAY[r.category]}, ACR)",
-                 "resource": new}], recommended=recommend_first and not out))
-        return out
+            creates = [o for reg in where
+                       if (o := self.new_order(od.raw, proc, reg, reasons=od.facts.evidence.get("vcf", ()))) is not None]
+            if not creates:
+                continue
+            if proc.kind == "imaging" and not regions:
+                plan.whole_spine = True
+            actions = [{"type": "create", "description": f"Order {name} ({CATEGORY_DISPLAY[r.category]}, ACR)",
+                        "resource": o} for o in creates]
+            if replace:
+                plan.items.append(self.suggestion(f"Replace with {name}", [delete, *actions], recommended=not plan.items))
+            else:
+                plan.items.append(self.suggestion(f"Add {_lower_first(name)}", actions))
+            plan.first = plan.first or (name, proc)
+        if replace and plan.drafted:
+            plan.items = [self.suggestion(f"Remove this order: {plan.drafted[0]} is already ordered", [delete],
+                                          recommended=True)]
+            plan.first, plan.whole_spine = None, False
+        return plan
 
     # ---- detail text --------------------------------------------------------------------
-    def evidence_lines(self, od: OrderDecision, variant: Variant | None) -> list[str]:
-        facts = []
-        wanted = set(variant.criteria.all) if variant else set()
-        for fact, evs in od.facts.evidence.items():
-            if fact in self.k.derived or (wanted and fact not in wanted and fact in tuple(ComputedFact)):
-                continue
-            for e in evs:
-                facts.append(_evidence_line(e, self.k.fact_label(fact)))
-        return list(dict.fromkeys(facts))
+    def evidence_block(self, labelled: Iterable[tuple[str | None, Evidence]], heading: bool = True) -> list[str]:
+        """One line per resource with all its codes and the facts they show, at most
+        EVIDENCE_MAX lines, then "and N more" (with the card's page link when there is one)."""
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for label, e in labelled:
+            # A resource's codings are one concept; an order's reasonCodes are separate ones.
+            key = (e.resource, (e.display or e.code) if e.resource.endswith("#reasonCode") else "")
+            g = groups.setdefault(key, {"display": None, "codes": [], "labels": []})
+            g["display"] = g["display"] or e.display
+            g["codes"].append(_code_text(e))
+            if label:
+                g["labels"].append(label)
+        if not groups:
+            return []
+        lines = [self.text["evidenceHeading"]] if heading else []
+        for (resource, _), g in list(groups.items())[:EVIDENCE_MAX]:
+            ref, _, part = resource.partition("#")
+            where = self.text["orderReason"] if part == "reasonCode" else md_escape(ref)
+            line = "- " + (f"{md_escape(g['display'])} " if g["display"] else "") + f"({'; '.join(_unique(g['codes']))})"
+            if g["labels"]:
+                line += ": " + ", ".join(_unique(g["labels"]))
+            lines.append(f"{line} — {where}")
+        more = len(groups) - EVIDENCE_MAX
+        if more > 0:
+            more_key = "evidenceMoreLink" if self.o.explain_url is not None else "evidenceMore"
+            lines.append(self.text[more_key].format(n=more, url=_MORE_LINK))
+        return lines
 
-    def rating_line(self, r: Rating) -> str:
+    def order_evidence(self, od: OrderDecision, variant: Variant | None) -> list[str]:
+        wanted = set(variant.criteria.all) if variant else set()
+        return self.evidence_block(
+            (self.k.fact_label(fact), e) for fact, evs in od.facts.evidence.items()
+            if not (fact in self.k.derived or (wanted and fact not in wanted and fact in tuple(ComputedFact)))
+            for e in evs)
+
+    def provenance_words(self, r: Rating) -> str:
+        return self.text[f"provenance{r.provenance}"]
+
+    def rating_line(self, r: Rating, regions: Sequence[Region] = ()) -> str:
         proc = self.k.procedures[r.procedure]
         parts = [CATEGORY_DISPLAY[r.category]]
         if r.score is not None:
             parts.append(f"score {r.score}")
         if r.rrl:
             parts.append(f"radiation {r.rrl}" + (f", {r.rrlNote}" if r.rrlNote else ""))
-        parts.append(f"source {r.provenance}")
-        return f"- {proc.display}: " + "; ".join(parts)
+        parts.append(f"rating {self.provenance_words(r)}")
+        return f"- {self.plain_name(proc, regions if proc.kind == 'imaging' else ())}: " + "; ".join(parts)
 
-    def variant_detail(self, od: OrderDecision, variant: Variant, lead: str, extra: Sequence[Rating] = ()) -> str:
+    def variant_heading(self, variant: Variant) -> list[str]:
         topic = self.k.variant_topic[variant.id]
-        title = variant.title + ("" if variant.titleConfirmed else " (exact ACR title unconfirmed)")
-        lines = [lead, "", f"**ACR variant {variant.id}**: {title}", f"({topic.title}, revised {topic.revised})", ""]
+        title = variant.title + ("" if variant.titleConfirmed else f" ({self.text['titleUnconfirmed']})")
+        return [f"**ACR variant {variant.id}**: {title}", f"({topic.title}, revised {topic.revised})"]
+
+    def source_line(self, variant: Variant) -> str:
+        topic = self.k.variant_topic[variant.id]
+        return f"Source: {topic.citation} {topic.url}" + ("" if topic.urlConfirmed else " (link unconfirmed)")
+
+    def variant_detail(self, od: OrderDecision, variant: Variant, lead: Sequence[str],
+                       alternatives: Sequence[Rating] = (), notes: Sequence[str] = ()) -> str:
+        own = [od.order_class.region] if od.order_class.region else []
+        lines = [*lead, "", *self.variant_heading(variant), ""]
         if od.choice is not None and od.choice.status == "agreed":
             lines += [f"The record fits {' or '.join(c.id for c in od.choice.candidates)}: each rates this order alike.", ""]
-        ev = self.evidence_lines(od, variant)
+        ev = self.order_evidence(od, variant)
         if ev:
-            lines += ["**Evidence in the record**", *ev, ""]
+            lines += [*ev, ""]
         if od.rating is not None:
-            lines += ["**Ordered**", self.rating_line(od.rating), ""]
-        alts = list(extra) or list(od.alternatives)
+            lines += ["**Ordered**", self.rating_line(od.rating, own), ""]
+        alts = list(alternatives) or list(od.alternatives)
         if alts:
-            lines += ["**Usually appropriate for this variant**", *[self.rating_line(r) for r in alts], ""]
-        notes = self.provenance_notes(od, [od.rating, *alts] if od.rating else alts)
-        if notes:
-            lines += notes
-        lines.append(f"Source: {topic.citation} {topic.url}" + ("" if topic.urlConfirmed else " (link unconfirmed)"))
+            regions = self.target_regions(od)
+            lines += ["**Usually appropriate for this variant**", *[self.rating_line(r, regions) for r in alts], ""]
+        for n in [*notes, *self.provenance_notes(od, [od.rating, *alts])]:
+            lines += [n, ""]
+        lines.append(self.source_line(variant))
         return "\n".join(lines).strip()
 
     def provenance_notes(self, od: OrderDecision, ratings: Sequence[Rating | None]) -> list[str]:
+        """Where the ratings on a card come from, in words (SEED and SECONDARY cells), and the
+        record codes whose meaning is unconfirmed."""
         notes = []
-        if any(r is not None and r.provenance == "SECONDARY" for r in ratings):
+        provenances = {r.provenance for r in ratings if r is not None}
+        if "SEED" in provenances:
+            notes.append(self.text["seedNote"])
+        if "SECONDARY" in provenances:
             notes.append(self.text["secondaryNote"])
-        unconfirmed = sorted({_code_text(e) for e in od.facts.all_evidence() if e.unconfirmed})
+        unconfirmed = sorted({_code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
+                              for e in od.facts.all_evidence() if e.unconfirmed})
         if unconfirmed:
-            notes.append(self.text["unconfirmedNote"].format(items="; ".join(unconfirmed)))
-        return [*notes, ""] if notes else []
+            shown = "; ".join(unconfirmed[:EVIDENCE_MAX]) + (f"; and {len(unconfirmed) - EVIDENCE_MAX} more"
+                                                            if len(unconfirmed) > EVIDENCE_MAX else "")
+            notes.append(self.text["unconfirmedNote"].format(items=shown))
+        return notes
+
+    def scenario(self, variant: Variant) -> str:
+        return self.rules.scenario.get(variant.id, variant.title)
 
     # ---- cards ----------------------------------------------------------------------------
     def order_cards(self, od: OrderDecision) -> None:
@@ -253,110 +462,250 @@ class _Renderer:
         if proc is None or choice is None:
             return
         v = od.variant
-        name = proc.display
+        t = self.text
         if choice.status in ("selected", "red-flag", "agreed") and v is not None and od.rating is not None:
-            r = od.rating
-            if r.category == USUALLY_NOT_APPROPRIATE:
-                self.card(CardKind.NOT_APPROPRIATE, "warning", self.text["notAppropriate"].format(procedure=name),
-                          self.variant_detail(od, v, f"{name} is rated **{r.category_display}** for this scenario."),
-                          v, self.replace_suggestions(od, od.alternatives), override=True)
-            elif r.category in MAY_BE_APPROPRIATE:
-                self.card(CardKind.MAY_BE_APPROPRIATE, "info", self.text["mayBeAppropriate"].format(procedure=name),
-                          self.variant_detail(od, v, f"{name} is rated **{r.category_display}**; better-rated options are listed below."),
-                          v, self.replace_suggestions(od, od.alternatives))
+            if od.rating.category == "UNA":
+                self.rated_card(od, v, "not-appropriate", "warning")
+            elif od.rating.category in ("MBA", "MBA-D"):
+                self.rated_card(od, v, "may-be-appropriate", "info")
             # Usually appropriate: silence (the rating travels in systemActions); no alert fatigue.
         elif choice.status == "selected" and v is not None:
-            self.card(CardKind.NO_CRITERIA, "info", self.text["noCriteria"].format(procedure=name),
-                      self.variant_detail(od, v, f"The ACR table for this variant does not rate {name}."),
-                      v, self.replace_suggestions(od, od.alternatives))
+            self.no_rating_card(od, v)
         elif choice.status == "missing" and choice.missing:
             options = [" and ".join(self.k.fact_label(f) for f in gap) for gap in choice.missing]
-            missing = " or ".join(options)
+            name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
             detail = [f"{name} cannot be rated: the record does not say which ACR scenario applies.",
                       "", "Record one of the following to get a rating:", *[f"- {o}" for o in options], ""]
             if choice.candidates:
-                detail += ["Candidate variants:", *[f"- {c.id}: {c.title}" for c in choice.candidates], ""]
-            detail += self.evidence_lines(od, None)
-            summary = self.text["missingFacts"].format(missing=missing)
+                detail += ["Candidate ACR variants:", *[f"- {c.id}: {c.title}" for c in choice.candidates], ""]
+            detail += self.order_evidence(od, None)
+            summary = t["missingFacts"].format(missing=" or ".join(options))
             if len(summary) > SUMMARY_MAX:
-                summary = self.text["missingFactsShort"]
-            self.card(CardKind.MISSING_FACTS, "info", summary,
-                      "\n".join(detail).strip(), None)
+                summary = t["missingFactsShort"]
+            self.card("missing-facts", "info", summary, "\n".join(detail).strip(), None)
         elif choice.status == "conflict":
-            detail = [f"{name} cannot be rated: the record fits more than one ACR variant.", "",
-                      *[f"- {c.id}: {c.title}" for c in choice.candidates], "", *self.evidence_lines(od, None)]
-            self.card(CardKind.CONFLICT, "info", self.text["conflict"], "\n".join(detail).strip(), None)
+            detail = [f"{proc.display} cannot be rated: the record fits more than one ACR variant.", "",
+                      *[f"- {c.id}: {c.title}" for c in choice.candidates], "", *self.order_evidence(od, None)]
+            self.card("conflict", "info", t["conflict"], "\n".join(detail).strip(), None)
         elif choice.status == "excluded":
-            detail = ["High-energy trauma fractures are not osteoporotic: they are outside these criteria "
-                      "and need spine surgery evaluation (seed 003; decision-rules.md §2.5).", "",
-                      *self.evidence_lines(od, None)]
-            self.card(CardKind.TRAUMATIC, "info", self.text["traumatic"], "\n".join(detail).strip(), None)
+            detail = [t["traumaticDetail"], "", *self.order_evidence(od, None)]
+            self.card("traumatic", "info", t["traumatic"], "\n".join(detail).strip(), None)
         self.advisory_cards(od)
+
+    def rated_card(self, od: OrderDecision, v: Variant, kind: str, indicator: str) -> None:
+        """A Usually not appropriate / May be appropriate order: action first (use X instead,
+        or remove it when X is already ordered), ratings and evidence in the detail."""
+        t = self.text
+        proc, r = od.order_class.procedure, od.rating
+        assert proc is not None and r is not None
+        own = [od.order_class.region] if od.order_class.region else []
+        ordered = self.plain_name(proc, own)
+        why_kept = self.never_replaced(proc)
+        plan = self.alternative_suggestions(od, od.alternatives, replace=why_kept is None)
+        scenario = self.scenario(v)
+        una = r.category == "UNA"
+        alt_proc = plan.first[1] if plan.first else (plan.drafted[1] if plan.drafted else None)
+        if alt_proc is not None and alt_proc.modality == proc.modality and alt_proc.contrast != proc.contrast \
+                and proc.contrast in ("with", "without-and-with"):
+            reason = t["reasonContrast"].format(scenario=scenario)
+        else:
+            reason = t["reasonGeneric"].format(ordered=ordered, scenario=scenario) if una else \
+                f"it is rated higher for {scenario}"
+        if why_kept is not None and plan.first:
+            summary = t["noRatingAdd"].format(alternative=_lower_first(plan.first[0]), scenario=scenario)
+        elif plan.drafted and why_kept is None:
+            summary = t["removeDuplicate"].format(ordered=ordered, alternative=plan.drafted[0])
+        elif plan.first and una:
+            summary = t["useInstead"].format(alternative=plan.first[0], reason=reason)
+        elif plan.first:
+            summary = t["useInsteadMay"].format(alternative=plan.first[0], ordered=_lower_first(ordered),
+                                                scenario=scenario)
+        else:
+            summary = (t["reasonGeneric"] if una else "{ordered}: may be appropriate for {scenario}; better-rated "
+                       "options exist").format(ordered=ordered, scenario=scenario) + " (ACR)"
+        if len(summary) > SUMMARY_MAX and plan.first:  # long names: keep the action, drop the reason
+            summary = f"Use {plan.first[0]} (ACR)" if una else f"Consider {plan.first[0]} (ACR)"
+        lead = [t["notAppropriateLead" if una else "mayBeAppropriateLead"].format(
+            ordered=ordered, category=r.category_display)]
+        if why_kept is not None:
+            lead.append(t["neverReplacedLead"].format(ordered=ordered, why=why_kept))
+        notes = [t["wholeSpineNote"]] if plan.whole_spine else []
+        self.card(kind, indicator, summary, self.variant_detail(od, v, lead, notes=notes), v, plan.items,
+                  override=una)
+
+    def no_rating_card(self, od: OrderDecision, v: Variant) -> None:
+        """The variant applies but this service does not hold the cell for the ordered
+        procedure (UNKNOWN): the ACR did rate it, so nothing is deleted; at most a usually
+        appropriate consultation is added. A bone density study gets no card at all."""
+        proc = od.order_class.procedure
+        assert proc is not None
+        if proc.id in self.rules.neverReplaced.procedures:
+            return
+        t = self.text
+        own = [od.order_class.region] if od.order_class.region else []
+        ordered = self.plain_name(proc, own)
+        plan = self.alternative_suggestions(od, od.alternatives, replace=False)
+        if plan.first:
+            summary = t["noRatingAdd"].format(alternative=_lower_first(plan.first[0]), scenario=self.scenario(v))
+        else:
+            summary = t["noRating"].format(ordered=ordered)
+        lead = [t["noRatingLead"].format(ordered=ordered)]
+        self.card("no-criteria", "info", summary, self.variant_detail(od, v, lead), v, plan.items, behavior="any")
 
     def advisory_cards(self, od: OrderDecision) -> None:
         t = self.text
         v = od.variant
-        simple = {
-            Advisory.AUGMENT_BLEEDING: ("warning", "augmentBleeding", (Fact.BLEEDING_RISK,)),
-            Advisory.AUGMENT_NEURO: ("warning", "augmentNeuro", (Fact.NEURO_RED_FLAG,)),
-            Advisory.AUGMENT_INFECTION: ("critical", "augmentInfection", (Fact.INFECTION,)),
-            Advisory.AUGMENT_ASYMPTOMATIC: ("warning", "augmentAsymptomatic", (Fact.ASYMPTOMATIC,)),
-            Advisory.REGION_MISMATCH: ("warning", "regionMismatch", (Fact.VCF, Fact.VCF_TRAUMATIC)),
-            Advisory.FRAGILITY_READING: ("info", "fragilityReading", (Fact.VCF_FRAGILITY, Fact.OSTEOPOROSIS)),
-            Advisory.AUGMENT_NO_EDEMA: ("info", "augmentNoEdema", ()),
-            Advisory.AUGMENT_NO_THERAPY: ("info", "augmentNoTherapy", ()),
-            Advisory.POST_AUGMENTATION_MRI: ("info", "postAugmentationMri", (Fact.AUGMENTATION_HISTORY,)),
-        }
-        for adv in od.advisories:
-            if adv == Advisory.STEER_IR:
-                aug = self.k.procedures[self.k.preferred.augmentation]
-                new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get(Fact.VCF, ()))
-                assert v is not None  # steer-ir is advised only within a variant
-                rating = v.rating_for(aug.id)
-                sug = [self.suggestion(f"Add: {self.k.preferred.augmentationText}", [
-                    {"type": "create", "description": self.k.preferred.augmentationText, "resource": new}], recommended=True)]
-                self.card(Advisory.STEER_IR, "info", t["steerToIr"],
-                          self.variant_detail(od, v, f"{aug.display} is also Usually appropriate for this scenario.",
-                                              [rating] if rating else []),
-                          v, sug)
-                continue
-            indicator, key, facts = simple[adv]
-            summary, lines = t[key], [t[key + "Detail"]]
-            if adv == Advisory.REGION_MISMATCH and od.order_class.region is not None:
-                where = {"order": od.order_class.region.display,
-                         "fracture": " and ".join(r.display for r in od.fracture_regions)}
-                summary, lines = summary.format(**where), [lines[0].format(**where)]
-            ev = [_evidence_line(e, self.k.fact_label(f)) for f in facts for e in od.facts.evidence.get(f, ())]
-            if ev:
-                lines += ["", "**Evidence in the record**", *dict.fromkeys(ev)]
-            self.card(adv, indicator, summary, "\n".join(lines), v, override=indicator in ("warning", "critical"))
+        advisories = set(od.advisories)
+        if "augment-infection" in advisories:
+            lines = [t["augmentInfectionDetail"], "",
+                     *self.evidence_block((self.k.fact_label("infection"), e) for e in od.facts.evidence.get("infection", ()))]
+            self.card("augment-infection", "critical", t["augmentInfection"], "\n".join(lines).strip(), v, override=True)
+        for adv, indicator, key, facts in (("region-mismatch", "warning", "regionMismatch", ("vcf", "vcf-traumatic")),
+                                           ("augment-asymptomatic", "warning", "augmentAsymptomatic", ("asymptomatic",)),
+                                           ("fragility-reading", "info", "fragilityReading", ("vcf-fragility", "osteoporosis"))):
+            if adv in advisories:
+                self.fact_card(od, adv, indicator, key, facts)
+        checklist = [a for a in ("augment-no-edema", "augment-no-therapy", "augment-bleeding") if a in advisories]
+        if checklist:
+            self.checklist_card(od, checklist)
+        # "augment-neuro" is carried by the red-flag card: one card per situation.
+        if "post-augmentation-mri" in advisories and self.mri_covers_treated_level(od):
+            evs = od.facts.evidence.get("augmentation-history", ())
+            lines = [t["postAugmentationMriDetail"], "",
+                     *self.evidence_block((self.k.fact_label("augmentation-history"), e) for e in evs)]
+            self.card("post-augmentation-mri", "info", t["postAugmentationMri"], "\n".join(lines).strip(), v)
+        if "steer-ir" in advisories:
+            self.steer_ir_card(od)
+
+    def fact_card(self, od: OrderDecision, kind: str, indicator: str, key: str, facts: Sequence[str]) -> None:
+        """A card about how the record was read (region mismatch, asymptomatic fracture,
+        fragility reading): its text, then the evidence of ``facts``."""
+        where = {"order": od.order_class.region.display if od.order_class.region else "",
+                 "fracture": " and ".join(r.display for r in od.fracture_regions)}
+        lines = [self.text[key + "Detail"].format(**where), "",
+                 *self.evidence_block((self.k.fact_label(f), e) for f in facts for e in od.facts.evidence.get(f, ()))]
+        self.card(kind, indicator, self.text[key].format(**where), "\n".join(lines).strip(), od.variant,
+                  override=indicator == "warning")
+
+    def checklist_card(self, od: OrderDecision, advisories: Sequence[str]) -> None:
+        """One card per augmentation order: MRI evidence, osteoporosis therapy, bleeding.
+        Warning when a coagulopathy is on record (relative exclusion, CMS LCD L34228); an
+        anticoagulant alone asks for peri-procedural management (SIR), not a contraindication."""
+        t = self.text
+        facts = od.facts
+        items: list[tuple[str, str]] = []
+        if "augment-no-edema" in advisories:
+            items.append((t["checklistEdema"], t["checklistEdemaDetail"]))
+        if "augment-no-therapy" in advisories:
+            items.append((t["checklistTherapy"], t["checklistTherapyDetail"]))
+        coag = "augment-bleeding" in advisories and "coagulopathy" in facts
+        if coag:
+            items.append((t["checklistCoag"], t["checklistCoagDetail"]))
+        if "augment-bleeding" in advisories and "anticoagulation" in facts:
+            items.append((t["checklistAnticoag"], t["checklistAnticoagDetail"]))
+        if not items:
+            return
+        summary = t["checklist"].format(items="; ".join(i for i, _ in items))
+        if len(summary) > SUMMARY_MAX:
+            summary = t["checklist"].format(items=", ".join(i.split(",")[0].split(" (")[0] for i, _ in items))
+        lines = [t["checklistLead"], *[f"- {d}" for _, d in items], ""]
+        lines += self.evidence_block((self.k.fact_label(f), e) for f in ("coagulopathy", "anticoagulation")
+                                     for e in facts.evidence.get(f, ()))
+        v = od.variant
+        if v is not None and od.rating is not None:
+            lines += ["", *self.variant_heading(v), "", "**Ordered**",
+                      self.rating_line(od.rating, [od.order_class.region] if od.order_class.region else ())]
+            for n in self.provenance_notes(od, [od.rating]):
+                lines += ["", n]
+            lines += ["", self.source_line(v)]
+        self.card("augment-checklist", "warning" if coag else "info", summary, "\n".join(lines).strip(), v,
+                  override=coag)
+
+    def mri_covers_treated_level(self, od: OrderDecision) -> bool:
+        """Whether the MRI images the level of the prior augmentation (unknown level, or an
+        MRI naming no region or the complete spine: assume it does)."""
+        treated = self.expand(self.record_regions(od.facts.evidence.get("augmentation-history", ())))
+        region = od.order_class.region
+        if not treated or region is None or region.id == "complete":
+            return True
+        return region.id in {r.id for r in treated} or any(region.id in self.rules.regionExpansion.get(r.id, ())
+                                                            for r in treated)
+
+    def steer_ir_card(self, od: OrderDecision) -> None:
+        v = od.variant
+        assert v is not None  # steer-ir is advised only within a variant
+        aug = self.k.procedures[self.k.preferred.augmentation]
+        if self.drafted(aug, None):
+            return
+        new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get("vcf", ()))
+        rating = v.rating_for(aug.id)
+        sug = [self.suggestion(f"Add {_lower_first(self.k.preferred.augmentationText)}", [
+            {"type": "create", "description": self.k.preferred.augmentationText, "resource": new}], recommended=True)]
+        lead = [self.text["steerToIrLead"].format(procedure=aug.display)]
+        self.card("steer-ir", "info", self.text["steerToIr"],
+                  self.variant_detail(od, v, lead, [rating] if rating else []), v, sug)
 
     def red_flag_card(self) -> None:
+        """One critical card for neurologic red flags: urgent MRI without contrast covering
+        the fractured levels (unless a draft MRI already does) and urgent spine surgery
+        consultation; with an augmentation order it also says why augmentation waits."""
         d = self.d
         if not d.red_flags:
             return
+        t = self.text
         template = next(iter(self.drafts.values()), None) if self.drafts else None
-        suggestions = []
-        for proc in d.red_flag_missing:
-            new = self.new_order(template, proc, d.red_flag_region if proc.kind == "imaging" else None,
-                                 urgent=True, reasons=d.red_flags)
-            if new is None:
-                continue
-            suggestions.append(self.suggestion(f"Order urgent: {proc.display}", [
-                {"type": "create", "description": f"Urgent {proc.display}", "resource": new}]))
-        lines = [self.text["redFlagDetail"], "", "**Red flags in the record**",
-                 *dict.fromkeys(_evidence_line(e) for e in d.red_flags)]
+        # The level of the fracture decides; back pain only when no fracture is on record.
+        has_fracture = any(f in od.facts for od in d.orders for f in (*self.k.acuity.vcfFacts, "vcf-traumatic"))
+        known = _unique(r for od in d.orders
+                        for r in (self.fracture_regions(od.facts) if has_fracture else self.pain_regions(od.facts)))
+        by_region = self.rules.redFlagImaging.byRegion
+        needed = _unique(x for r in (known or ["unknown"]) for x in by_region.get(r, by_region["unknown"]))
+        covered = self.mri_covered_regions()
+        missing = [] if covered is None else [self.regions[r] for r in needed if r not in covered]
+        suggestions, actions = [], []
+        mri = self.k.procedures[self.k.preferred.redFlagImaging]
+        if missing:
+            creates = [o for reg in missing if (o := self.new_order(template, mri, reg, urgent=True,
+                                                                    reasons=d.red_flags)) is not None]
+            name = self.plain_name(mri, missing, emphasize=True)
+            if creates:
+                suggestions.append(self.suggestion(f"Order urgent: {name}", [
+                    {"type": "create", "description": f"Urgent {self.plain_name(mri, [reg])}", "resource": o}
+                    for reg, o in zip(missing, creates, strict=False)]))
+                actions.append(name)
+        consult = self.k.procedures[self.k.preferred.redFlagConsultation]
+        if consult in d.red_flag_missing:
+            new = self.new_order(template, consult, None, urgent=True, reasons=d.red_flags)
+            if new is not None:
+                suggestions.append(self.suggestion("Order urgent: spine surgery consultation", [
+                    {"type": "create", "description": f"Urgent {consult.display}", "resource": new}]))
+                actions.append("spine surgery consultation")
+        augmentation = any(od.order_class.procedure is not None and od.order_class.procedure.category == "augmentation"
+                           for od in d.orders)
+        if augmentation:
+            summary = t["redFlagAugment"]
+        elif actions:
+            summary = t["redFlag"].format(actions=" and ".join(actions))
+            if len(summary) > SUMMARY_MAX:
+                summary = t["redFlag"].format(actions="MRI WITHOUT contrast and spine surgery consultation")
+        else:
+            summary = t["redFlagCovered"]
+        key = "unknown" if not known else ("lumbar" if set(known) == {"lumbar"} else "thoracic")
+        region_note = t[{"unknown": "redFlagRegionUnknown", "lumbar": "redFlagRegionLumbar",
+                         "thoracic": "redFlagRegionThoracic"}[key]]
+        lines = ([t["redFlagAugmentDetail"], ""] if augmentation else []) + [t["redFlagDetail"], "", region_note, ""]
+        lines += self.evidence_block((None, e) for e in d.red_flags)
         routed = next((od.variant for od in d.orders if od.variant is not None and od.variant.routing), None)
         if routed is not None:
-            lines += ["", f"Imaging is rated under ACR {self.k.variant_topic[routed.id].title}, variant: {routed.title}"]
-        self.card(CardKind.RED_FLAG, "critical", self.text["redFlag"], "\n".join(lines), routed, suggestions, behavior="any",
+            lines += ["", t["redFlagRouted"].format(topic=self.k.variant_topic[routed.id].title, variant=routed.title)]
+        self.card("red-flag", "critical", summary, "\n".join(lines).strip(), routed, suggestions, behavior="any",
                   override=True)
 
     # ---- ratings --------------------------------------------------------------------------
     def rating_action(self, od: OrderDecision) -> dict:
         assert od.pama is not None and od.variant is not None  # only rated orders get a rating action
         coding = [{"system": PAMA_SYSTEM, "code": od.pama, "display": PAMA_RATING_DISPLAY[od.pama]}]
-        if od.rating is not None and od.rating.category != USUALLY_APPROPRIATE and od.pama == APPROPRIATE:
+        if od.rating is not None and od.rating.category != "UA" and od.pama == "appropriate":
             coding.append({"system": ACR_CATEGORY_SYSTEM, "code": od.rating.category,
                            "display": CATEGORY_DISPLAY[od.rating.category]})
         topic = self.k.variant_topic[od.variant.id]
