@@ -1,6 +1,6 @@
 """Broken knowledge is refused with a message naming the file and the entry.
 
-One case per error in ``cds_service/knowledge.py``, kept in ``tests/bad_knowledge/<case>.json``
+One case per error in ``cds_service/decision/knowledge.py``, kept in ``tests/bad_knowledge/<case>.json``
 as a small change to a copy of the bundled ``cds_service/decision/data`` (not a whole copy per case)::
 
     {"description": "...",
@@ -8,11 +8,13 @@ as a small change to a copy of the bundled ``cds_service/decision/data`` (not a 
      "write":  {"<relative path>": <JSON written as the file>},
      "raw":    {"<relative path>": "<text written as the file>"},
      "delete": ["<relative path of a file or folder>"],        # "." deletes the whole directory
+     "replace": [{"old": "<text>", "new": "<text>"}],           # a rename throughout: in every file
      "patch":  [{"file": "<relative path>", "pointer": "/json/pointer", "value": ...},
                 {"file": "<relative path>", "pointer": "/json/pointer", "remove": true}]}
 
 Patches set or replace the value at a JSON pointer (RFC 6901; a final ``-`` appends to a
-list) or remove it. Every case is asserted by its exact message (style.md, AHRQ CDS Connect).
+list) or remove it. A replacement changes the text of every ``*.json`` file it occurs in (at
+least one). Every case is asserted by its exact message (style.md, AHRQ CDS Connect).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from cds_service.decision.contract import FACT_USES, Fact
 from cds_service.decision.knowledge import DEFAULT_DIR, KnowledgeError, load_knowledge
 
 CASES_DIR = Path(__file__).parent / "bad_knowledge"
 CASES = sorted(CASES_DIR.glob("*.json"))
-CASE_KEYS = {"description", "expected", "write", "raw", "delete", "patch"}
+CASE_KEYS = {"description", "expected", "write", "raw", "delete", "patch", "replace"}
 
 
 def _unescape(token: str) -> str:
@@ -76,6 +79,15 @@ def apply_case(case: dict, data: Path) -> None:
         doc = json.loads(path.read_text(encoding="utf-8"))
         doc = _apply_pointer(doc, op["pointer"], op)
         path.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    for op in case.get("replace", []):
+        assert set(op) == {"old", "new"}, f"replace needs exactly 'old' and 'new': {op}"
+        changed = 0
+        for path in sorted(data.rglob("*.json")):
+            text = path.read_text(encoding="utf-8")
+            if op["old"] in text:
+                path.write_text(text.replace(op["old"], op["new"]), encoding="utf-8")
+                changed += 1
+        assert changed, f"case replaces {op['old']!r}, which is in no file of the bundled knowledge"
     for rel in case.get("delete", []):
         target = data / rel
         assert target.exists(), f"case deletes {rel}, which is not in the bundled knowledge"
@@ -101,7 +113,7 @@ def test_broken_knowledge_is_refused_with_its_message(case_path: Path, data_copy
     case = json.loads(case_path.read_text(encoding="utf-8"))
     assert case.get("description"), "every case says what is broken"
     assert case.get("expected"), "every case asserts an exact message"
-    assert any(k in case for k in ("write", "raw", "delete", "patch")), "case changes nothing"
+    assert any(k in case for k in ("write", "raw", "delete", "patch", "replace")), "case changes nothing"
     apply_case(case, data_copy)
 
     with pytest.raises(KnowledgeError) as info:
@@ -136,3 +148,26 @@ def test_a_patch_changes_the_version(data_copy: Path):
             "patch": [{"file": "cards.json", "pointer": "/text/conflict", "value": "Reworded."}]}
     apply_case(case, data_copy)
     assert load_knowledge(data_copy).version != bundled.version
+
+
+def _rename_fact(doc, old: str, new: str):
+    """``doc`` with every string ``old`` replaced by ``new``, except value set references
+    (a value set may share a fact's name; it is another thing)."""
+    if isinstance(doc, dict):
+        return {k: v if k == "valueSet" else _rename_fact(v, old, new) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_rename_fact(v, old, new) for v in doc]
+    return new if doc == old else doc
+
+
+@pytest.mark.parametrize("fact", list(Fact), ids=[f.value for f in Fact])
+def test_renaming_a_fact_the_code_reads_refuses_to_load(fact: Fact, data_copy: Path):
+    """Each fact the rules read by name, renamed wherever the knowledge names it, stops
+    start-up naming the file and the fact, instead of a card silently disappearing."""
+    for path in [*data_copy.glob("*.json"), *data_copy.glob("acr/*.json")]:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        path.write_text(json.dumps(_rename_fact(doc, fact.value, f"{fact}-renamed")), encoding="utf-8")
+    with pytest.raises(KnowledgeError) as info:
+        load_knowledge(data_copy)
+    assert (info.value.file, info.value.entry) == ("facts.json", f"fact '{fact}'")
+    assert info.value.problem == f"not defined, but the service reads it: {FACT_USES[fact]}"

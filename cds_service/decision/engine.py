@@ -10,8 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Literal
 
+from cds_service.decision.contract import (
+    AUGMENTATION,
+    MRI_MODALITY,
+    NO_CRITERIA_APPLY,
+    USUALLY_APPROPRIATE,
+    Advisory,
+    Fact,
+    PamaRating,
+)
 from cds_service.decision.knowledge import Knowledge, Procedure, Rating, Region, Variant
 from cds_service.decision.scenario import (
     Evidence,
@@ -22,11 +30,6 @@ from cds_service.decision.scenario import (
     reference_date,
 )
 
-PamaRating = Literal["appropriate", "not-appropriate", "no-criteria-apply"]
-Advisory = Literal[
-    "augment-bleeding", "augment-neuro", "augment-infection", "augment-no-edema",
-    "augment-no-therapy", "post-augmentation-mri", "steer-ir",
-]
 RATED_STATUSES = frozenset({"draft", "active", "on-hold"})
 PAMA_BY_CATEGORY: Mapping[str, PamaRating] = {
     "UA": "appropriate", "MBA": "appropriate", "MBA-D": "appropriate", "UNA": "not-appropriate",
@@ -114,36 +117,45 @@ def _rating(variant: Variant | None, oc: OrderClass) -> Rating | None:
 
 def _advisories(knowledge: Knowledge, oc: OrderClass, facts: FactSet, choice: VariantChoice,
                 rating: Rating | None) -> tuple[Advisory, ...]:
-    out: list[Advisory] = []
     p = oc.procedure
     if p is None:
         return ()
-    if p.category == "augmentation":
-        if "bleeding-risk" in facts:
-            out.append("augment-bleeding")
-        if "neuro-red-flag" in facts:
-            out.append("augment-neuro")
-        if "infection" in facts:
-            out.append("augment-infection")
-        # Reminders belong to the routine pathway; a red flag has already taken the patient
-        # out of it (decision-rules.md §2.1), and the critical card says what to do instead.
-        if "neuro-red-flag" not in facts:
-            named_missing = any("marrow-edema" in gap for gap in choice.missing)
-            if "marrow-edema" not in facts and not named_missing:
-                out.append("augment-no-edema")
-            # Rule §2.6 concerns osteoporotic fractures; a pathologic fracture has other care.
-            if "osteoporotic" in facts and "osteoporosis-therapy" not in facts:
-                out.append("augment-no-therapy")
-    if p.modality == "MR" and "augmentation-history" in facts:
-        out.append("post-augmentation-mri")
-    v = choice.variant
-    aug_rating = v.rating_for(knowledge.preferred.augmentation) if v is not None else None
-    # A UA treatment order gets no warning, but augmentation may be the UA option the
-    # clinician did not pick; UNA/MBA orders carry the IR referral among their suggestions.
-    if (p.kind == "treatment" and p.category != "augmentation" and rating is not None
-            and rating.category == "UA" and aug_rating is not None and aug_rating.category == "UA"):
-        out.append("steer-ir")
+    out: list[Advisory] = []
+    if p.category == AUGMENTATION:
+        out += _augmentation_advisories(facts, choice)
+    if p.modality == MRI_MODALITY and Fact.AUGMENTATION_HISTORY in facts:
+        out.append(Advisory.POST_AUGMENTATION_MRI)
+    if _steer_to_ir(knowledge, p, choice.variant, rating):
+        out.append(Advisory.STEER_IR)
     return tuple(out)
+
+
+def _augmentation_advisories(facts: FactSet, choice: VariantChoice) -> list[Advisory]:
+    """Contraindications to vertebral augmentation on record, then reminders of what the
+    routine pathway needs first (decision-rules.md §2.2, §2.3, §2.6)."""
+    out = [advisory for fact, advisory in ((Fact.BLEEDING_RISK, Advisory.AUGMENT_BLEEDING),
+                                           (Fact.NEURO_RED_FLAG, Advisory.AUGMENT_NEURO),
+                                           (Fact.INFECTION, Advisory.AUGMENT_INFECTION)) if fact in facts]
+    # Reminders belong to the routine pathway; a red flag has already taken the patient
+    # out of it (decision-rules.md §2.1), and the critical card says what to do instead.
+    if Fact.NEURO_RED_FLAG in facts:
+        return out
+    named_missing = any(Fact.MARROW_EDEMA in gap for gap in choice.missing)
+    if Fact.MARROW_EDEMA not in facts and not named_missing:
+        out.append(Advisory.AUGMENT_NO_EDEMA)
+    # Rule §2.6 concerns osteoporotic fractures; a pathologic fracture has other care.
+    if Fact.OSTEOPOROTIC in facts and Fact.OSTEOPOROSIS_THERAPY not in facts:
+        out.append(Advisory.AUGMENT_NO_THERAPY)
+    return out
+
+
+def _steer_to_ir(knowledge: Knowledge, p: Procedure, v: Variant | None, rating: Rating | None) -> bool:
+    """A UA treatment order gets no warning, but augmentation may be the UA option the
+    clinician did not pick; UNA/MBA orders carry the IR referral among their suggestions."""
+    if p.kind != "treatment" or p.category == AUGMENTATION or rating is None or rating.category != USUALLY_APPROPRIATE:
+        return False
+    aug_rating = v.rating_for(knowledge.preferred.augmentation) if v is not None else None
+    return aug_rating is not None and aug_rating.category == USUALLY_APPROPRIATE
 
 
 def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Mapping],
@@ -163,11 +175,11 @@ def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Map
     if rating is not None:
         pama = PAMA_BY_CATEGORY[rating.category]
     elif choice.variant is not None:
-        pama = "no-criteria-apply"
+        pama = NO_CRITERIA_APPLY
     alternatives: tuple[Rating, ...] = ()
     if choice.variant is not None:
         alternatives = tuple(r for r in choice.variant.ratings
-                             if r.category == "UA" and r.procedure != oc.procedure.id)
+                             if r.category == USUALLY_APPROPRIATE and r.procedure != oc.procedure.id)
     return OrderDecision(ref, raw, oc, facts, choice, rating, pama, alternatives,
                          _advisories(knowledge, oc, facts, choice, rating))
 
@@ -184,7 +196,7 @@ def decide(knowledge: Knowledge, *, selections: Iterable[Mapping], draft_orders:
                    for raw in selections)
     red: dict[tuple, Evidence] = {}
     for od in orders:
-        for e in od.facts.evidence.get("neuro-red-flag", ()):
+        for e in od.facts.evidence.get(Fact.NEURO_RED_FLAG, ()):
             red.setdefault((e.resource, e.system, e.code), e)
     missing: list[Procedure] = []
     region = None

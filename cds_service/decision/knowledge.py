@@ -26,6 +26,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cds_service.decision.contract import (
+    AUGMENTATION,
+    FACT_USES,
+    MRI_MODALITY,
+    Category,
+    ComputedFact,
+    Fact,
+    RedFlagRouting,
+)
 from cds_service.decision.terminology import (
     ICD10CM,
     KNOWN_SYSTEMS,
@@ -39,7 +48,6 @@ from cds_service.decision.terminology import (
 
 DEFAULT_DIR = Path(__file__).parent / "data"
 
-Category = Literal["UA", "MBA", "MBA-D", "UNA"]
 Provenance = Literal["OFFICIAL", "SEED", "SECONDARY"]
 CATEGORY_DISPLAY = {
     "UA": "Usually appropriate",
@@ -49,7 +57,7 @@ CATEGORY_DISPLAY = {
 }
 # ACR scale: 1-3 UNA, 4-6 MBA, 7-9 UA (decision-rules.md §1).
 SCORE_RANGE = {"UA": range(7, 10), "MBA": range(4, 7), "MBA-D": range(4, 7), "UNA": range(1, 4)}
-COMPUTED_FACTS = frozenset({"vcf-new", "vcf-prior"})
+COMPUTED_FACTS = frozenset(c.value for c in ComputedFact)
 
 
 class KnowledgeError(Exception):
@@ -166,7 +174,7 @@ class Variant(_Strict):
     acrScenarioId: str | None = None
     orderKind: Literal["imaging", "treatment"]
     regions: tuple[str, ...] = ()
-    routing: Literal["red-flag"] | None = None
+    routing: RedFlagRouting | None = None
     criteria: Criteria
     ratings: tuple[Rating, ...]
 
@@ -232,6 +240,7 @@ class SuggestionRules(_Strict):
     recordRegions: tuple[RecordRegion, ...]
     regionExpansion: dict[str, tuple[str, ...]]
     redFlagImaging: RedFlagImaging
+    wholeSpineRegion: str
     scenario: dict[str, str]
 
 
@@ -455,6 +464,7 @@ def _load_facts(root: Path, valuesets: Mapping[str, ValueSetDef]) -> FactsFile:
         if f.valueSet is None and not f.optional:
             raise KnowledgeError(rel, f"fact '{f.id}'", "has no value set but is not marked optional")
     _check_fact_references(rel, ff)
+    _check_facts_the_code_reads(rel, ff)
     return ff
 
 
@@ -476,6 +486,14 @@ def _check_fact_references(rel: str, ff: FactsFile) -> None:
     for a in ff.acuity.vcfFacts + ff.acuity.priorFacts:
         if a not in base:
             raise KnowledgeError(rel, "acuity", f"unknown fact '{a}'")
+
+
+def _check_facts_the_code_reads(rel: str, ff: FactsFile) -> None:
+    """Every fact the code names (contract.Fact) is defined, as a fact or a derived fact."""
+    defined = {f.id for f in ff.facts} | {d.id for d in ff.derived}
+    for fact in Fact:
+        if fact not in defined:
+            raise KnowledgeError(rel, f"fact '{fact}'", f"not defined, but the service reads it: {FACT_USES[fact]}")
 
 
 def _fact_ids(ff: FactsFile) -> frozenset[str]:
@@ -506,17 +524,32 @@ def _load_procedures(root: Path, valuesets: Mapping[str, ValueSetDef]) -> Proced
     for r in pf.regions:
         _need_valueset(valuesets, rel, f"region '{r.id}'", r.valueSet)
     _check_preferred(rel, pf)
+    if not any(p.modality == MRI_MODALITY for p in pf.procedures):
+        raise KnowledgeError(rel, "procedures", f"no procedure has modality '{MRI_MODALITY}', which the service "
+                             "reads: an MRI after vertebral augmentation gets the post-augmentation note")
     return pf
 
 
+# What each preferred procedure must be: (kind, category or None for any, as said in errors).
+_PREFERRED = {
+    "augmentation": ("treatment", AUGMENTATION, "a treatment of category 'augmentation' (the IR referral)"),
+    "redFlagImaging": ("imaging", None, "an imaging procedure (the urgent red-flag study)"),
+    "redFlagConsultation": ("treatment", None, "a treatment (the urgent red-flag consultation)"),
+}
+
+
 def _check_preferred(rel: str, pf: ProceduresFile) -> None:
+    """The procedures the red-flag card and the IR referral suggest exist, can be ordered
+    and are of the kind the cards say they are."""
     procedures = {p.id: p for p in pf.procedures}
-    for name in ("augmentation", "redFlagImaging", "redFlagConsultation"):
+    for name, (kind, category, what) in _PREFERRED.items():
         pid = getattr(pf.preferredReferral, name)
         if pid not in procedures:
             raise KnowledgeError(rel, f"preferredReferral.{name}", f"unknown procedure '{pid}'")
         if procedures[pid].valueSet is None:
             raise KnowledgeError(rel, f"preferredReferral.{name}", f"'{pid}' has no value set, so it cannot be ordered")
+        if procedures[pid].kind != kind or category not in (None, procedures[pid].category):
+            raise KnowledgeError(rel, f"preferredReferral.{name}", f"'{pid}' is not {what}")
 
 
 # ---- acr/<topic>.json ---------------------------------------------------------------------
@@ -631,7 +664,7 @@ def _check_suggestion_rules(cf: CardsFile, pf: ProceduresFile, valuesets: Mappin
             raise KnowledgeError(rel, "suggestionRules.neverReplaced.why", f"no reason given for '{key}'")
     for rr in sr.recordRegions:
         _need_valueset(valuesets, rel, f"suggestionRules.recordRegions '{rr.region}'", rr.valueSet)
-    named = [rr.region for rr in sr.recordRegions] + [x for v in sr.regionExpansion.values() for x in v]
+    named = [sr.wholeSpineRegion, *(rr.region for rr in sr.recordRegions)] + [x for v in sr.regionExpansion.values() for x in v]
     named += [x for k, v in sr.redFlagImaging.byRegion.items() for x in (*v, k) if x != "unknown"]
     for reg in named:
         if reg not in region_ids:

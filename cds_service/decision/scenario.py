@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 from types import MappingProxyType
 from typing import Literal
 
+from cds_service.decision.contract import RED_FLAG_ROUTING, ComputedFact, Fact
 from cds_service.decision.knowledge import Knowledge, Variant
 from cds_service.decision.terminology import ICD10CM
 
@@ -177,9 +178,9 @@ def extract_facts(
             facts[d.id] = evs
     new, prior = _acuity(knowledge, facts, as_of)
     if new:
-        facts["vcf-new"] = new
+        facts[ComputedFact.VCF_NEW.value] = new
     if prior:
-        facts["vcf-prior"] = prior
+        facts[ComputedFact.VCF_PRIOR.value] = prior
     return FactSet(MappingProxyType(facts))
 
 
@@ -226,13 +227,13 @@ def choose_variant(knowledge: Knowledge, facts: FactSet, order_kind: str) -> Var
     outside the criteria (§2.5); otherwise exactly one variant must fit, else the order is
     not rated and the missing or conflicting facts are reported (§3.3).
     """
-    if "neuro-red-flag" in facts:
+    if Fact.NEURO_RED_FLAG in facts:
         routed = [v for v in knowledge.variants.values()
-                  if v.routing == "red-flag" and v.orderKind == order_kind and _fits(v, facts)]
+                  if v.routing == RED_FLAG_ROUTING and v.orderKind == order_kind and _fits(v, facts)]
         return VariantChoice("red-flag", variant=routed[0] if routed else None)
-    if "vcf-traumatic" in facts:
+    if Fact.VCF_TRAUMATIC in facts:
         return VariantChoice("excluded")
-    if not ("vcf" in facts or "vcf-prior" in facts):
+    if not (Fact.VCF in facts or ComputedFact.VCF_PRIOR in facts):
         return VariantChoice("out-of-scope")
     pool = [v for v in knowledge.variants.values() if v.orderKind == order_kind and v.routing is None]
     fitting = [v for v in pool if _fits(v, facts)]

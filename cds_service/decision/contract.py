@@ -1,0 +1,111 @@
+"""What the code relies on finding in the knowledge: every name it spells, in one place.
+
+The clinical rules in ``scenario``, ``engine`` and ``render`` read facts, card kinds, rating
+categories and procedures by name. Those names are defined here and nowhere else, and
+:func:`~cds_service.decision.knowledge.load_knowledge` refuses a knowledge directory that
+lacks one of them (naming the file and the entry), so renaming ``bleeding-risk`` in
+``data/`` stops the service at start-up instead of silently dropping the coagulopathy
+warning. Each name carries what it is used for, which is what the error message says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Literal, get_args
+
+
+class Fact(StrEnum):
+    """Facts (``facts.json``: ``facts`` or ``derived``) the code reads by name."""
+
+    VCF = "vcf"
+    VCF_TRAUMATIC = "vcf-traumatic"
+    NEURO_RED_FLAG = "neuro-red-flag"
+    BLEEDING_RISK = "bleeding-risk"
+    INFECTION = "infection"
+    MARROW_EDEMA = "marrow-edema"
+    OSTEOPOROTIC = "osteoporotic"
+    OSTEOPOROSIS_THERAPY = "osteoporosis-therapy"
+    AUGMENTATION_HISTORY = "augmentation-history"
+    BACK_PAIN = "back-pain"
+    COAGULOPATHY = "coagulopathy"
+    ANTICOAGULATION = "anticoagulation"
+
+
+FACT_USES: Mapping[Fact, str] = MappingProxyType({
+    Fact.VCF: "a current vertebral fracture puts the order in scope; suggested orders carry its codes as reasons",
+    Fact.VCF_TRAUMATIC: "a traumatic fracture is outside the criteria (traumatic card)",
+    Fact.NEURO_RED_FLAG: "neurologic red flags route imaging, raise the critical card and warn before augmentation",
+    Fact.BLEEDING_RISK: "coagulopathy or anticoagulation warns before vertebral augmentation",
+    Fact.INFECTION: "spinal infection warns before vertebral augmentation",
+    Fact.MARROW_EDEMA: "without it, augmentation orders get the 'no MRI evidence of edema' reminder",
+    Fact.OSTEOPOROTIC: "an osteoporotic fracture without therapy gets the osteoporosis-therapy reminder",
+    Fact.OSTEOPOROSIS_THERAPY: "its absence gives augmentation orders the osteoporosis-therapy reminder",
+    Fact.AUGMENTATION_HISTORY: "an MRI after vertebral augmentation gets the post-augmentation note",
+    Fact.BACK_PAIN: "with no fracture level coded, its region places suggested imaging",
+    Fact.COAGULOPATHY: "a coagulopathy makes the augmentation checklist a warning (relative exclusion)",
+    Fact.ANTICOAGULATION: "anticoagulant use adds peri-procedural management to the augmentation checklist",
+})
+
+
+class ComputedFact(StrEnum):
+    """Facts the code computes (acuity of the fracture, ``facts.json`` ``acuity``); the data
+    may not define them, but criteria may name them."""
+
+    VCF_NEW = "vcf-new"
+    VCF_PRIOR = "vcf-prior"
+
+
+class Advisory(StrEnum):
+    """What the engine attaches to an order beside its rating; each is said by a card of the
+    same kind (``cards.json``)."""
+
+    AUGMENT_BLEEDING = "augment-bleeding"
+    AUGMENT_NEURO = "augment-neuro"
+    AUGMENT_INFECTION = "augment-infection"
+    AUGMENT_NO_EDEMA = "augment-no-edema"
+    AUGMENT_NO_THERAPY = "augment-no-therapy"
+    POST_AUGMENTATION_MRI = "post-augmentation-mri"
+    STEER_IR = "steer-ir"
+
+
+class CardKind(StrEnum):
+    """Cards about an order's rating, or about the whole call (``red-flag``). With the
+    :class:`Advisory` kinds these are every card the service issues; the audit trail and
+    the feedback report count cards by kind."""
+
+    RED_FLAG = "red-flag"
+    NOT_APPROPRIATE = "not-appropriate"
+    MAY_BE_APPROPRIATE = "may-be-appropriate"
+    NO_CRITERIA = "no-criteria"
+    MISSING_FACTS = "missing-facts"
+    CONFLICT = "conflict"
+    TRAUMATIC = "traumatic"
+    AUGMENT_CHECKLIST = "augment-checklist"
+
+
+CARD_KINDS: tuple[str, ...] = (*CardKind, *Advisory)
+
+# ACR rating categories (decision-rules.md §1) and Argonaut PAMA rating codes (§5): the code
+# compares against these; ratings.json gives each its display, score range and mapping.
+Category = Literal["UA", "MBA", "MBA-D", "UNA"]
+CATEGORIES: tuple[str, ...] = get_args(Category)
+USUALLY_APPROPRIATE: Category = "UA"
+USUALLY_NOT_APPROPRIATE: Category = "UNA"
+MAY_BE_APPROPRIATE: tuple[Category, ...] = ("MBA", "MBA-D")
+PamaRating = Literal["appropriate", "not-appropriate", "no-criteria-apply"]
+PAMA_RATINGS: tuple[str, ...] = get_args(PamaRating)
+# A variant applies but its table does not rate the ordered procedure.
+NO_CRITERIA_APPLY: PamaRating = "no-criteria-apply"
+APPROPRIATE: PamaRating = "appropriate"
+
+# Variants with this ``routing`` (``acr/*.json``) rate imaging when a neurologic red flag has
+# taken the patient out of the routine VCF pathway (decision-rules.md §2.1).
+RedFlagRouting = Literal["red-flag"]
+RED_FLAG_ROUTING: RedFlagRouting = "red-flag"
+# Procedures of this category (``acr/procedures.json``) get the augmentation advisories.
+AUGMENTATION: Literal["augmentation"] = "augmentation"
+# The procedure modality whose orders after a vertebral augmentation get the
+# post-augmentation note (``acr/procedures.json``).
+MRI_MODALITY = "MR"
