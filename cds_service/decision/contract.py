@@ -31,6 +31,9 @@ class Fact(StrEnum):
     VCF_FRAGILITY = "vcf-fragility"
     OSTEOPOROSIS = "osteoporosis"
     ASYMPTOMATIC = "asymptomatic"
+    BACK_PAIN = "back-pain"
+    COAGULOPATHY = "coagulopathy"
+    ANTICOAGULATION = "anticoagulation"
 
 
 FACT_USES: Mapping[Fact, str] = MappingProxyType({
@@ -46,6 +49,9 @@ FACT_USES: Mapping[Fact, str] = MappingProxyType({
     Fact.VCF_FRAGILITY: "a traumatic code read as a fragility fracture stays in the criteria, with a card saying so",
     Fact.OSTEOPOROSIS: "the fragility-fracture card shows the osteoporosis it was read from",
     Fact.ASYMPTOMATIC: "augmentation for an asymptomatic fracture gets a warning",
+    Fact.BACK_PAIN: "with no fracture level coded, its region places suggested imaging",
+    Fact.COAGULOPATHY: "a coagulopathy makes the augmentation checklist a warning (relative exclusion)",
+    Fact.ANTICOAGULATION: "anticoagulant use adds peri-procedural management to the augmentation checklist",
 })
 
 
@@ -86,6 +92,7 @@ class CardKind(StrEnum):
     MISSING_FACTS = "missing-facts"
     CONFLICT = "conflict"
     TRAUMATIC = "traumatic"
+    AUGMENT_CHECKLIST = "augment-checklist"
 
 
 CARD_KINDS: tuple[str, ...] = (*CardKind, *Advisory)

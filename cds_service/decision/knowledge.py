@@ -268,6 +268,7 @@ class SuggestionRules(_Strict):
     recordRegions: tuple[RecordRegion, ...]
     regionExpansion: dict[str, tuple[str, ...]]
     redFlagImaging: RedFlagImaging
+    wholeSpineRegion: str
     scenario: dict[str, str]
 
 
@@ -710,7 +711,7 @@ def _check_suggestion_rules(cf: CardsFile, pf: ProceduresFile, valuesets: Mappin
             raise KnowledgeError(rel, "suggestionRules.neverReplaced.why", f"no reason given for '{key}'")
     for rr in sr.recordRegions:
         _need_valueset(valuesets, rel, f"suggestionRules.recordRegions '{rr.region}'", rr.valueSet)
-    named = [rr.region for rr in sr.recordRegions] + [x for v in sr.regionExpansion.values() for x in v]
+    named = [sr.wholeSpineRegion, *(rr.region for rr in sr.recordRegions)] + [x for v in sr.regionExpansion.values() for x in v]
     named += [x for k, v in sr.redFlagImaging.byRegion.items() for x in (*v, k) if x != "unknown"]
     for reg in named:
         if reg not in region_ids:

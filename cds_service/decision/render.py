@@ -24,7 +24,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cds_service.decision.contract import ComputedFact
+from cds_service.decision.contract import (
+    APPROPRIATE,
+    AUGMENTATION,
+    MAY_BE_APPROPRIATE,
+    MRI_MODALITY,
+    USUALLY_APPROPRIATE,
+    USUALLY_NOT_APPROPRIATE,
+    Advisory,
+    CardKind,
+    ComputedFact,
+    Fact,
+)
 from cds_service.decision.engine import Decision, OrderClass, OrderDecision, classify_order
 from cds_service.decision.knowledge import CATEGORY_DISPLAY, Knowledge, Procedure, Rating, Region, Variant
 from cds_service.decision.scenario import Evidence, FactSet
@@ -173,7 +184,7 @@ class _Renderer:
             c["links"] = [{"label": EXPLAIN_LINK_LABEL, "url": url, "type": "absolute"}]
             c["detail"] = c["detail"].replace(_MORE_LINK, url)
         self.cards.append(c)
-        self.kinds[c["uuid"]] = kind
+        self.kinds[c["uuid"]] = str(kind)
         if self.order_position is not None:
             self.card_orders[c["uuid"]] = self.order_position
 
@@ -188,11 +199,11 @@ class _Renderer:
         return _unique(out)
 
     def fracture_regions(self, facts: FactSet) -> list[str]:
-        vcf_facts = (*self.k.acuity.vcfFacts, "vcf-traumatic")
+        vcf_facts = (*self.k.acuity.vcfFacts, Fact.VCF_TRAUMATIC)
         return self.record_regions(e for f in vcf_facts for e in facts.evidence.get(f, ()))
 
     def pain_regions(self, facts: FactSet) -> list[str]:
-        return self.record_regions(facts.evidence.get("back-pain", ()))
+        return self.record_regions(facts.evidence.get(Fact.BACK_PAIN, ()))
 
     def expand(self, regions: Iterable[str]) -> list[Region]:
         """Record regions -> orderable imaging regions (thoracolumbar: thoracic and lumbar)."""
@@ -228,7 +239,7 @@ class _Renderer:
         for ref, oc in self._draft_classes.items():
             if ref == exclude or oc.procedure is None or oc.procedure.id != proc.id:
                 continue
-            if proc.kind == "treatment" or region is None or oc.region is None or oc.region.id in (region.id, "complete"):
+            if proc.kind == "treatment" or region is None or oc.region is None or oc.region.id in (region.id, self.rules.wholeSpineRegion):
                 return True
         return False
 
@@ -238,9 +249,9 @@ class _Renderer:
         covered: set[str] = set()
         for oc in self._draft_classes.values():
             p = oc.procedure
-            if p is None or p.modality != "MR" or p.contrast not in ("without", "without-and-with"):
+            if p is None or p.modality != MRI_MODALITY or p.contrast not in ("without", "without-and-with"):
                 continue
-            if oc.region is None or oc.region.id == "complete":
+            if oc.region is None or oc.region.id == self.rules.wholeSpineRegion:
                 return None
             covered.add(oc.region.id)
         return covered
@@ -339,7 +350,7 @@ class _Renderer:
                 plan.drafted = plan.drafted or (name, proc)
                 continue
             creates = [o for reg in where
-                       if (o := self.new_order(od.raw, proc, reg, reasons=od.facts.evidence.get("vcf", ()))) is not None]
+                       if (o := self.new_order(od.raw, proc, reg, reasons=od.facts.evidence.get(Fact.VCF, ()))) is not None]
             if not creates:
                 continue
             if proc.kind == "imaging" and not regions:
@@ -464,10 +475,10 @@ class _Renderer:
         v = od.variant
         t = self.text
         if choice.status in ("selected", "red-flag", "agreed") and v is not None and od.rating is not None:
-            if od.rating.category == "UNA":
-                self.rated_card(od, v, "not-appropriate", "warning")
-            elif od.rating.category in ("MBA", "MBA-D"):
-                self.rated_card(od, v, "may-be-appropriate", "info")
+            if od.rating.category == USUALLY_NOT_APPROPRIATE:
+                self.rated_card(od, v, CardKind.NOT_APPROPRIATE, "warning")
+            elif od.rating.category in MAY_BE_APPROPRIATE:
+                self.rated_card(od, v, CardKind.MAY_BE_APPROPRIATE, "info")
             # Usually appropriate: silence (the rating travels in systemActions); no alert fatigue.
         elif choice.status == "selected" and v is not None:
             self.no_rating_card(od, v)
@@ -482,14 +493,14 @@ class _Renderer:
             summary = t["missingFacts"].format(missing=" or ".join(options))
             if len(summary) > SUMMARY_MAX:
                 summary = t["missingFactsShort"]
-            self.card("missing-facts", "info", summary, "\n".join(detail).strip(), None)
+            self.card(CardKind.MISSING_FACTS, "info", summary, "\n".join(detail).strip(), None)
         elif choice.status == "conflict":
             detail = [f"{proc.display} cannot be rated: the record fits more than one ACR variant.", "",
                       *[f"- {c.id}: {c.title}" for c in choice.candidates], "", *self.order_evidence(od, None)]
-            self.card("conflict", "info", t["conflict"], "\n".join(detail).strip(), None)
+            self.card(CardKind.CONFLICT, "info", t["conflict"], "\n".join(detail).strip(), None)
         elif choice.status == "excluded":
             detail = [t["traumaticDetail"], "", *self.order_evidence(od, None)]
-            self.card("traumatic", "info", t["traumatic"], "\n".join(detail).strip(), None)
+            self.card(CardKind.TRAUMATIC, "info", t["traumatic"], "\n".join(detail).strip(), None)
         self.advisory_cards(od)
 
     def rated_card(self, od: OrderDecision, v: Variant, kind: str, indicator: str) -> None:
@@ -503,7 +514,7 @@ class _Renderer:
         why_kept = self.never_replaced(proc)
         plan = self.alternative_suggestions(od, od.alternatives, replace=why_kept is None)
         scenario = self.scenario(v)
-        una = r.category == "UNA"
+        una = r.category == USUALLY_NOT_APPROPRIATE
         alt_proc = plan.first[1] if plan.first else (plan.drafted[1] if plan.drafted else None)
         if alt_proc is not None and alt_proc.modality == proc.modality and alt_proc.contrast != proc.contrast \
                 and proc.contrast in ("with", "without-and-with"):
@@ -550,31 +561,33 @@ class _Renderer:
         else:
             summary = t["noRating"].format(ordered=ordered)
         lead = [t["noRatingLead"].format(ordered=ordered)]
-        self.card("no-criteria", "info", summary, self.variant_detail(od, v, lead), v, plan.items, behavior="any")
+        self.card(CardKind.NO_CRITERIA, "info", summary, self.variant_detail(od, v, lead), v, plan.items, behavior="any")
 
     def advisory_cards(self, od: OrderDecision) -> None:
         t = self.text
         v = od.variant
         advisories = set(od.advisories)
-        if "augment-infection" in advisories:
+        if Advisory.AUGMENT_INFECTION in advisories:
             lines = [t["augmentInfectionDetail"], "",
-                     *self.evidence_block((self.k.fact_label("infection"), e) for e in od.facts.evidence.get("infection", ()))]
-            self.card("augment-infection", "critical", t["augmentInfection"], "\n".join(lines).strip(), v, override=True)
-        for adv, indicator, key, facts in (("region-mismatch", "warning", "regionMismatch", ("vcf", "vcf-traumatic")),
-                                           ("augment-asymptomatic", "warning", "augmentAsymptomatic", ("asymptomatic",)),
-                                           ("fragility-reading", "info", "fragilityReading", ("vcf-fragility", "osteoporosis"))):
+                     *self.evidence_block((self.k.fact_label(Fact.INFECTION), e) for e in od.facts.evidence.get(Fact.INFECTION, ()))]
+            self.card(Advisory.AUGMENT_INFECTION, "critical", t["augmentInfection"], "\n".join(lines).strip(), v, override=True)
+        for adv, indicator, key, facts in (
+                (Advisory.REGION_MISMATCH, "warning", "regionMismatch", (Fact.VCF, Fact.VCF_TRAUMATIC)),
+                (Advisory.AUGMENT_ASYMPTOMATIC, "warning", "augmentAsymptomatic", (Fact.ASYMPTOMATIC,)),
+                (Advisory.FRAGILITY_READING, "info", "fragilityReading", (Fact.VCF_FRAGILITY, Fact.OSTEOPOROSIS))):
             if adv in advisories:
                 self.fact_card(od, adv, indicator, key, facts)
-        checklist = [a for a in ("augment-no-edema", "augment-no-therapy", "augment-bleeding") if a in advisories]
+        checklist = [a for a in (Advisory.AUGMENT_NO_EDEMA, Advisory.AUGMENT_NO_THERAPY, Advisory.AUGMENT_BLEEDING)
+                     if a in advisories]
         if checklist:
             self.checklist_card(od, checklist)
         # "augment-neuro" is carried by the red-flag card: one card per situation.
-        if "post-augmentation-mri" in advisories and self.mri_covers_treated_level(od):
-            evs = od.facts.evidence.get("augmentation-history", ())
+        if Advisory.POST_AUGMENTATION_MRI in advisories and self.mri_covers_treated_level(od):
+            evs = od.facts.evidence.get(Fact.AUGMENTATION_HISTORY, ())
             lines = [t["postAugmentationMriDetail"], "",
-                     *self.evidence_block((self.k.fact_label("augmentation-history"), e) for e in evs)]
-            self.card("post-augmentation-mri", "info", t["postAugmentationMri"], "\n".join(lines).strip(), v)
-        if "steer-ir" in advisories:
+                     *self.evidence_block((self.k.fact_label(Fact.AUGMENTATION_HISTORY), e) for e in evs)]
+            self.card(Advisory.POST_AUGMENTATION_MRI, "info", t["postAugmentationMri"], "\n".join(lines).strip(), v)
+        if Advisory.STEER_IR in advisories:
             self.steer_ir_card(od)
 
     def fact_card(self, od: OrderDecision, kind: str, indicator: str, key: str, facts: Sequence[str]) -> None:
@@ -594,14 +607,14 @@ class _Renderer:
         t = self.text
         facts = od.facts
         items: list[tuple[str, str]] = []
-        if "augment-no-edema" in advisories:
+        if Advisory.AUGMENT_NO_EDEMA in advisories:
             items.append((t["checklistEdema"], t["checklistEdemaDetail"]))
-        if "augment-no-therapy" in advisories:
+        if Advisory.AUGMENT_NO_THERAPY in advisories:
             items.append((t["checklistTherapy"], t["checklistTherapyDetail"]))
-        coag = "augment-bleeding" in advisories and "coagulopathy" in facts
+        coag = Advisory.AUGMENT_BLEEDING in advisories and Fact.COAGULOPATHY in facts
         if coag:
             items.append((t["checklistCoag"], t["checklistCoagDetail"]))
-        if "augment-bleeding" in advisories and "anticoagulation" in facts:
+        if Advisory.AUGMENT_BLEEDING in advisories and Fact.ANTICOAGULATION in facts:
             items.append((t["checklistAnticoag"], t["checklistAnticoagDetail"]))
         if not items:
             return
@@ -609,7 +622,7 @@ class _Renderer:
         if len(summary) > SUMMARY_MAX:
             summary = t["checklist"].format(items=", ".join(i.split(",")[0].split(" (")[0] for i, _ in items))
         lines = [t["checklistLead"], *[f"- {d}" for _, d in items], ""]
-        lines += self.evidence_block((self.k.fact_label(f), e) for f in ("coagulopathy", "anticoagulation")
+        lines += self.evidence_block((self.k.fact_label(f), e) for f in (Fact.COAGULOPATHY, Fact.ANTICOAGULATION)
                                      for e in facts.evidence.get(f, ()))
         v = od.variant
         if v is not None and od.rating is not None:
@@ -618,15 +631,19 @@ class _Renderer:
             for n in self.provenance_notes(od, [od.rating]):
                 lines += ["", n]
             lines += ["", self.source_line(v)]
-        self.card("augment-checklist", "warning" if coag else "info", summary, "\n".join(lines).strip(), v,
-                  override=coag)
+        # One indicator per card kind (the feedback report counts by kind): the warning
+        # checklist is the bleeding advisory's card, the info one the plain checklist.
+        if coag:
+            self.card(Advisory.AUGMENT_BLEEDING, "warning", summary, "\n".join(lines).strip(), v, override=True)
+        else:
+            self.card(CardKind.AUGMENT_CHECKLIST, "info", summary, "\n".join(lines).strip(), v)
 
     def mri_covers_treated_level(self, od: OrderDecision) -> bool:
         """Whether the MRI images the level of the prior augmentation (unknown level, or an
         MRI naming no region or the complete spine: assume it does)."""
-        treated = self.expand(self.record_regions(od.facts.evidence.get("augmentation-history", ())))
+        treated = self.expand(self.record_regions(od.facts.evidence.get(Fact.AUGMENTATION_HISTORY, ())))
         region = od.order_class.region
-        if not treated or region is None or region.id == "complete":
+        if not treated or region is None or region.id == self.rules.wholeSpineRegion:
             return True
         return region.id in {r.id for r in treated} or any(region.id in self.rules.regionExpansion.get(r.id, ())
                                                             for r in treated)
@@ -637,12 +654,12 @@ class _Renderer:
         aug = self.k.procedures[self.k.preferred.augmentation]
         if self.drafted(aug, None):
             return
-        new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get("vcf", ()))
+        new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get(Fact.VCF, ()))
         rating = v.rating_for(aug.id)
         sug = [self.suggestion(f"Add {_lower_first(self.k.preferred.augmentationText)}", [
             {"type": "create", "description": self.k.preferred.augmentationText, "resource": new}], recommended=True)]
         lead = [self.text["steerToIrLead"].format(procedure=aug.display)]
-        self.card("steer-ir", "info", self.text["steerToIr"],
+        self.card(Advisory.STEER_IR, "info", self.text["steerToIr"],
                   self.variant_detail(od, v, lead, [rating] if rating else []), v, sug)
 
     def red_flag_card(self) -> None:
@@ -655,7 +672,7 @@ class _Renderer:
         t = self.text
         template = next(iter(self.drafts.values()), None) if self.drafts else None
         # The level of the fracture decides; back pain only when no fracture is on record.
-        has_fracture = any(f in od.facts for od in d.orders for f in (*self.k.acuity.vcfFacts, "vcf-traumatic"))
+        has_fracture = any(f in od.facts for od in d.orders for f in (*self.k.acuity.vcfFacts, Fact.VCF_TRAUMATIC))
         known = _unique(r for od in d.orders
                         for r in (self.fracture_regions(od.facts) if has_fracture else self.pain_regions(od.facts)))
         by_region = self.rules.redFlagImaging.byRegion
@@ -680,7 +697,7 @@ class _Renderer:
                 suggestions.append(self.suggestion("Order urgent: spine surgery consultation", [
                     {"type": "create", "description": f"Urgent {consult.display}", "resource": new}]))
                 actions.append("spine surgery consultation")
-        augmentation = any(od.order_class.procedure is not None and od.order_class.procedure.category == "augmentation"
+        augmentation = any(od.order_class.procedure is not None and od.order_class.procedure.category == AUGMENTATION
                            for od in d.orders)
         if augmentation:
             summary = t["redFlagAugment"]
@@ -698,14 +715,14 @@ class _Renderer:
         routed = next((od.variant for od in d.orders if od.variant is not None and od.variant.routing), None)
         if routed is not None:
             lines += ["", t["redFlagRouted"].format(topic=self.k.variant_topic[routed.id].title, variant=routed.title)]
-        self.card("red-flag", "critical", summary, "\n".join(lines).strip(), routed, suggestions, behavior="any",
+        self.card(CardKind.RED_FLAG, "critical", summary, "\n".join(lines).strip(), routed, suggestions, behavior="any",
                   override=True)
 
     # ---- ratings --------------------------------------------------------------------------
     def rating_action(self, od: OrderDecision) -> dict:
         assert od.pama is not None and od.variant is not None  # only rated orders get a rating action
         coding = [{"system": PAMA_SYSTEM, "code": od.pama, "display": PAMA_RATING_DISPLAY[od.pama]}]
-        if od.rating is not None and od.rating.category != "UA" and od.pama == "appropriate":
+        if od.rating is not None and od.rating.category != USUALLY_APPROPRIATE and od.pama == APPROPRIATE:
             coding.append({"system": ACR_CATEGORY_SYSTEM, "code": od.rating.category,
                            "display": CATEGORY_DISPLAY[od.rating.category]})
         topic = self.k.variant_topic[od.variant.id]
