@@ -212,6 +212,9 @@ def test_spinal_infection_with_augmentation_is_critical_and_unrated(knowledge, s
     (card,) = response["cards"]
     assert card["indicator"] == "critical" and "LCD L34228" in card["detail"]
     assert "systemActions" not in response and ratings(response) == []
+    (remove,) = card["suggestions"]  # the one action offered: withdraw the augmentation order
+    assert [a["type"] for a in remove["actions"]] == ["delete"]
+    assert remove["actions"][0]["resourceId"] == f"ServiceRequest/{order(body)['id']}"
 
 
 # ---- §6.10 ratings when candidate variants agree -------------------------------------------

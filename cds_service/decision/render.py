@@ -573,7 +573,13 @@ class _Renderer:
         if Advisory.AUGMENT_INFECTION in advisories:
             lines = [t["augmentInfectionDetail"], "",
                      *self.evidence_block((self.k.fact_label(Fact.INFECTION), e) for e in od.facts.evidence.get(Fact.INFECTION, ()))]
-            self.card(Advisory.AUGMENT_INFECTION, "critical", t["augmentInfection"], "\n".join(lines).strip(), v, override=True)
+            # An absolute exclusion (LCD L34228): the one action is withdrawing the order.
+            proc = od.order_class.procedure
+            label = f"Remove the draft order: {self.plain_name(proc)}" if proc else "Remove the draft order"
+            remove = self.suggestion(label, [{"type": "delete", "description": f"Remove the draft order {od.ref}",
+                                              "resourceId": od.ref}])
+            self.card(Advisory.AUGMENT_INFECTION, "critical", t["augmentInfection"], "\n".join(lines).strip(), v, [remove],
+                      override=True)
         for adv, indicator, key, facts in (
                 (Advisory.REGION_MISMATCH, "warning", "regionMismatch", (Fact.VCF, Fact.VCF_TRAUMATIC)),
                 (Advisory.AUGMENT_ASYMPTOMATIC, "warning", "augmentAsymptomatic", (Fact.ASYMPTOMATIC,)),
