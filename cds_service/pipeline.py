@@ -50,7 +50,8 @@ def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, servic
                                 max_prefetch_entries=max_prefetch_entries, reads=partial(yields_facts, knowledge))
     raw = lambda items: [r.raw for r in items]  # noqa: E731 - engine reads raw JSON
     decision = decide(knowledge, selections=raw(parsed.selections), draft_orders=raw(parsed.draft_orders),
-                      conditions=raw(parsed.conditions), procedures=raw(parsed.procedures))
+                      conditions=raw(parsed.conditions), procedures=raw(parsed.procedures),
+                      pama_official_only=options.pama_official_only)
     issues = [{k: v for k, v in vars(i).items() if v is not None} for i in parsed.issues]
     rendered = render(knowledge, decision, draft_orders=raw(parsed.draft_orders), patient_id=parsed.patient_id,
                       options=options, input_issues=issues)

@@ -475,14 +475,13 @@ def build():
     sr = service_request(f"sr-{h}-abl", pid, "20982", enc, reasons=("42942008",))
     add(cid, request(cid, pat, conds, [sr], procedures=[]),
         "Seed 003 story (no edema code); order percutaneous radiofrequency ablation (20982).",
-        "seed 003; decision-rules §1 V6/V7 (ablation UNA), §3.3",
-        200, None, {f"ServiceRequest/{sr['id']}": None}, ["info"],
-        "Same missing-edema situation: V6 cannot be chosen without the marrow-edema fact, so no "
-        "rating and one info card naming the missing fact. Note for clinicians: ablation is "
-        "Usually not appropriate in both V6 and V7 (it treats tumour, not a benign osteoporotic "
-        "fracture), so once edema can be coded this order would be rated not-appropriate; the "
-        "service must still not guess now. No osteoporosis-therapy reminder (not an "
-        "augmentation order).")
+        "seed 003; decision-rules §1 V6/V7 (ablation UNA), §6.10 (candidate variants that agree)",
+        200, "V6", {f"ServiceRequest/{sr['id']}": "not-appropriate"}, ["warning"],
+        "The record leaves V6 (needs marrow edema) and V7 (needs recent worsening) open, and both "
+        "rate ablation Usually not appropriate (it treats tumour, not a benign osteoporotic "
+        "fracture): the service rates it not-appropriate without asking for a fact that would not "
+        "change the rating (decision-rules §6.10). One warning card naming both variants. No "
+        "osteoporosis-therapy reminder (not an augmentation order).")
 
     # ---- seed 004 ---------------------------------------------------------------
     cid = "seed-004-v7-augmentation"
@@ -627,14 +626,12 @@ def build():
         "67F, bone metastases (C79.51), thoracic VCF on radiographs (M48.54XA), NO back pain "
         "coded and nothing saying she is asymptomatic; order MRI thoracic without and with "
         "contrast (72157).",
-        "decision-rules §1 V2 / V4 (SECONDARY), §3.3", 200, None,
-        {f"ServiceRequest/{sr['id']}": None}, [],
-        "Symptom status is UNKNOWN: the absence of a pain code is not evidence of no pain, and no "
-        "§4 code says 'asymptomatic' (SNOMED 84387000 is not confirmed, so it is not used). V2 "
-        "(symptomatic) and V4 (asymptomatic) cannot be told apart -> no rating, and at most one "
-        "info card naming the missing fact (is the fracture symptomatic?). Clinically both V2 and "
-        "V4 rate MRI without and with as Usually appropriate, but the service must not guess "
-        "(§3.3).",
+        "decision-rules §1 V2 / V4 (SECONDARY), §6.10 (candidate variants that agree)", 200, "V2",
+        {f"ServiceRequest/{sr['id']}": "appropriate"}, [],
+        "Symptom status is UNKNOWN: the absence of a pain code is not evidence of no pain. V2 "
+        "(symptomatic) and V4 (asymptomatic) cannot be told apart, but together they cover both "
+        "cases and both rate MRI without and with IV contrast Usually appropriate (SECONDARY), so "
+        "the order is rated appropriate without asking (decision-rules §6.10); silence.",
         acceptable_indicators=[[], ["info"]])
 
     cid = "v8-pathologic-augmentation"
@@ -771,6 +768,9 @@ def build():
 
     # ---- Synthea ------------------------------------------------------------------
     CASES.extend(build_synthea_requests.manifest_entries(write=True))
+
+    # ---- issue 12: which codes count for which fact, and time ------------------------
+    __import__("cases_facts").build(sys.modules[__name__])
 
     (HERE / "cases.json").write_text(json.dumps(CASES, indent=2, ensure_ascii=False) + "\n",
                                      encoding="utf-8")

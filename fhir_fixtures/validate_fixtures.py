@@ -150,7 +150,7 @@ def check_case(case, problems):
         if system == ICD_SYS:
             if not icd.is_valid_item(code):
                 problems.append(f"{cid}: ICD-10-CM {code} is not valid (simple_icd_10_cm)")
-            elif hand_written and not any(re.fullmatch(p, code) for p in SECTION4_ICD):
+            elif hand_written and code not in allowed_extra and not any(re.fullmatch(p, code) for p in SECTION4_ICD):
                 problems.append(f"{cid}: ICD-10-CM {code} is not in decision-rules §4")
         elif system == SCT_SYS and hand_written and code not in SECTION4_SCT | allowed_extra:
             problems.append(f"{cid}: SNOMED {code} is not in decision-rules §4")

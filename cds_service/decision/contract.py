@@ -31,6 +31,9 @@ class Fact(StrEnum):
     BACK_PAIN = "back-pain"
     COAGULOPATHY = "coagulopathy"
     ANTICOAGULATION = "anticoagulation"
+    VCF_FRAGILITY = "vcf-fragility"
+    OSTEOPOROSIS = "osteoporosis"
+    ASYMPTOMATIC = "asymptomatic"
 
 
 FACT_USES: Mapping[Fact, str] = MappingProxyType({
@@ -38,7 +41,7 @@ FACT_USES: Mapping[Fact, str] = MappingProxyType({
     Fact.VCF_TRAUMATIC: "a traumatic fracture is outside the criteria (traumatic card)",
     Fact.NEURO_RED_FLAG: "neurologic red flags route imaging, raise the critical card and warn before augmentation",
     Fact.BLEEDING_RISK: "coagulopathy or anticoagulation warns before vertebral augmentation",
-    Fact.INFECTION: "spinal infection warns before vertebral augmentation",
+    Fact.INFECTION: "spinal infection is an absolute exclusion for vertebral augmentation (critical card, no rating)",
     Fact.MARROW_EDEMA: "without it, augmentation orders get the 'no MRI evidence of edema' reminder",
     Fact.OSTEOPOROTIC: "an osteoporotic fracture without therapy gets the osteoporosis-therapy reminder",
     Fact.OSTEOPOROSIS_THERAPY: "its absence gives augmentation orders the osteoporosis-therapy reminder",
@@ -46,6 +49,9 @@ FACT_USES: Mapping[Fact, str] = MappingProxyType({
     Fact.BACK_PAIN: "with no fracture level coded, its region places suggested imaging",
     Fact.COAGULOPATHY: "a coagulopathy makes the augmentation checklist a warning (relative exclusion)",
     Fact.ANTICOAGULATION: "anticoagulant use adds peri-procedural management to the augmentation checklist",
+    Fact.VCF_FRAGILITY: "a traumatic code read as a fragility fracture stays in the criteria, with a card saying so",
+    Fact.OSTEOPOROSIS: "the fragility-fracture card shows the osteoporosis it was read from",
+    Fact.ASYMPTOMATIC: "augmentation for an asymptomatic fracture gets a warning",
 })
 
 
@@ -55,6 +61,7 @@ class ComputedFact(StrEnum):
 
     VCF_NEW = "vcf-new"
     VCF_PRIOR = "vcf-prior"
+    VCF_CURRENT = "vcf-current"
 
 
 class Advisory(StrEnum):
@@ -66,8 +73,11 @@ class Advisory(StrEnum):
     AUGMENT_INFECTION = "augment-infection"
     AUGMENT_NO_EDEMA = "augment-no-edema"
     AUGMENT_NO_THERAPY = "augment-no-therapy"
+    AUGMENT_ASYMPTOMATIC = "augment-asymptomatic"
     POST_AUGMENTATION_MRI = "post-augmentation-mri"
     STEER_IR = "steer-ir"
+    REGION_MISMATCH = "region-mismatch"
+    FRAGILITY_READING = "fragility-reading"
 
 
 class CardKind(StrEnum):
@@ -99,6 +109,9 @@ PAMA_RATINGS: tuple[str, ...] = get_args(PamaRating)
 # A variant applies but its table does not rate the ordered procedure.
 NO_CRITERIA_APPLY: PamaRating = "no-criteria-apply"
 APPROPRIATE: PamaRating = "appropriate"
+NOT_APPROPRIATE: PamaRating = "not-appropriate"
+# Rating provenance (decision-rules.md §1): the setting PAMA_OFFICIAL_ONLY sends only these.
+OFFICIAL = "OFFICIAL"
 
 # Variants with this ``routing`` (``acr/*.json``) rate imaging when a neurologic red flag has
 # taken the patient out of the routine VCF pathway (decision-rules.md §2.1).

@@ -85,6 +85,25 @@ class FactKind(_Strict):
     askWhenMissing: bool = True
 
 
+class QualifiedFact(_Strict):
+    """A fact made of the evidence of one base fact (``of``) that passes a test.
+
+    ``requires``: some of these base facts must hold (e.g. osteoporosis for a fragility
+    fracture, a spine problem for an unspecific neurologic symptom). ``recentWithinDays``:
+    only evidence with onset at most that many days before the order, stated on the order's
+    reasonCode, or an encounter diagnosis of the order's encounter counts (decision-rules.md
+    §6.2, §6.3). ``rule`` cites the source, or says the figure is a product decision.
+    """
+
+    id: str
+    label: str
+    of: str
+    requires: tuple[str, ...] = ()
+    recentWithinDays: int | None = Field(None, gt=0)
+    rule: str
+    askWhenMissing: bool = True
+
+
 class DerivedFact(_Strict):
     """A fact that holds when any of its underlying facts holds."""
 
@@ -99,6 +118,8 @@ class Acuity(_Strict):
     initialCharacters: tuple[str, ...]
     subsequentCharacters: tuple[str, ...]
     newWithinDays: int = Field(gt=0)
+    sequelaCharacters: tuple[str, ...] = ()
+    currentWithinDays: int = Field(gt=0)
     vcfFacts: tuple[str, ...]
     priorFacts: tuple[str, ...]
 
@@ -106,6 +127,7 @@ class Acuity(_Strict):
 class FactsFile(_Strict):
     description: str
     facts: tuple[FactKind, ...]
+    qualified: tuple[QualifiedFact, ...] = ()
     derived: tuple[DerivedFact, ...]
     acuity: Acuity
 
@@ -123,9 +145,15 @@ class Procedure(_Strict):
 
 
 class Region(_Strict):
+    """A spine region: ``valueSet`` holds the order codes naming it; ``fractureValueSet`` the
+    fracture codes naming it (M48.5-, S22.0-, S32.0-); ``covers`` the fracture regions an
+    order for this region images or treats (decision-rules.md §6.8)."""
+
     id: str
     display: str
     valueSet: str
+    fractureValueSet: str | None = None
+    covers: tuple[str, ...] = ()
 
 
 class PreferredReferral(_Strict):
@@ -257,7 +285,8 @@ class CardsFile(BaseModel):
 SUPPORTED_HOOKS = ("order-select", "order-sign")
 
 REQUIRED_CARD_TEXT = (
-    "useInstead", "useInsteadMay", "removeDuplicate", "reasonContrast", "reasonGeneric", "notAppropriateLead",
+    "useInstead", "useInsteadMay", "useInsteadShort", "useInsteadMayShort", "notAppropriate", "mayBeAppropriate",
+    "irReferralShort", "removeDuplicate", "reasonContrast", "reasonGeneric", "notAppropriateLead",
     "mayBeAppropriateLead", "noRatingAdd", "noRating", "noRatingLead", "neverReplacedLead", "wholeSpineNote",
     "missingFacts", "missingFactsShort", "conflict", "traumatic", "traumaticDetail", "redFlag", "redFlagCovered",
     "redFlagAugment", "redFlagDetail", "redFlagAugmentDetail", "redFlagRegionUnknown", "redFlagRegionThoracic",
@@ -266,7 +295,8 @@ REQUIRED_CARD_TEXT = (
     "checklistAnticoagDetail", "checklistCoag", "checklistCoagDetail", "augmentInfection", "augmentInfectionDetail",
     "postAugmentationMri", "postAugmentationMriDetail", "provenanceOFFICIAL", "provenanceSEED",
     "provenanceSECONDARY", "secondaryNote", "seedNote", "unconfirmedNote", "titleUnconfirmed", "evidenceHeading",
-    "evidenceMore", "evidenceMoreLink", "orderReason",
+    "evidenceMore", "evidenceMoreLink", "orderReason", "augmentAsymptomatic", "augmentAsymptomaticDetail",
+    "regionMismatch", "regionMismatchDetail", "fragilityReading", "fragilityReadingDetail",
 )
 
 
@@ -282,6 +312,7 @@ class Knowledge:
     version: str
     terminology: Terminology
     facts: Mapping[str, FactKind]
+    qualified: Mapping[str, QualifiedFact]
     derived: Mapping[str, DerivedFact]
     acuity: Acuity
     procedures: Mapping[str, Procedure]
@@ -300,16 +331,22 @@ class Knowledge:
     def askable(self, fact_id: str) -> bool:
         """Whether a card may ask the clinician to record this fact when it is missing
         (a diagnosis such as malignancy defines the patient; it is never 'missing')."""
-        f = self.facts.get(fact_id) or self.derived.get(fact_id)
+        f = self.facts.get(fact_id) or self.qualified.get(fact_id) or self.derived.get(fact_id)
         return f.askWhenMissing if f is not None else True
 
     def fact_label(self, fact_id: str) -> str:
         if fact_id in self.facts:
             return self.facts[fact_id].label
+        if fact_id in self.qualified:
+            return self.qualified[fact_id].label
         if fact_id in self.derived:
             return self.derived[fact_id].label
-        return {"vcf-new": "new vertebral fracture (initial encounter or recent onset)",
-                "vcf-prior": "history of vertebral fracture or augmentation"}.get(fact_id, fact_id)
+        labels: dict[str, str] = {
+            ComputedFact.VCF_NEW: "new vertebral fracture (initial encounter or recent onset)",
+            ComputedFact.VCF_PRIOR: "history of vertebral fracture or augmentation",
+            ComputedFact.VCF_CURRENT: "current vertebral fracture (not a sequela, not healed long ago)",
+        }
+        return labels.get(fact_id, fact_id)
 
 
 def _read_json(path: Path, rel: str) -> Any:
@@ -469,7 +506,7 @@ def _load_facts(root: Path, valuesets: Mapping[str, ValueSetDef]) -> FactsFile:
 
 
 def _check_fact_ids(rel: str, ff: FactsFile) -> None:
-    ids = [*(f.id for f in ff.facts), *(d.id for d in ff.derived)]
+    ids = [*(f.id for f in ff.facts), *(q.id for q in ff.qualified), *(d.id for d in ff.derived)]
     for fid in ids:
         if fid in COMPUTED_FACTS:
             raise KnowledgeError(rel, f"fact '{fid}'", "this id is reserved for the built-in acuity fact")
@@ -477,28 +514,35 @@ def _check_fact_ids(rel: str, ff: FactsFile) -> None:
 
 
 def _check_fact_references(rel: str, ff: FactsFile) -> None:
-    """Derived facts and the acuity rule name base facts (not derived ones)."""
+    """Qualified facts name base facts; derived facts and the acuity rule name base or
+    qualified facts (not derived ones)."""
     base = {f.id for f in ff.facts}
+    qualified = {q.id for q in ff.qualified}
+    for q in ff.qualified:
+        for a in (q.of, *q.requires):
+            if a not in base:
+                raise KnowledgeError(rel, f"qualified '{q.id}'", f"unknown base fact '{a}'")
     for d in ff.derived:
         for a in d.anyOf:
-            if a not in base:
+            if a not in base | qualified:
                 raise KnowledgeError(rel, f"derived '{d.id}'", f"unknown fact '{a}'")
     for a in ff.acuity.vcfFacts + ff.acuity.priorFacts:
-        if a not in base:
+        if a not in base | qualified:
             raise KnowledgeError(rel, "acuity", f"unknown fact '{a}'")
 
 
 def _check_facts_the_code_reads(rel: str, ff: FactsFile) -> None:
-    """Every fact the code names (contract.Fact) is defined, as a fact or a derived fact."""
-    defined = {f.id for f in ff.facts} | {d.id for d in ff.derived}
+    """Every fact the code names (contract.Fact) is defined, as a fact, a qualified or a derived fact."""
+    defined = {f.id for f in ff.facts} | {q.id for q in ff.qualified} | {d.id for d in ff.derived}
     for fact in Fact:
         if fact not in defined:
             raise KnowledgeError(rel, f"fact '{fact}'", f"not defined, but the service reads it: {FACT_USES[fact]}")
 
 
 def _fact_ids(ff: FactsFile) -> frozenset[str]:
-    """Every fact a criterion may name: base, derived and the computed acuity facts."""
-    return frozenset({f.id for f in ff.facts} | {d.id for d in ff.derived} | COMPUTED_FACTS)
+    """Every fact a criterion may name: base, qualified, derived and the computed acuity facts."""
+    return frozenset({f.id for f in ff.facts} | {q.id for q in ff.qualified} | {d.id for d in ff.derived}
+                     | COMPUTED_FACTS)
 
 
 def _fact_index(ff: FactsFile) -> dict[tuple[str, str], tuple[str, ...]]:
@@ -523,6 +567,10 @@ def _load_procedures(root: Path, valuesets: Mapping[str, ValueSetDef]) -> Proced
         _need_valueset(valuesets, rel, f"procedure '{proc.id}'", proc.valueSet)
     for r in pf.regions:
         _need_valueset(valuesets, rel, f"region '{r.id}'", r.valueSet)
+        _need_valueset(valuesets, rel, f"region '{r.id}'", r.fractureValueSet)
+        for c in r.covers:
+            if c not in {x.id for x in pf.regions}:
+                raise KnowledgeError(rel, f"region '{r.id}'", f"covers unknown region '{c}'")
     _check_preferred(rel, pf)
     if not any(p.modality == MRI_MODALITY for p in pf.procedures):
         raise KnowledgeError(rel, "procedures", f"no procedure has modality '{MRI_MODALITY}', which the service "
@@ -714,6 +762,7 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         version=version,
         terminology=Terminology.build(valuesets),
         facts=MappingProxyType({f.id: f for f in ff.facts}),
+        qualified=MappingProxyType({q.id: q for q in ff.qualified}),
         derived=MappingProxyType({d.id: d for d in ff.derived}),
         acuity=ff.acuity,
         procedures=MappingProxyType({p.id: p for p in pf.procedures}),
