@@ -501,7 +501,8 @@ class _Renderer:
                 summary = t["missingFactsShort"]
             self.card(CardKind.MISSING_FACTS, "info", summary, "\n".join(detail).strip(), None)
         elif choice.status == "conflict":
-            detail = [f"{proc.display} cannot be rated: the record fits more than one ACR variant.", "",
+            name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
+            detail = [f"{name} cannot be rated: the record fits more than one ACR variant.", "",
                       *[f"- {c.id}: {c.title}" for c in choice.candidates], "", *self.order_evidence(od, None)]
             self.card(CardKind.CONFLICT, "info", t["conflict"], "\n".join(detail).strip(), None)
         elif choice.status == "excluded":
