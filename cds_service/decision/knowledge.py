@@ -293,7 +293,7 @@ REQUIRED_CARD_TEXT = (
     "redFlagRegionLumbar", "redFlagRouted", "steerToIr", "steerToIrLead", "checklist", "checklistLead",
     "checklistEdema", "checklistEdemaDetail", "checklistTherapy", "checklistTherapyDetail", "checklistAnticoag",
     "checklistAnticoagDetail", "checklistCoag", "checklistCoagDetail", "augmentInfection", "augmentInfectionDetail",
-    "postAugmentationMri", "postAugmentationMriDetail", "provenanceOFFICIAL", "provenanceSEED",
+    "augmentInfectionWithdraw", "postAugmentationMri", "postAugmentationMriDetail", "provenanceOFFICIAL", "provenanceSEED",
     "provenanceSECONDARY", "secondaryNote", "seedNote", "unconfirmedNote", "titleUnconfirmed", "evidenceHeading",
     "evidenceMore", "evidenceMoreLink", "orderReason", "augmentAsymptomatic", "augmentAsymptomaticDetail",
     "regionMismatch", "regionMismatchDetail", "fragilityReading", "fragilityReadingDetail",

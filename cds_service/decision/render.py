@@ -581,7 +581,11 @@ class _Renderer:
         if Advisory.AUGMENT_INFECTION in advisories:
             lines = [t["augmentInfectionDetail"], "",
                      *self.evidence_block((self.k.fact_label(Fact.INFECTION), e) for e in od.facts.evidence.get(Fact.INFECTION, ()))]
-            self.card(Advisory.AUGMENT_INFECTION, "critical", t["augmentInfection"], "\n".join(lines).strip(), v, override=True)
+            # An absolute exclusion (CMS LCD L34228): withdrawing the order is the action offered.
+            withdraw = self.suggestion(t["augmentInfectionWithdraw"], [
+                {"type": "delete", "description": f"Remove the draft order {od.ref}", "resourceId": od.ref}])
+            self.card(Advisory.AUGMENT_INFECTION, "critical", t["augmentInfection"], "\n".join(lines).strip(), v,
+                      [withdraw], override=True)
         for adv, indicator, key, facts in (
                 (Advisory.REGION_MISMATCH, "warning", "regionMismatch", (Fact.VCF, Fact.VCF_TRAUMATIC)),
                 (Advisory.AUGMENT_ASYMPTOMATIC, "warning", "augmentAsymptomatic", (Fact.ASYMPTOMATIC,)),
