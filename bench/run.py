@@ -194,10 +194,13 @@ def stage_profile(body_file: Path, runs: int) -> dict[str, float]:
         return wrapper
 
     samples: dict[str, list[float]] = {}
-    with mock.patch.object(pipeline, "parse_order_select", timed("parse and validate", pipeline.parse_order_select)), \
+    with mock.patch.object(pipeline, "parse_envelope", timed("parse envelope", pipeline.parse_envelope)), \
+            mock.patch.object(pipeline, "parse_record", timed("parse record", pipeline.parse_record)), \
             mock.patch.object(engine, "extract_facts", timed("fact extraction", engine.extract_facts)), \
             mock.patch.object(pipeline, "decide", timed("engine decide (facts + decision)", pipeline.decide)), \
-            mock.patch.object(pipeline, "render", timed("rendering", pipeline.render)):
+            mock.patch.object(pipeline, "render", timed("rendering", pipeline.render)), \
+            mock.patch.object(pipeline, "validate_response", timed("response check (CDS Hooks models)",
+                                                                   pipeline.validate_response)):
         for n in range(runs + 1):
             spent.clear()
             t0 = time.perf_counter()
@@ -218,8 +221,9 @@ def stage_profile(body_file: Path, runs: int) -> dict[str, float]:
     medians = {name: statistics.median(values) for name, values in samples.items()}
     medians["decision (excluding fact extraction)"] = (medians["engine decide (facts + decision)"]
                                                        - medians["fact extraction"])
-    order = ["json decode", "parse and validate", "fact extraction", "decision (excluding fact extraction)",
-             "engine decide (facts + decision)", "rendering", "json encode", "whole call (decode + evaluate + encode)"]
+    order = ["json decode", "parse envelope", "parse record", "fact extraction", "decision (excluding fact extraction)",
+             "engine decide (facts + decision)", "rendering", "response check (CDS Hooks models)", "json encode",
+             "whole call (decode + evaluate + encode)"]
     return {name: medians[name] for name in order}
 
 

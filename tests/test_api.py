@@ -108,9 +108,9 @@ def test_discovery_lists_the_order_select_and_order_sign_services(client):
         assert svc["title"].strip()
         assert svc["description"].strip()
         prefetch = svc["prefetch"]
-        assert {"patient", "conditions", "procedures"} <= set(prefetch)
-        assert all(isinstance(v, str) and v.strip() for v in prefetch.values())
-        assert "{{context.patientId}}" in prefetch["patient"]
+        # Only what the decision reads: the patient's Conditions and Procedures.
+        assert set(prefetch) == {"conditions", "procedures"}
+        assert all(isinstance(v, str) and "{{context.patientId}}" in v for v in prefetch.values())
 
 
 # ------------------------------------------------------------------ every fixture request

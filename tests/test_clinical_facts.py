@@ -8,8 +8,11 @@ summaries, suggestions, and the PAMA rating sent back for the order.
 from __future__ import annotations
 
 import copy
+import html
 import itertools
 import json
+import re
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import FIXTURES, load_json, make_app
@@ -281,3 +284,21 @@ def test_official_only_is_a_setting(tmp_path):
     resp = client.post("/cds-services/vcf-order-select", data=json.dumps(body_of("v2-malignancy-mri")),
                        content_type="application/json")
     assert resp.status_code == 200 and "systemActions" not in resp.get_json()
+
+
+# ---- the "Why this advice?" page names the new scenarios ------------------------------------
+
+def _page(client, body: dict, summary_part: str) -> str:
+    resp = client.post("/cds-services/vcf-order-select", data=json.dumps(body), content_type="application/json")
+    card = next(c for c in resp.get_json()["cards"] if summary_part in c["summary"])
+    url = urlsplit(card["links"][0]["url"])
+    page = client.get(f"{url.path}?{url.query}")
+    assert page.status_code == 200
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page.get_data(as_text=True))))
+
+
+def test_explanation_says_variants_agreed_or_an_absolute_exclusion(client):
+    agreed = _page(client, body_of("seed-003-ablation"), "")
+    assert "each rates this order alike" in agreed
+    excluded = _page(client, body_of("facts-osteomyelitis-kyphoplasty"), "")
+    assert "absolute exclusion" in excluded and "CMS LCD L34228" in excluded

@@ -132,8 +132,9 @@ def test_no_prefetch_gets_the_same_response_as_full_prefetch(case, httpserver, e
     assert server.seen, "the FHIR server was not asked"
     assert all(s.authorization == f"Bearer {TOKEN}" for s in server.seen)
     patient = body["context"]["patientId"]
-    assert {s.path for s in server.seen} >= {"/fhir/Patient/" + patient, "/fhir/Condition", "/fhir/Procedure"}
-    assert all(s.args.get("patient") == patient for s in server.seen if s.path != "/fhir/Patient/" + patient)
+    # The service's prefetch templates (discovery): the Patient resource is never asked for.
+    assert {s.path for s in server.seen} == {"/fhir/Condition", "/fhir/Procedure"}
+    assert all(s.args.get("patient") == patient for s in server.seen)
 
 
 SYNTHEA = [c for c in CASES if c["id"].startswith("synthea-")]
@@ -177,7 +178,8 @@ def test_only_missing_keys_are_fetched_and_an_operation_outcome_counts_as_missin
                                       "issue": [{"severity": "error", "code": "forbidden"}]}
     got = post(fetching_app(httpserver), partial)
     assert got.status_code == 200
-    assert {s.path for s in server.seen} == {"/fhir/Procedure", f"/fhir/Patient/{body['context']['patientId']}"}
+    # 'patient' is no prefetch key of this service: an OperationOutcome there is not fetched.
+    assert {s.path for s in server.seen} == {"/fhir/Procedure"}
     assert normalised(got.get_json()) == normalised(post(fetching_app(httpserver), body).get_json())
 
 
@@ -212,17 +214,17 @@ def outcome_of(resp, status=412):
 def test_fhir_server_401_is_a_412_naming_the_query(httpserver, ehr):
     server = EhrFhirServer(token="another-token")
     issue = outcome_of(post(fetching_app(httpserver), v1_body(ehr(server))))
-    assert "prefetch 'patient' (Patient/{{context.patientId}})" in issue["diagnostics"]
+    assert "prefetch 'conditions' (Condition?patient={{context.patientId}})" in issue["diagnostics"]
     assert "HTTP 401" in issue["diagnostics"]
-    assert len(server.seen) == 3, "each of the three queries once: a 4xx is never retried"
+    assert len(server.seen) == 2, "each of the two queries once: a 4xx is never retried"
 
 
-def test_patient_not_found_is_a_412(httpserver, ehr):
-    body = load_json(FIXTURES / "requests/v1-new-vcf-mri-with-contrast.json")
-    server = served_from_prefetch(body)
-    server._by_type.pop("Patient")
-    issue = outcome_of(post(fetching_app(httpserver), without_prefetch(body, server_url=ehr(server))))
-    assert "HTTP 404" in issue["diagnostics"] and "'patient'" in issue["diagnostics"]
+def test_search_not_found_is_a_412(httpserver):
+    httpserver.expect_request(re.compile("^/fhir/")).respond_with_json(
+        {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]},
+        status=404, content_type="application/fhir+json")
+    issue = outcome_of(post(fetching_app(httpserver), v1_body(httpserver.url_for("/fhir"))))
+    assert "HTTP 404" in issue["diagnostics"] and "'conditions'" in issue["diagnostics"]
 
 
 @pytest.mark.parametrize("status", [500, 503])
@@ -232,17 +234,15 @@ def test_server_error_is_a_412_after_one_retry_for_gateway_errors(status, httpse
         status=status, content_type="application/fhir+json")
     issue = outcome_of(post(fetching_app(httpserver), v1_body(httpserver.url_for("/fhir"))))
     assert f"HTTP {status}" in issue["diagnostics"]
-    # The three prefetch queries run side by side; each is tried twice only on a gateway error.
+    # The two prefetch queries run side by side; each is tried twice only on a gateway error.
     per_query = Counter(request.path for request, _ in httpserver.log)
-    assert per_query == {path: 2 if status == 503 else 1
-                         for path in ("/fhir/Patient/pt-e0b69c73", "/fhir/Condition", "/fhir/Procedure")}
+    assert per_query == {path: 2 if status == 503 else 1 for path in ("/fhir/Condition", "/fhir/Procedure")}
 
 
 def test_one_503_then_success_is_retried_within_the_budget(httpserver, ehr):
     body = load_json(FIXTURES / "requests/v1-new-vcf-mri-with-contrast.json")
     server = served_from_prefetch(body)
-    httpserver.expect_oneshot_request("/fhir/Patient/" + body["context"]["patientId"]).respond_with_data(
-        "busy", status=503)
+    httpserver.expect_oneshot_request("/fhir/Condition").respond_with_data("busy", status=503)
     url = ehr(server)
     got = post(fetching_app(httpserver), without_prefetch(body, server_url=url))
     assert got.status_code == 200
@@ -290,12 +290,12 @@ def test_redirect_within_the_allowlisted_server_is_followed(httpserver, ehr):
     body = load_json(FIXTURES / "requests/v1-new-vcf-mri-with-contrast.json")
     server = served_from_prefetch(body)
     patient = body["context"]["patientId"]
-    httpserver.expect_request(f"/fhir/Patient/{patient}").respond_with_data(
-        "", status=301, headers={"Location": f"/fhir/Patient/{patient}/"})
+    httpserver.expect_request("/fhir/Procedure").respond_with_data(
+        "", status=301, headers={"Location": f"/fhir/Procedure/?patient={patient}"})
     url = ehr(server)
     got = post(fetching_app(httpserver), without_prefetch(body, server_url=url))
     assert got.status_code == 200
-    assert f"/fhir/Patient/{patient}/" in {seen.path for seen in server.seen}
+    assert "/fhir/Procedure/" in {seen.path for seen in server.seen}
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -319,7 +319,7 @@ def test_huge_answer_is_cut_off_at_the_size_cap(chunked, httpserver):
     ("<html><body>Login</body></html>", "text/html", "not FHIR JSON"),
     ("{not json", "application/fhir+json", "not valid JSON"),
     ('{"hello": "world"}', "application/json", "no resourceType"),
-    ('{"resourceType": "Observation", "id": "x"}', "application/fhir+json", "not a Patient"),
+    ('{"resourceType": "Observation", "id": "x"}', "application/fhir+json", "not a search Bundle"),
 ], ids=["html", "broken-json", "not-fhir", "wrong-type"])
 def test_answers_that_are_not_fhir_are_a_412(answer, content_type, expected, httpserver):
     httpserver.expect_request(re.compile("^/fhir/")).respond_with_data(answer, content_type=content_type)

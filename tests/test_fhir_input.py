@@ -1,4 +1,4 @@
-"""fhir_input.parse_order_select against real request bodies and their damaged variants."""
+"""parse_envelope and parse_record against real request bodies and their damaged variants."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pytest
 
 from cds_service.protocol.errors import RequestError, operation_outcome
 from cds_service.protocol.request import (
+    Envelope,
     InputIssue,
-    ParsedRequest,
+    PatientRecord,
     load_request_schemas,
-    parse_order_select,
+    parse_envelope,
+    parse_record,
 )
 
 INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
@@ -73,9 +75,16 @@ def _searchset(*resources: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def parse(body: Any, schemas, **limits: Any) -> tuple[Envelope, PatientRecord]:
+    """Both parsing steps, as the pipeline runs them when nothing needs fetching; conditions
+    required, as data/services.json says."""
+    envelope = parse_envelope(body, schemas=schemas, **limits)
+    return envelope, parse_record(envelope.prefetch, patient_id=envelope.patient_id, required=("conditions",))
+
+
 def _raises(body: Any, schemas, **kwargs: Any) -> RequestError:
     with pytest.raises(RequestError) as caught:
-        parse_order_select(body, schemas=schemas, **kwargs)
+        parse(body, schemas, **kwargs)
     return caught.value
 
 
@@ -92,29 +101,28 @@ def test_argonaut_request_without_prefetch_is_412(argonaut_request, schemas):
 def test_argonaut_request_with_null_conditions_parses(body, schemas):
     assert "type" not in body["context"]["draftOrders"]  # the spec example's own shape
 
-    parsed = parse_order_select(body, schemas=schemas)
+    envelope, record = parse(body, schemas)
 
-    assert isinstance(parsed, ParsedRequest)
-    assert parsed.hook == "order-select"
-    assert parsed.hook_instance == "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
-    assert parsed.fhir_server == "http://hooks.smarthealthit.org"
-    assert (parsed.patient_id, parsed.user_id, parsed.encounter_id) == (PATIENT_ID, "Practitioner/123", "89284")
-    assert [o.reference for o in parsed.draft_orders] == [SELECTION]
-    assert [s.reference for s in parsed.selections] == [SELECTION]
-    selected = parsed.selections[0]
+    assert isinstance(envelope, Envelope) and isinstance(record, PatientRecord)
+    assert envelope.hook == "order-select"
+    assert envelope.hook_instance == "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
+    assert envelope.fhir_server == "http://hooks.smarthealthit.org"
+    assert (envelope.patient_id, envelope.user_id, envelope.encounter_id) == (PATIENT_ID, "Practitioner/123", "89284")
+    assert [o.reference for o in envelope.draft_orders] == [SELECTION]
+    assert [s.reference for s in envelope.selections] == [SELECTION]
+    selected = envelope.selections[0]
     assert selected.model.get_resource_type() == "ServiceRequest"
     assert selected.model.code.coding[0].code == "72133"
     assert selected.raw == body["context"]["draftOrders"]["entry"][0]["resource"]
-    assert parsed.conditions == ()
-    assert parsed.procedures == () and parsed.procedures_available is False
-    assert parsed.patient is None
-    assert parsed.issues == ()
+    assert record.conditions == ()
+    assert record.procedures == () and record.procedures_available is False
+    assert record.issues == ()
 
 
 def test_raw_is_a_private_copy(body, schemas):
-    parsed = parse_order_select(body, schemas=schemas)
+    envelope, record = parse(body, schemas)
     body["context"]["draftOrders"]["entry"][0]["resource"]["status"] = "active"
-    assert parsed.selections[0].raw["status"] == "draft"
+    assert envelope.selections[0].raw["status"] == "draft"
 
 
 def test_unknown_fields_and_extensions_are_tolerated(body, schemas):
@@ -122,12 +130,11 @@ def test_unknown_fields_and_extensions_are_tolerated(body, schemas):
     body["somethingNew"] = [1, 2, 3]
     body["context"]["extension"] = {"com.example.ctx": True}
     body["context"]["draftOrders"]["entry"][0]["fullUrl"] = "urn:uuid:whatever"
-    parsed = parse_order_select(body, schemas=schemas)
-    assert [s.reference for s in parsed.selections] == [SELECTION]
+    envelope, record = parse(body, schemas)
+    assert [s.reference for s in envelope.selections] == [SELECTION]
 
 
-def test_optional_procedures_and_patient_prefetch(body, schemas):
-    patient = {"resourceType": "Patient", "id": PATIENT_ID, "gender": "female", "birthDate": "1950-02-01"}
+def test_optional_procedures_prefetch(body, schemas):
     procedure = {
         "resourceType": "Procedure",
         "id": "p1",
@@ -135,11 +142,10 @@ def test_optional_procedures_and_patient_prefetch(body, schemas):
         "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "22513"}]},
         "subject": {"reference": f"Patient/{PATIENT_ID}"},
     }
-    body["prefetch"].update(patient=patient, procedures=_searchset(procedure))
-    parsed = parse_order_select(body, schemas=schemas)
-    assert parsed.patient is not None and parsed.patient.id == PATIENT_ID
-    assert [p.id for p in parsed.procedures] == ["p1"]
-    assert parsed.procedures_available is True
+    body["prefetch"].update(procedures=_searchset(procedure))
+    envelope, record = parse(body, schemas)
+    assert [p.id for p in record.procedures] == ["p1"]
+    assert record.procedures_available is True
 
 
 @pytest.mark.parametrize(
@@ -153,9 +159,9 @@ def test_optional_procedures_and_patient_prefetch(body, schemas):
 )
 def test_procedures_prefetch_availability(body, schemas, value, available):
     body["prefetch"]["procedures"] = value
-    parsed = parse_order_select(body, schemas=schemas)
-    assert parsed.procedures == ()
-    assert parsed.procedures_available is available
+    envelope, record = parse(body, schemas)
+    assert record.procedures == ()
+    assert record.procedures_available is available
 
 
 # ------------------------------------------------------------- fatal request errors
@@ -223,7 +229,7 @@ def test_fhir_authorization_requires_fhir_server(body, schemas):
         "scope": "patient/Condition.read",
         "subject": "vcf-cds",
     }
-    parse_order_select(body, schemas=schemas)  # fine with fhirServer
+    parse(body, schemas)  # fine with fhirServer
     del body["fhirServer"]
     error = _raises(body, schemas)
     assert (error.status, error.code) == (400, "required")
@@ -271,11 +277,8 @@ def test_absurd_nesting_does_not_crash(body, schemas):
     for _ in range(5000):
         nested = [nested]
     body["x-unknown"] = nested
-    try:
-        parse_order_select(body, schemas=schemas)
-    except RequestError as error:
-        assert error.status == 400
-        assert error.code == "too-long"
+    error = _raises(body, schemas)
+    assert (error.status, error.code) == (400, "too-long")
 
 
 def test_absurd_nesting_inside_a_draft_order_does_not_crash(body, schemas):
@@ -288,7 +291,7 @@ def test_absurd_nesting_inside_a_draft_order_does_not_crash(body, schemas):
 
 
 def test_depth_limit_is_adjustable(body, schemas):
-    parse_order_select(body, schemas=schemas)
+    parse(body, schemas)
     error = _raises(body, schemas, max_depth=5)
     assert (error.status, error.code) == (400, "too-long")
 
@@ -300,9 +303,9 @@ def test_malformed_condition_is_skipped_and_reported(body, schemas):
     good = _condition("good")
     bad = _condition("bad", onsetDateTime={"not": "a date"}, code="M80.08XA")
     body["prefetch"]["conditions"] = _searchset(good, bad)
-    parsed = parse_order_select(body, schemas=schemas)
-    assert [c.id for c in parsed.conditions] == ["good"]
-    [issue] = parsed.issues
+    envelope, record = parse(body, schemas)
+    assert [c.id for c in record.conditions] == ["good"]
+    [issue] = record.issues
     assert isinstance(issue, InputIssue)
     assert (issue.location, issue.resource_type, issue.resource_id) == ("prefetch.conditions.entry[1]", "Condition", "bad")
     assert "not a valid FHIR R4B Condition" in issue.diagnostic
@@ -319,9 +322,9 @@ def test_other_resource_types_and_odd_entries_in_a_prefetch_bundle(body, schemas
         }
     )
     body["prefetch"]["conditions"] = bundle
-    parsed = parse_order_select(body, schemas=schemas)
-    assert [c.id for c in parsed.conditions] == ["c1"]
-    assert [(i.location, i.resource_type) for i in parsed.issues] == [("prefetch.conditions.entry[1]", "Encounter")]
+    envelope, record = parse(body, schemas)
+    assert [c.id for c in record.conditions] == ["c1"]
+    assert [(i.location, i.resource_type) for i in record.issues] == [("prefetch.conditions.entry[1]", "Encounter")]
 
 
 def test_conditions_operation_outcome_is_412(body, schemas):
@@ -341,10 +344,10 @@ def test_conditions_of_an_unusable_type_is_412(body, schemas):
 
 def test_single_condition_resource_instead_of_a_bundle(body, schemas):
     body["prefetch"]["conditions"] = _condition("only-one")
-    parsed = parse_order_select(body, schemas=schemas)
-    assert [c.id for c in parsed.conditions] == ["only-one"]
-    assert parsed.conditions[0].model.code.coding[0].code == "M80.08XA"
-    assert parsed.issues == ()
+    envelope, record = parse(body, schemas)
+    assert [c.id for c in record.conditions] == ["only-one"]
+    assert record.conditions[0].model.code.coding[0].code == "M80.08XA"
+    assert record.issues == ()
 
 
 @pytest.mark.parametrize(
@@ -362,19 +365,20 @@ def test_single_condition_resource_instead_of_a_bundle(body, schemas):
 )
 def test_condition_of_another_patient_is_skipped(body, schemas, reference, kept):
     body["prefetch"]["conditions"] = _searchset(_condition("c1", patient_ref=reference))
-    parsed = parse_order_select(body, schemas=schemas)
-    assert bool(parsed.conditions) is kept
+    envelope, record = parse(body, schemas)
+    assert bool(record.conditions) is kept
     if not kept:
-        [issue] = parsed.issues
+        [issue] = record.issues
         assert issue.location == "prefetch.conditions.entry[0]"
         assert "someone-else" not in issue.diagnostic
 
 
-def test_patient_prefetch_of_another_patient_is_dropped(body, schemas):
+def test_prefetch_keys_the_service_does_not_read_are_ignored(body, schemas):
     body["prefetch"]["patient"] = {"resourceType": "Patient", "id": "someone-else"}
-    parsed = parse_order_select(body, schemas=schemas)
-    assert parsed.patient is None
-    assert [i.location for i in parsed.issues] == ["prefetch.patient"]
+    body["prefetch"]["medications"] = {"resourceType": "Bundle", "entry": [{"resource": {"junk": True}}]}
+    envelope, record = parse(body, schemas)
+    assert record.issues == ()
+    assert set(envelope.prefetch) == {"conditions", "patient", "medications"}  # kept as sent
 
 
 def test_synthea_conditions_and_procedures_all_parse(body, schemas):
@@ -389,18 +393,16 @@ def test_synthea_conditions_and_procedures_all_parse(body, schemas):
     for entry in body["context"]["draftOrders"]["entry"]:
         entry["resource"]["subject"] = {"reference": f"Patient/{patient['id']}"}
     body["prefetch"] = {
-        "patient": patient,
         "conditions": _searchset(*conditions),
         "procedures": _searchset(*procedures),
     }
-    parsed = parse_order_select(body, schemas=schemas)
+    envelope, record = parse(body, schemas)
 
-    assert parsed.issues == ()
-    assert len(parsed.conditions) == len(conditions)
-    assert len(parsed.procedures) == len(procedures)
-    assert parsed.procedures_available is True
-    assert parsed.patient is not None and parsed.patient.id == patient["id"]
-    assert {c.id for c in parsed.conditions} == {c["id"] for c in conditions}
+    assert record.issues == ()
+    assert len(record.conditions) == len(conditions)
+    assert len(record.procedures) == len(procedures)
+    assert record.procedures_available is True
+    assert {c.id for c in record.conditions} == {c["id"] for c in conditions}
 
 
 # ---------------------------------------------------------------------------- errors

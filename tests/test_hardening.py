@@ -14,6 +14,9 @@ from conftest import FIXTURES, load_json, make_app
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 
+from cds_service.protocol.errors import ISSUE_CODES, OperationOutcome
+from cds_service.protocol.models import SUMMARY_MAX_CHARS, CdsDiscovery, CdsResponse, wire_json_schemas
+
 SERVICE = "/cds-services/vcf-order-select"
 SANDBOX_ORIGIN = "https://sandbox.cds-hooks.org"
 CASES = load_json(FIXTURES / "cases.json")
@@ -119,7 +122,45 @@ def openapi() -> dict[str, Any]:
 def test_openapi_document_is_valid_openapi_31(openapi):
     validate_openapi(openapi)
     assert openapi["openapi"] == "3.1.0"
-    assert {"/cds-services", "/cds-services/{service_id}", "/openapi.json"} <= set(openapi["paths"])
+
+
+def _served(app) -> set[tuple[str, str]]:
+    """(OpenAPI path, method) of every route the app serves (Flask's automatic HEAD/OPTIONS
+    and its static files aside)."""
+    found = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        found |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    return found
+
+
+@pytest.mark.parametrize("metrics", [True, False], ids=["metrics-on", "metrics-off"])
+def test_openapi_describes_every_endpoint_the_app_serves(metrics):
+    app = make_app(METRICS_ENABLED=metrics)
+    document = app.test_client().get("/openapi.json").get_json()
+    validate_openapi(document)
+    documented = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert documented == _served(app)
+    assert {"/explain", "/healthz", "/readyz"} <= set(document["paths"])
+    assert ("/metrics" in document["paths"]) is metrics
+
+
+def test_openapi_public_endpoints_need_no_token(openapi):
+    public = {path for path, item in openapi["paths"].items() if item["get" if "get" in item else "post"].get("security") == []}
+    assert public == {"/openapi.json", "/explain", "/healthz", "/readyz", "/metrics"}
+
+
+def test_openapi_response_schemas_are_the_wire_models(openapi):
+    """One definition of every rule: the components are generated from the models the pipeline
+    checks each response with, so the summary limit is the spec's "<140 characters"."""
+    schemas = openapi["components"]["schemas"]
+    assert schemas["Card"]["properties"]["summary"]["maxLength"] == SUMMARY_MAX_CHARS == 139
+    assert schemas == {**schemas, **wire_json_schemas(CdsDiscovery, CdsResponse, OperationOutcome,
+                                                      ref_template="#/components/schemas/{model}")}
+    assert schemas["CdsResponse"]["required"] == ["cards"]
+    assert schemas["OutcomeIssue"]["properties"]["code"]["enum"] == sorted(ISSUE_CODES)
 
 
 def test_openapi_lists_the_discovered_services(openapi):

@@ -28,12 +28,12 @@ class Fact(StrEnum):
     OSTEOPOROTIC = "osteoporotic"
     OSTEOPOROSIS_THERAPY = "osteoporosis-therapy"
     AUGMENTATION_HISTORY = "augmentation-history"
-    BACK_PAIN = "back-pain"
-    COAGULOPATHY = "coagulopathy"
-    ANTICOAGULATION = "anticoagulation"
     VCF_FRAGILITY = "vcf-fragility"
     OSTEOPOROSIS = "osteoporosis"
     ASYMPTOMATIC = "asymptomatic"
+    BACK_PAIN = "back-pain"
+    COAGULOPATHY = "coagulopathy"
+    ANTICOAGULATION = "anticoagulation"
 
 
 FACT_USES: Mapping[Fact, str] = MappingProxyType({
@@ -46,12 +46,12 @@ FACT_USES: Mapping[Fact, str] = MappingProxyType({
     Fact.OSTEOPOROTIC: "an osteoporotic fracture without therapy gets the osteoporosis-therapy reminder",
     Fact.OSTEOPOROSIS_THERAPY: "its absence gives augmentation orders the osteoporosis-therapy reminder",
     Fact.AUGMENTATION_HISTORY: "an MRI after vertebral augmentation gets the post-augmentation note",
-    Fact.BACK_PAIN: "with no fracture level coded, its region places suggested imaging",
-    Fact.COAGULOPATHY: "a coagulopathy makes the augmentation checklist a warning (relative exclusion)",
-    Fact.ANTICOAGULATION: "anticoagulant use adds peri-procedural management to the augmentation checklist",
     Fact.VCF_FRAGILITY: "a traumatic code read as a fragility fracture stays in the criteria, with a card saying so",
     Fact.OSTEOPOROSIS: "the fragility-fracture card shows the osteoporosis it was read from",
     Fact.ASYMPTOMATIC: "augmentation for an asymptomatic fracture gets a warning",
+    Fact.BACK_PAIN: "with no fracture level coded, its region places suggested imaging",
+    Fact.COAGULOPATHY: "a coagulopathy makes the augmentation checklist a warning (relative exclusion)",
+    Fact.ANTICOAGULATION: "anticoagulant use adds peri-procedural management to the augmentation checklist",
 })
 
 

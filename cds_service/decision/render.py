@@ -100,11 +100,13 @@ class RenderOptions:
 class Rendered:
     """The wire response plus what the audit trail needs: each card's kind by uuid, and the
     position (in ``Decision.orders``) of the order a card is about; cards about the whole
-    call (the red-flag card) are absent from ``card_orders``."""
+    call (the red-flag card) are absent from ``card_orders``. ``consult_ids``: order position
+    -> the PAMA consult id (``urn:uuid:...``) of its rating, for rated orders only."""
 
     response: dict
     card_kinds: Mapping[str, str]
     card_orders: Mapping[str, int] = field(default_factory=dict)
+    consult_ids: Mapping[int, str] = field(default_factory=dict)
 
 
 def _summary(text: str) -> str:
@@ -158,6 +160,7 @@ class _Renderer:
         self.card_orders: dict[str, int] = {}
         self._draft_classes: dict[str, OrderClass] = {ref: classify_order(knowledge, raw)
                                                       for ref, raw in drafts_by_ref.items()}
+        self.consult_ids: dict[int, str] = {}
 
     # ---- building blocks -------------------------------------------------------------
     def source(self, variant: Variant | None) -> dict:
@@ -186,7 +189,7 @@ class _Renderer:
             c["links"] = [{"label": EXPLAIN_LINK_LABEL, "url": url, "type": "absolute"}]
             c["detail"] = c["detail"].replace(_MORE_LINK, url)
         self.cards.append(c)
-        self.kinds[c["uuid"]] = kind
+        self.kinds[c["uuid"]] = str(kind)
         if self.order_position is not None:
             self.card_orders[c["uuid"]] = self.order_position
 
@@ -734,17 +737,18 @@ class _Renderer:
                   override=True)
 
     # ---- ratings --------------------------------------------------------------------------
-    def rating_action(self, od: OrderDecision) -> dict:
+    def rating_action(self, od: OrderDecision, position: int) -> dict:
         assert od.pama is not None and od.variant is not None  # only rated orders get a rating action
         coding = [{"system": PAMA_SYSTEM, "code": od.pama, "display": PAMA_RATING_DISPLAY[od.pama]}]
         if od.rating is not None and od.rating.category != USUALLY_APPROPRIATE and od.pama == APPROPRIATE:
             coding.append({"system": ACR_CATEGORY_SYSTEM, "code": od.rating.category,
                            "display": CATEGORY_DISPLAY[od.rating.category]})
         topic = self.k.variant_topic[od.variant.id]
+        self.consult_ids[position] = consult_id = f"urn:uuid:{self.o.new_id()}"
         ext = [
             {"url": PAMA_BASE + "pama-rating", "valueCodeableConcept": {"coding": coding}},
             {"url": PAMA_BASE + "pama-rating-qcdsm-consulted", "valueString": self.o.qcdsm},
-            {"url": PAMA_BASE + "pama-rating-consult-id", "valueUri": f"urn:uuid:{self.o.new_id()}"},
+            {"url": PAMA_BASE + "pama-rating-consult-id", "valueUri": consult_id},
             {"url": PAMA_BASE + "pama-rating-auc-applied", "valueUri": topic.url},
         ]
         resource = dict(od.raw)
@@ -771,7 +775,7 @@ def render(knowledge: Knowledge, decision: Decision, *, draft_orders: Sequence[M
     for position, od in enumerate(decision.orders):
         r.order_position = position
         r.order_cards(od)
-    actions = [r.rating_action(od) for od in decision.orders if od.pama is not None]
+    actions = [r.rating_action(od, position) for position, od in enumerate(decision.orders) if od.pama is not None]
     response: dict[str, Any] = {"cards": r.cards}
     if actions:
         response["systemActions"] = actions
@@ -782,4 +786,4 @@ def render(knowledge: Knowledge, decision: Decision, *, draft_orders: Sequence[M
         extension["vcf-cds-hooks"] = {"skippedResources": [dict(i) for i in input_issues]}
     if extension:
         response["extension"] = extension
-    return Rendered(response, r.kinds, r.card_orders)
+    return Rendered(response, r.kinds, r.card_orders, r.consult_ids)

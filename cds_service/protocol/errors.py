@@ -9,7 +9,9 @@ and the issue ``code`` gives callers a stable, machine-readable reason.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 # FHIR R4 IssueType codes this service uses. Listed so a typo fails loudly at
 # raise time instead of reaching a client as an unknown code.
@@ -29,6 +31,9 @@ ISSUE_CODES = frozenset(
         "login",
     }
 )
+
+# The codes as a JSON Schema enum (typed as pydantic's JSON values want a list).
+_ISSUE_CODE_LIST: list[Any] = sorted(ISSUE_CODES)
 
 
 class RequestError(Exception):
@@ -93,3 +98,26 @@ def operation_outcome(
     if expression:
         issue["expression"] = list(expression)
     return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+class OutcomeIssue(BaseModel):
+    """One ``OperationOutcome.issue`` as :func:`operation_outcome` builds it (FHIR R4
+    OperationOutcome.issue: ``severity`` and ``code`` required; ``code`` one of
+    :data:`ISSUE_CODES`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    severity: Literal["fatal", "error", "warning", "information"]
+    code: str = Field(json_schema_extra={"enum": _ISSUE_CODE_LIST})
+    diagnostics: str | None = None
+    expression: list[str] | None = Field(default=None, json_schema_extra={"minItems": 1})
+
+
+class OperationOutcome(BaseModel):
+    """The error body of every refused call: a FHIR R4 OperationOutcome with one issue
+    (built by :func:`operation_outcome`; this model is its published JSON Schema)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resourceType: Literal["OperationOutcome"]
+    issue: list[OutcomeIssue] = Field(min_length=1)

@@ -20,6 +20,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_json_schema
+from pydantic_core import core_schema
 
 __all__ = [
     "Action",
@@ -36,6 +38,7 @@ __all__ = [
     "Suggestion",
     "check_response",
     "to_wire",
+    "wire_json_schemas",
 ]
 
 INDICATORS = ("info", "warning", "critical")
@@ -146,6 +149,14 @@ class _WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# The rules below are checked by the validators of each model (with this module's messages);
+# these only state them in the models' JSON Schema (the OpenAPI document), from the same constants.
+_NON_EMPTY: Any = Field(json_schema_extra={"minLength": 1})
+_UUID: Any = Field(default=None, json_schema_extra={"pattern": f"^{_UUID_RE.pattern}$"})
+_URL: Any = Field(json_schema_extra={"format": "uri", "pattern": "^https?://"})
+_OPTIONAL_URL: Any = Field(default=None, json_schema_extra={"format": "uri", "pattern": "^https?://"})
+
+
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must be a non-empty string")
@@ -156,8 +167,8 @@ class Coding(_WireModel):
     """CDS Hooks 2.0 Coding: ``system`` and ``code`` required, ``display`` optional
     (required by :class:`Card` for override reasons)."""
 
-    system: str
-    code: str
+    system: str = _NON_EMPTY
+    code: str = _NON_EMPTY
     display: str | None = None
 
     _check_required = field_validator("system", "code")(_non_empty)
@@ -166,9 +177,9 @@ class Coding(_WireModel):
 class Source(_WireModel):
     """CDS Hooks 2.0 Card.source: ``label`` required; ``url`` and ``icon`` absolute URLs."""
 
-    label: str
-    url: str | None = None
-    icon: str | None = None
+    label: str = _NON_EMPTY
+    url: str | None = _OPTIONAL_URL
+    icon: str | None = _OPTIONAL_URL
     topic: Coding | None = None
     extension: dict[str, Any] | None = None
 
@@ -186,8 +197,8 @@ class Link(_WireModel):
     """CDS Hooks 2.0 Link: ``type`` ``absolute`` or ``smart``; absolute http(s) ``url``;
     ``appContext`` only on ``smart`` links."""
 
-    label: str
-    url: str
+    label: str = _NON_EMPTY
+    url: str = _URL
     type: Literal["absolute", "smart"]
     appContext: str | None = None
     extension: dict[str, Any] | None = None
@@ -215,7 +226,7 @@ class Action(_WireModel):
     """
 
     type: Literal["create", "update", "delete"]
-    description: str
+    description: str = _NON_EMPTY
     resource: dict[str, Any] | None = None
     resourceId: str | list[str] | None = None
     extension: dict[str, Any] | None = None
@@ -233,8 +244,8 @@ class Action(_WireModel):
 class Suggestion(_WireModel):
     """CDS Hooks 2.0 Suggestion: ``label`` required; ``uuid`` a UUID if present."""
 
-    label: str
-    uuid: str | None = None
+    label: str = _NON_EMPTY
+    uuid: str | None = _UUID
     isRecommended: bool | None = None
     actions: list[Action] = Field(default_factory=list)
     extension: dict[str, Any] | None = None
@@ -258,8 +269,8 @@ class Card(_WireModel):
     recommended suggestion; suggestion uuids unique; ``uuid`` a UUID if present.
     """
 
-    uuid: str | None = None
-    summary: str
+    uuid: str | None = _UUID
+    summary: str = Field(json_schema_extra={"minLength": 1, "maxLength": SUMMARY_MAX_CHARS})
     detail: str | None = None
     indicator: Literal["info", "warning", "critical"]
     source: Source
@@ -315,10 +326,10 @@ class CdsServiceDescriptor(_WireModel):
     """CDS Hooks 2.0 Discovery service entry: ``hook``, ``description`` and ``id``
     required; ``title`` recommended; ``prefetch`` maps keys to FHIR query templates."""
 
-    hook: str
+    hook: str = _NON_EMPTY
     title: str | None = None
-    description: str
-    id: str
+    description: str = _NON_EMPTY
+    id: str = Field(json_schema_extra={"pattern": f"^{_SERVICE_ID_RE.pattern}$"})
     prefetch: dict[str, str] = Field(default_factory=dict)
     usageRequirements: str | None = None
     extension: dict[str, Any] | None = None
@@ -378,6 +389,42 @@ def _prune(value: Any) -> Any:
     if isinstance(value, list):
         return [item for item in (_prune(v) for v in value) if not _is_empty(item)]
     return value
+
+
+class _WireJsonSchema(GenerateJsonSchema):
+    """JSON Schema of the models as :func:`to_wire` sends them: an optional member is left
+    out, never sent as null, so "or null" and "default: null" are not part of the wire."""
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        json_schema = super().default_schema(schema)
+        if json_schema.get("default", ...) is None:
+            del json_schema["default"]
+        return json_schema
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False  # the member names are the titles
+
+
+def wire_json_schemas(*models: type[BaseModel], ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """JSON Schemas (draft 2020-12, as OpenAPI 3.1 uses) of ``models`` as sent on the wire.
+
+    Generated from the models themselves (``model_json_schema`` with nulls left out), so the
+    published schema and the checks cannot disagree; members the spec requires even when
+    empty (``cards``, ``services``) are required. Returns model name -> schema for each of
+    ``models`` and every model they use, with references built from ``ref_template``
+    (``{model}`` is replaced by the model name).
+    """
+    _, top = models_json_schema([(m, "serialization") for m in models], ref_template=ref_template,
+                                schema_generator=_WireJsonSchema)
+    schemas: dict[str, Any] = top.get("$defs", {})
+    for model, names in _ALWAYS_SENT.items():
+        if model.__name__ in schemas:
+            required = schemas[model.__name__].setdefault("required", [])
+            required.extend(name for name in names if name not in required)
+    return schemas
 
 
 # ----------------------------------------------------------------------- checking

@@ -1,16 +1,18 @@
-"""CDS Hooks request body -> typed FHIR R4B resources for the order-select and order-sign hooks.
+"""CDS Hooks request body -> a checked envelope, and prefetch -> typed FHIR R4B resources.
 
-Implements, for this service:
+Two steps, each on its own (the pipeline calls them in turn, fetching what prefetch lacks in
+between, see :mod:`cds_service.pipeline`):
 
-- CDS Hooks 2.0 "Calling a CDS Service / HTTP Request" (the envelope), checked
-  with ``schemas/cds-hooks-request.schema.json``;
-- the ``order-select`` hook context (``userId``, ``patientId``, ``encounterId``,
-  ``selections``, ``draftOrders``), checked with
-  ``schemas/order-select-context.schema.json``;
-- the ``order-sign`` hook context (CDS Hooks library; the same without ``selections``:
-  every draft order is being signed);
-- CDS Hooks 2.0 "Prefetch Template" / "Prefetch tokens": a prefetch value may be
-  ``null``, a Bundle, a single resource or an OperationOutcome.
+- :func:`parse_envelope` checks the request as sent: CDS Hooks 2.0 "Calling a CDS Service /
+  HTTP Request" (the envelope, ``schemas/cds-hooks-request.schema.json``); the
+  ``order-select`` hook context (``userId``, ``patientId``, ``encounterId``, ``selections``,
+  ``draftOrders``, ``schemas/order-select-context.schema.json``); the ``order-sign`` hook
+  context (CDS Hooks library; the same without ``selections``: every draft order is being
+  signed); the draft orders and the selections. No network I/O, no clinical code.
+- :func:`parse_record` reads the prefetch (as sent, or completed from the FHIR server) per
+  CDS Hooks 2.0 "Prefetch Template" / "Prefetch tokens": a prefetch value may be ``null``, a
+  Bundle, a single resource or an OperationOutcome; required keys that are unavailable are
+  a 412.
 
 Nothing here knows about HTTP: problems are raised as
 :class:`cds_service.protocol.errors.RequestError` carrying the status the API layer sends.
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 import pydantic
@@ -35,15 +38,23 @@ from jsonschema.exceptions import best_match
 from cds_service.protocol.errors import RequestError
 
 __all__ = [
+    "Envelope",
     "InputIssue",
     "InputResource",
     "MAX_DRAFT_ORDERS",
     "MAX_JSON_DEPTH",
     "MAX_PREFETCH_ENTRIES",
-    "ParsedRequest",
+    "PREFETCH_CONDITIONS",
+    "PREFETCH_PROCEDURES",
+    "PatientRecord",
+    "RECORD_KEYS",
+    "ReadsResource",
     "RequestSchemas",
     "load_request_schemas",
-    "parse_order_select",
+    "nested_deeper_than",
+    "parse_envelope",
+    "parse_record",
+    "prefetch_unavailable",
 ]
 
 # A real order-select body nests about 15 levels (Bundle > entry > resource >
@@ -72,20 +83,15 @@ _MODEL_ERRORS: tuple[type[BaseException], ...] = (
 _ABSTRACT_RESOURCES = frozenset({"Resource", "DomainResource"})
 _RESOURCE_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
-# Prefetch keys this service declares in discovery (see data/services.json).
-PREFETCH_PATIENT = "patient"
+# The prefetch keys :func:`parse_record` reads (declared in discovery, data/services.json),
+# and the resource type each holds.
 PREFETCH_CONDITIONS = "conditions"
 PREFETCH_PROCEDURES = "procedures"
-PREFETCH_KEYS = (PREFETCH_PATIENT, PREFETCH_CONDITIONS, PREFETCH_PROCEDURES)
+RECORD_KEYS: Mapping[str, str] = MappingProxyType({PREFETCH_CONDITIONS: "Condition", PREFETCH_PROCEDURES: "Procedure"})
 
 ReadsResource = Callable[[str, Mapping[str, Any]], bool]
 """Called with a prefetched resource's type and JSON (not yet validated); False when the
 decision never reads it (see :func:`cds_service.decision.scenario.yields_facts`)."""
-
-FetchMissing = Callable[[list[str], Mapping[str, Any]], Mapping[str, Any]]
-"""Called with the prefetch keys that are absent or an OperationOutcome, and the checked
-request body; returns key -> fetched resource for the keys it could fetch, or raises
-:class:`RequestError` (412) when it cannot (see :mod:`cds_service.fhir.client`)."""
 
 ORDER_SELECT = "order-select"
 ORDER_SIGN = "order-sign"
@@ -157,38 +163,56 @@ class InputIssue:
     resource_id: str | None
     diagnostic: str
 
+    def to_json(self) -> dict[str, str]:
+        """The issue as sent in the response's ``skippedResources``: the set fields only."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
 
 @dataclass(frozen=True)
-class ParsedRequest:
-    """A checked order-select request.
+class Envelope:
+    """A checked order-select or order-sign request, before its prefetch is read.
 
     Attributes:
         hook, hook_instance, fhir_server: from the envelope (``fhir_server`` may be None).
+        access_token: ``fhirAuthorization.access_token``, or None (never shown by ``repr``).
         patient_id, user_id, encounter_id: from ``context`` (``encounter_id`` may be None).
+        context: the checked ``context`` object, for prefetch tokens (``{{context.*}}``).
         draft_orders: every ``context.draftOrders`` entry, in order, each validated with R4B.
         selections: the draft orders to rate: for order-select those named by
             ``context.selections``, in that order (a selection repeated in the request
             appears once); for order-sign every draft order.
-        conditions: prefetched Conditions of this patient that validated (with
-            ``reads``: only those the decision reads).
-        procedures: prefetched Procedures of this patient that validated (likewise).
-        patient: the prefetched Patient, or None if absent, unusable or another patient.
-        procedures_available: False when prefetch ``procedures`` was absent or an
-            OperationOutcome, so "no procedures" can be told from "not known".
-        issues: prefetched resources that were skipped, with the reason.
+        prefetch: the ``prefetch`` object as sent (empty when absent); values not checked
+            beyond the envelope schema (object or null).
     """
 
     hook: str
     hook_instance: str
     fhir_server: str | None
-    patient_id: str
+    access_token: str | None = field(repr=False)
+    patient_id: str = field(repr=False)
     user_id: str
     encounter_id: str | None
-    draft_orders: tuple[InputResource, ...]
-    selections: tuple[InputResource, ...]
+    context: Mapping[str, Any] = field(repr=False)
+    draft_orders: tuple[InputResource, ...] = field(repr=False)
+    selections: tuple[InputResource, ...] = field(repr=False)
+    prefetch: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """The patient's record as read from prefetch: what the decision reads.
+
+    Attributes:
+        conditions: prefetched Conditions of this patient that validated (with ``reads``:
+            only those the decision reads).
+        procedures: prefetched Procedures of this patient that validated (likewise).
+        procedures_available: False when prefetch ``procedures`` was absent, an
+            OperationOutcome or unusable, so "no procedures" can be told from "not known".
+        issues: prefetched resources that were skipped, with the reason.
+    """
+
     conditions: tuple[InputResource, ...]
     procedures: tuple[InputResource, ...]
-    patient: InputResource | None
     procedures_available: bool
     issues: tuple[InputIssue, ...]
 
@@ -197,9 +221,9 @@ class ParsedRequest:
 
 
 def load_request_schemas() -> RequestSchemas:
-    """Load and compile the request JSON Schemas shipped in ``cds_service/schemas``.
+    """Load and compile the request JSON Schemas shipped in ``cds_service/protocol/schemas``.
 
-    Call once at application start and pass the result to :func:`parse_order_select`.
+    Call once at application start and pass the result to :func:`parse_envelope`.
 
     Raises:
         RuntimeError: naming the file, if a schema file is missing, is not JSON,
@@ -234,47 +258,34 @@ def _load_schema(name: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------- parsing
 
 
-def parse_order_select(
-    body: Mapping[str, Any],
+def parse_envelope(
+    body: Any,
     *,
     hook: str = ORDER_SELECT,
     schemas: RequestSchemas,
     max_depth: int = MAX_JSON_DEPTH,
-    fetch_missing: FetchMissing | None = None,
     max_draft_orders: int = MAX_DRAFT_ORDERS,
     max_prefetch_entries: int = MAX_PREFETCH_ENTRIES,
-    reads: ReadsResource | None = None,
-) -> ParsedRequest:
-    """Check an order-select or order-sign request body and return its typed content.
+) -> Envelope:
+    """Check an order-select or order-sign request body and return its typed envelope.
 
     Steps, each failing fast: body is a JSON object; nesting is at most
     ``max_depth``; at most ``max_draft_orders`` draftOrders entries and
     ``max_prefetch_entries`` Bundle entries in all of prefetch; envelope
     schema (CDS Hooks 2.0 "HTTP Request"); ``hook`` matches; the hook's context
-    schema; every ``draftOrders`` entry validates on
-    its own as an R4B resource (the Bundle itself is not model-validated, since
-    the spec's examples omit ``Bundle.type``); order-select: every selection resolves
-    to a draft order of this patient; order-sign: every draft order is "selected" and
-    must be this patient's; ``fhirAuthorization.patient``, when given, is ``context.patientId``; prefetch
-    keys that are absent or an OperationOutcome are handed to ``fetch_missing`` (CDS Hooks
-    2.0 "Prefetch Template": the service fetches what the client did not send); prefetch is
-    read per CDS Hooks 2.0 "Prefetch Template".
+    schema; ``fhirAuthorization.patient``, when given, is ``context.patientId``; every
+    ``draftOrders`` entry validates on its own as an R4B resource (the Bundle itself is not
+    model-validated, since the spec's examples omit ``Bundle.type``); order-select: every
+    selection resolves to a draft order of this patient; order-sign: every draft order is
+    "selected" and must be this patient's. Prefetch is kept as sent, for :func:`parse_record`.
 
     Args:
         body: the decoded JSON request body.
         hook: the hook this service answers: ``order-select`` or ``order-sign``.
         schemas: from :func:`load_request_schemas`.
-        max_depth: maximum JSON nesting depth accepted (request and fetched data).
+        max_depth: maximum JSON nesting depth accepted.
         max_draft_orders: maximum ``context.draftOrders.entry`` items.
         max_prefetch_entries: maximum ``entry`` items summed over the prefetch Bundles.
-        fetch_missing: fetches absent prefetch keys; None to use prefetch only.
-        reads: tells which prefetched resources the decision reads; the others are passed
-            over: not validated, not returned, not listed in ``issues`` unless they belong
-            to another patient. None: every resource is validated and returned.
-
-    Returns:
-        ParsedRequest. Malformed or foreign prefetched resources are skipped and
-        listed in ``issues``; they never fail the request.
 
     Raises:
         RequestError: 400 ``structure`` body not an object; 400 ``too-long``
@@ -283,14 +294,12 @@ def parse_order_select(
             diagnostic names the path); 400 ``not-supported`` wrong hook or unknown
             draft order resourceType; 400 ``invalid`` draft order that is not valid
             R4B or duplicated; 400 ``not-found`` selection not in draftOrders;
-            400 ``invalid`` fhirAuthorization.patient is another patient; 412 from
-            ``fetch_missing``; 412 ``required`` prefetch ``conditions`` missing or an
-            OperationOutcome and not fetched.
+            400 ``invalid`` fhirAuthorization.patient or an order's subject is another patient.
     """
     if not isinstance(body, Mapping):
         raise RequestError(400, "structure", "request body must be a JSON object")
     body = dict(body)
-    if _deeper_than(body, max_depth):
+    if nested_deeper_than(body, max_depth):
         raise RequestError(
             400, "too-long", f"request body is nested deeper than {max_depth} levels"
         )
@@ -324,44 +333,69 @@ def parse_order_select(
     else:
         selections = _resolve_selections(context["selections"], draft_orders, patient_id)
 
-    issues: list[InputIssue] = []
-    prefetch: dict[str, Any] = dict(body.get("prefetch") or {})
-    missing = [key for key in PREFETCH_KEYS if _unavailable(prefetch, key)]
-    if missing and fetch_missing is not None:
-        for key, value in fetch_missing(missing, body).items():
-            if _deeper_than(value, max_depth):
-                raise RequestError(
-                    412, "too-long", f"prefetch '{key}' fetched from fhirServer is nested deeper "
-                    f"than {max_depth} levels", [f"prefetch.{key}"]
-                )
-            prefetch[key] = value
-
-    conditions = _prefetched(prefetch, PREFETCH_CONDITIONS, "Condition", patient_id, issues, reads)
-    if conditions is None:
-        # Without conditions the service cannot tell which ACR variant applies,
-        # and guessing "no relevant history" would rate the order wrongly.
-        raise RequestError(
-            412,
-            "required",
-            f"prefetch '{PREFETCH_CONDITIONS}' is missing (or an OperationOutcome, or "
-            "unusable) and was not fetched: the request names no fhirServer, or fetching is not configured",
-            [f"prefetch.{PREFETCH_CONDITIONS}"],
-        )
-    procedures = _prefetched(prefetch, PREFETCH_PROCEDURES, "Procedure", patient_id, issues, reads)
-    patients = _prefetched(prefetch, PREFETCH_PATIENT, "Patient", patient_id, issues, reads)
-
-    return ParsedRequest(
+    return Envelope(
         hook=body["hook"],
         hook_instance=body["hookInstance"],
         fhir_server=body.get("fhirServer"),
+        access_token=(authorization or {}).get("access_token"),
         patient_id=patient_id,
         user_id=context["userId"],
         encounter_id=context.get("encounterId"),
+        context=context,
         draft_orders=draft_orders,
         selections=selections,
-        conditions=conditions,
+        prefetch=dict(body.get("prefetch") or {}),
+    )
+
+
+def parse_record(
+    prefetch: Mapping[str, Any],
+    *,
+    patient_id: str,
+    required: Sequence[str] = (),
+    reads: ReadsResource | None = None,
+) -> PatientRecord:
+    """Read the patient's Conditions and Procedures from ``prefetch`` (CDS Hooks 2.0 "Prefetch
+    Template": each value ``null``, a Bundle, a single resource or an OperationOutcome).
+
+    Reads the keys of :data:`RECORD_KEYS`. Each resource of the expected type is validated
+    as FHIR R4B and kept unless it belongs to another patient; malformed or foreign
+    resources are skipped and listed in ``issues``, they never fail the request.
+
+    Args:
+        prefetch: key -> value, as sent or completed from the FHIR server.
+        patient_id: ``context.patientId``; resources whose subject names another patient
+            are skipped.
+        required: the service's ``requiredPrefetch`` keys (data/services.json).
+        reads: tells which prefetched resources the decision reads; the others are passed
+            over: not validated, not returned, not listed in ``issues`` unless they belong
+            to another patient. None: every resource is validated and returned.
+
+    Raises:
+        RequestError: 412 ``required`` when a ``required`` key is absent, an
+            OperationOutcome or unusable (not the expected resource type nor a Bundle).
+    """
+    issues: list[InputIssue] = []
+    found: dict[str, tuple[InputResource, ...] | None] = {
+        key: _prefetched(prefetch, key, resource_type, patient_id, issues, reads)
+        for key, resource_type in RECORD_KEYS.items()
+    }
+    for key in required:
+        unusable = found[key] is None if key in found else prefetch_unavailable(prefetch, key)
+        if unusable:
+            # Never read a required key as "no relevant history": without conditions the
+            # service cannot tell which ACR variant applies, and a guess would rate wrongly.
+            raise RequestError(
+                412,
+                "required",
+                f"prefetch '{key}' is missing (or an OperationOutcome, or unusable) and was not "
+                "fetched: the request names no fhirServer, or fetching is not configured",
+                [f"prefetch.{key}"],
+            )
+    conditions, procedures = found[PREFETCH_CONDITIONS], found[PREFETCH_PROCEDURES]
+    return PatientRecord(
+        conditions=conditions or (),
         procedures=procedures or (),
-        patient=patients[0] if patients else None,
         procedures_available=procedures is not None,
         issues=tuple(issues),
     )
@@ -373,7 +407,9 @@ def parse_order_select(
 _JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether a JSON value (dicts, lists, scalars) nests more than ``limit`` levels; a
+    scalar is level 0, ``{}`` and ``[]`` level 1. Never raises RecursionError."""
     # Level by level, not recursive: a recursive walk would itself overflow on the input
     # it is meant to reject. It visits every value of the body, so JSON's own types are
     # told apart by exact type first: an isinstance check against the Mapping ABC costs
@@ -537,9 +573,10 @@ def _check_subject(order: InputResource, patient_id: str, where: str, whose: str
 # ------------------------------------------------------------------------ prefetch
 
 
-def _unavailable(prefetch: Mapping[str, Any], key: str) -> bool:
-    """Absent, or an OperationOutcome: the client could not run the query (CDS Hooks 2.0
-    §Prefetch Template). ``null`` is not unavailable: it means the query found nothing."""
+def prefetch_unavailable(prefetch: Mapping[str, Any], key: str) -> bool:
+    """Whether prefetch ``key`` is absent or an OperationOutcome: the client could not run
+    the query (CDS Hooks 2.0 §Prefetch Template), so the service may fetch it. ``null`` is
+    not unavailable: it means the query found nothing."""
     if key not in prefetch:
         return True
     value = prefetch[key]
@@ -561,7 +598,7 @@ def _prefetched(
     send null when the query has no results, and an OperationOutcome when it
     could not run it.
     """
-    if _unavailable(prefetch, key):
+    if prefetch_unavailable(prefetch, key):
         return None
     value = prefetch[key]
     where = f"prefetch.{key}"
@@ -665,10 +702,6 @@ def _foreign_issue(
     """The issue for a prefetched resource of another patient, or None."""
     # Prefetch is a convenience of the EHR; a record of another patient slipping
     # in would put someone else's history into this patient's rating.
-    if expected_type == "Patient":
-        if resource_id != patient_id:
-            return InputIssue(where, expected_type, resource_id, "Patient.id is not context.patientId; skipped")
-        return None
     subject = raw.get("subject")
     reference = subject.get("reference") if isinstance(subject, Mapping) else None
     if _refers_to_other_patient(reference, patient_id):

@@ -31,7 +31,6 @@ from sqlalchemy import delete, func, insert, select
 
 from cds_service.decision.knowledge import Knowledge
 from cds_service.decision.outcome import Outcome
-from cds_service.decision.render import PAMA_BASE
 from cds_service.observability import count_audit_write_failure
 from cds_service.protocol.errors import RequestError
 from cds_service.settings import Settings, SettingsError
@@ -42,7 +41,6 @@ from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback,
 log = logging.getLogger("cds_service.store.audit")
 
 KEY_FILE = "audit-hmac.key"
-_CONSULT_ID_URL = PAMA_BASE + "pama-rating-consult-id"
 _HOOK_INSTANCE_MAX = 128
 
 
@@ -111,8 +109,7 @@ def build_record(outcome: Outcome, *, service_id: str, latency_ms: float, knowle
                  key: bytes, at: datetime | None = None, knowledge: Knowledge | None = None) -> CallRecord:
     """The audit rows of a successful evaluation (HTTP 200). ``at`` defaults to now (UTC).
     With ``knowledge``, each order also keeps the evidence its "Why this advice?" page shows."""
-    req, response = outcome.request, outcome.rendered.response
-    consult_ids = _consult_ids(response.get("systemActions", ()))
+    req, response = outcome.envelope, outcome.rendered.response
     orders = []
     for position, od in enumerate(outcome.decision.orders):
         coding = od.order_class.coding or _first_coding(od.raw)
@@ -127,7 +124,7 @@ def build_record(outcome: Outcome, *, service_id: str, latency_ms: float, knowle
             "acr_category": rating.category if rating else None,
             "provenance": rating.provenance if rating else None,
             "pama_rating": od.pama,
-            "consult_id": consult_ids.get(od.ref) if od.pama else None,
+            "consult_id": outcome.rendered.consult_ids.get(position),
             "evidence": order_evidence(knowledge, od) if knowledge is not None else None,
         })
     cards = [{"uuid": c["uuid"], "kind": outcome.rendered.card_kinds.get(c["uuid"], "unknown"),
@@ -146,16 +143,6 @@ def _call_row(service_id: str, hook_instance: Any, status: int, issue_code: str 
             "hook_instance": _clip(hook_instance, _HOOK_INSTANCE_MAX), "patient_hmac": None,
             "status": status, "issue_code": issue_code, "latency_ms": round(latency_ms, 3),
             "knowledge_version": knowledge_version}
-
-
-def _consult_ids(actions: Any) -> dict[str, str]:
-    out = {}
-    for action in actions:
-        res = action.get("resource") or {}
-        for ext in res.get("extension") or ():
-            if ext.get("url") == _CONSULT_ID_URL:
-                out[f"{res.get('resourceType')}/{res.get('id')}"] = ext.get("valueUri")
-    return out
 
 
 def _first_coding(raw: Mapping) -> Mapping:

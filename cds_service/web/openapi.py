@@ -1,11 +1,13 @@
 """OpenAPI 3.1 description of the service's HTTP endpoints, served at ``GET /openapi.json``.
 
-Built from what the service really checks, so it cannot drift: the request body schema is the
-CDS Hooks 2.0 request envelope plus the order-select context schema (``schemas/*.json``, the
-ones :func:`cds_service.protocol.request.parse_order_select` validates with), and the service ids
-come from the loaded knowledge. Responses are described as the service sends them: CDS Hooks
-2.0 §Discovery and §CDS Service Response, errors as FHIR OperationOutcome. The document is
-public (no authentication); the endpoints it describes need the CDS Hooks client JWT.
+Built from what the service really checks and sends, so it cannot drift: the request body
+schema is the CDS Hooks 2.0 request envelope plus the order-select context schema
+(``protocol/schemas/*.json``, the ones :func:`cds_service.protocol.request.parse_envelope`
+validates with); the response schemas are generated from the wire models the pipeline checks
+every response with (:mod:`cds_service.protocol.models`, CDS Hooks 2.0 §Discovery and §CDS
+Service Response; errors as FHIR OperationOutcome, :class:`cds_service.protocol.errors.OperationOutcome`);
+the service ids come from the loaded knowledge. The document is public (no authentication);
+the hook, discovery and feedback endpoints it describes need the CDS Hooks client JWT.
 """
 
 from __future__ import annotations
@@ -17,20 +19,26 @@ from typing import Any
 from flask import Blueprint, Response, current_app
 
 from cds_service.decision.knowledge import Knowledge
+from cds_service.protocol.errors import OperationOutcome
 from cds_service.protocol.feedback import FeedbackRequest
+from cds_service.protocol.models import CdsDiscovery, CdsResponse, wire_json_schemas
 from cds_service.protocol.request import RequestSchemas
+from cds_service.security.links import PATH as EXPLAIN_PATH
 
 bp = Blueprint("openapi", __name__)
 
-_OUTCOME = {"$ref": "#/components/schemas/OperationOutcome"}
+_REF = "#/components/schemas/{model}"
+_OUTCOME = {"$ref": _REF.format(model="OperationOutcome")}
+_PUBLIC: list[dict[str, Any]] = []  # no security requirement
 
 
-def openapi_document(knowledge: Knowledge, schemas: RequestSchemas) -> dict[str, Any]:
-    """The OpenAPI 3.1 document (a JSON-ready dict) for this service's endpoints."""
+def openapi_document(knowledge: Knowledge, schemas: RequestSchemas, *, metrics: bool = True) -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a JSON-ready dict) for this service's endpoints; ``metrics``:
+    whether ``GET /metrics`` is served (the ``METRICS_ENABLED`` setting)."""
     envelope = _embedded(schemas.request.schema)
     # One body schema for both services: order-select's context, or order-sign's (no selections).
     context = {"anyOf": [_embedded(schemas.order_select_context.schema), _embedded(schemas.order_sign_context.schema)]}
-    feedback = FeedbackRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    feedback = FeedbackRequest.model_json_schema(ref_template=_REF)
     feedback_defs = feedback.pop("$defs", {})
     service_id = {"name": "service_id", "in": "path", "required": True,
                   "schema": {"type": "string", "enum": sorted(knowledge.services)}}
@@ -57,7 +65,7 @@ def openapi_document(knowledge: Knowledge, schemas: RequestSchemas) -> dict[str,
                 "get": {
                     "operationId": "discovery",
                     "summary": "CDS Hooks 2.0 Discovery",
-                    "responses": {"200": _ok("the services offered", "Discovery"), **errors(401)},
+                    "responses": {"200": _ok("the services offered", "CdsDiscovery"), **errors(401)},
                 },
             },
             "/cds-services/{service_id}": {
@@ -77,8 +85,8 @@ def openapi_document(knowledge: Knowledge, schemas: RequestSchemas) -> dict[str,
                     "summary": "What the clinician did with cards (CDS Hooks 2.0 §Feedback)",
                     "parameters": [service_id],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": feedback}}},
-                    "responses": {"200": {"description": "counts: received, stored, duplicates, flagged",
-                                          "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "responses": {"200": _ok("how many entries were received, stored, already stored "
+                                             "(duplicates) and flagged", "FeedbackCounts"),
                                   **errors(400, 401, 404, 413, 503)},
                 },
             },
@@ -86,18 +94,61 @@ def openapi_document(knowledge: Knowledge, schemas: RequestSchemas) -> dict[str,
                 "get": {
                     "operationId": "openapi",
                     "summary": "This document",
-                    "security": [],
+                    "security": _PUBLIC,
                     "responses": {"200": {"description": "OpenAPI 3.1 document",
                                           "content": {"application/json": {"schema": {"type": "object"}}}}},
                 },
             },
+            EXPLAIN_PATH: {
+                "get": {
+                    "operationId": "explain",
+                    "summary": "The \"Why this advice?\" page a card links to (HTML)",
+                    "description": "Public: the signed, expiring token is the credential. No detail is given "
+                                   "of why a link is refused.",
+                    "security": _PUBLIC,
+                    "parameters": [{"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+                                    "description": "the signed link token from the card's link"}],
+                    "responses": {str(status): {"description": text, "content": {"text/html": {"schema": {"type": "string"}}}}
+                                  for status, text in _EXPLAIN_TEXT.items()},
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness: the process answers HTTP",
+                    "security": _PUBLIC,
+                    "responses": {"200": {"description": "alive", "content": {"application/json": {"schema": _HEALTH}}}},
+                },
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness: knowledge loaded and every readiness check (the database) passes",
+                    "security": _PUBLIC,
+                    "responses": {
+                        "200": {"description": "ready", "content": {"application/json": {"schema": _READINESS}}},
+                        "503": {"description": "not ready; each failed check is named",
+                                "content": {"application/json": {"schema": _READINESS}}},
+                    },
+                },
+            },
+            **({"/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (text exposition format); keep on the internal network",
+                    "security": _PUBLIC,
+                    "responses": {"200": {"description": "every metric of every worker",
+                                          "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                },
+            }} if metrics else {}),
         },
         "components": {
             "securitySchemes": {"cdsClientJwt": {
                 "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                 "description": "CDS Hooks 2.0 §Trusting CDS Clients: a JWT signed by a trusted CDS Client, "
                                "aud = the exact URL called, a fresh jti per call."}},
-            "schemas": {**_COMPONENT_SCHEMAS, **feedback_defs},
+            "schemas": {**wire_json_schemas(CdsDiscovery, CdsResponse, OperationOutcome, ref_template=_REF),
+                        "FeedbackCounts": _FEEDBACK_COUNTS, **feedback_defs},
         },
     }
 
@@ -107,7 +158,8 @@ def serve_openapi() -> Response:
     """``GET /openapi.json``: the document, built once per app."""
     state = current_app.extensions["vcf_cds"]
     if "openapi" not in state:
-        state["openapi"] = json.dumps(openapi_document(state["knowledge"], state["schemas"]))
+        state["openapi"] = json.dumps(openapi_document(state["knowledge"], state["schemas"],
+                                                       metrics=state["settings"].metrics_enabled))
     return Response(state["openapi"], mimetype="application/json")
 
 
@@ -117,7 +169,7 @@ def _embedded(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ok(text: str, schema: str) -> dict[str, Any]:
-    return {"description": text, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+    return {"description": text, "content": {"application/json": {"schema": {"$ref": _REF.format(model=schema)}}}}
 
 
 _ERROR_TEXT = {
@@ -129,60 +181,27 @@ _ERROR_TEXT = {
     503: "the feedback could not be stored; send it again after Retry-After seconds",
 }
 
-_COMPONENT_SCHEMAS: dict[str, Any] = {
-    "OperationOutcome": {
-        "type": "object",
-        "required": ["resourceType", "issue"],
-        "properties": {
-            "resourceType": {"const": "OperationOutcome"},
-            "issue": {"type": "array", "minItems": 1, "items": {
-                "type": "object",
-                "required": ["severity", "code"],
-                "properties": {
-                    "severity": {"enum": ["fatal", "error", "warning", "information"]},
-                    "code": {"type": "string"},
-                    "diagnostics": {"type": "string"},
-                    "expression": {"type": "array", "items": {"type": "string"}},
-                },
-            }},
-        },
+_EXPLAIN_TEXT = {
+    200: "the explanation page",
+    403: "the link has expired or is not valid",
+    404: "no record of that card (records are kept AUDIT_RETENTION_DAYS)",
+    503: "the audit database cannot be read now; try again after Retry-After seconds",
+}
+
+_HEALTH: dict[str, Any] = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+
+_READINESS: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {
+        "status": {"enum": ["ready", "not-ready"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "string"},
+                   "description": "check name -> \"ok\", \"failed\" or \"failed (<exception type>)\""},
     },
-    "Discovery": {
-        "type": "object",
-        "required": ["services"],
-        "properties": {"services": {"type": "array", "items": {
-            "type": "object",
-            "required": ["hook", "description", "id"],
-            "properties": {
-                "hook": {"type": "string"},
-                "title": {"type": "string"},
-                "description": {"type": "string"},
-                "id": {"type": "string"},
-                "prefetch": {"type": "object", "additionalProperties": {"type": "string"}},
-                "usageRequirements": {"type": "string"},
-            },
-        }}},
-    },
-    "CdsResponse": {
-        "type": "object",
-        "required": ["cards"],
-        "properties": {
-            "cards": {"type": "array", "items": {
-                "type": "object",
-                "required": ["summary", "indicator", "source"],
-                "properties": {
-                    "uuid": {"type": "string"},
-                    "summary": {"type": "string", "maxLength": 140},
-                    "detail": {"type": "string"},
-                    "indicator": {"enum": ["info", "warning", "critical"]},
-                    "source": {"type": "object", "required": ["label"]},
-                    "suggestions": {"type": "array", "items": {"type": "object", "required": ["label"]}},
-                    "selectionBehavior": {"enum": ["at-most-one", "any"]},
-                    "links": {"type": "array", "items": {"type": "object", "required": ["label", "url", "type"]}},
-                },
-            }},
-            "systemActions": {"type": "array", "items": {"type": "object", "required": ["type", "description"]}},
-            "extension": {"type": "object"},
-        },
-    },
+}
+
+_FEEDBACK_COUNTS: dict[str, Any] = {
+    "type": "object",
+    "required": ["received", "stored", "duplicates", "flagged"],
+    "properties": {name: {"type": "integer", "minimum": 0} for name in ("received", "stored", "duplicates", "flagged")},
 }
