@@ -169,6 +169,8 @@ def test_spinal_infection_with_augmentation_is_a_critical_card(knowledge, schema
     critical = [c for c in cards(knowledge, schemas, "", body) if c["indicator"] == "critical"]
     assert len(critical) == 1 and critical[0]["summary"].startswith("Do not augment")
     assert "absolute exclusion" in critical[0]["detail"]
+    (withdraw,) = critical[0]["suggestions"]  # the one action offered: withdraw the order
+    assert [x["type"] for x in withdraw["actions"]] == ["delete"]
 
 
 def test_post_augmentation_mri_card_only_when_the_mri_covers_the_treated_level(knowledge, schemas):

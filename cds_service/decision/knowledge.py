@@ -285,14 +285,15 @@ class CardsFile(BaseModel):
 SUPPORTED_HOOKS = ("order-select", "order-sign")
 
 REQUIRED_CARD_TEXT = (
-    "useInstead", "useInsteadMay", "removeDuplicate", "reasonContrast", "reasonGeneric", "notAppropriateLead",
+    "useInstead", "useInsteadMay", "useInsteadShort", "useInsteadMayShort", "notAppropriate", "mayBeAppropriate",
+    "irReferralShort", "removeDuplicate", "reasonContrast", "reasonGeneric", "notAppropriateLead",
     "mayBeAppropriateLead", "noRatingAdd", "noRating", "noRatingLead", "neverReplacedLead", "wholeSpineNote",
     "missingFacts", "missingFactsShort", "conflict", "traumatic", "traumaticDetail", "redFlag", "redFlagCovered",
     "redFlagAugment", "redFlagDetail", "redFlagAugmentDetail", "redFlagRegionUnknown", "redFlagRegionThoracic",
     "redFlagRegionLumbar", "redFlagRouted", "steerToIr", "steerToIrLead", "checklist", "checklistLead",
     "checklistEdema", "checklistEdemaDetail", "checklistTherapy", "checklistTherapyDetail", "checklistAnticoag",
     "checklistAnticoagDetail", "checklistCoag", "checklistCoagDetail", "augmentInfection", "augmentInfectionDetail",
-    "postAugmentationMri", "postAugmentationMriDetail", "provenanceOFFICIAL", "provenanceSEED",
+    "augmentInfectionWithdraw", "postAugmentationMri", "postAugmentationMriDetail", "provenanceOFFICIAL", "provenanceSEED",
     "provenanceSECONDARY", "secondaryNote", "seedNote", "unconfirmedNote", "titleUnconfirmed", "evidenceHeading",
     "evidenceMore", "evidenceMoreLink", "orderReason", "augmentAsymptomatic", "augmentAsymptomaticDetail",
     "regionMismatch", "regionMismatchDetail", "fragilityReading", "fragilityReadingDetail",

@@ -51,6 +51,8 @@ SUMMARY_MAX = 139
 EXPLAIN_LINK_LABEL = "Why this advice?"
 ORDER_CODE_SYSTEMS = (CPT, LOINC, SNOMED)
 EVIDENCE_MAX = 8  # evidence lines per card; the rest is "and N more" (a 5 MB record must not make 150 MB of cards)
+# Advisories whose warning card already speaks for an order the service cannot rate.
+WARNING_ADVISORIES = (Advisory.REGION_MISMATCH, Advisory.AUGMENT_ASYMPTOMATIC, Advisory.AUGMENT_INFECTION)
 # Placeholder for the card's own "Why this advice?" URL, known only once the card has its uuid.
 _MORE_LINK = "\x00more-link\x00"
 # The ASCII punctuation CommonMark lets a backslash escape (spec §2.4) that can open inline
@@ -201,9 +203,10 @@ class _Renderer:
                     out.append(rr.region)
         return _unique(out)
 
-    def fracture_regions(self, facts: FactSet) -> list[str]:
-        vcf_facts = (*self.k.acuity.vcfFacts, Fact.VCF_TRAUMATIC)
-        return self.record_regions(e for f in vcf_facts for e in facts.evidence.get(f, ()))
+    @staticmethod
+    def fracture_regions(od: OrderDecision) -> list[str]:
+        """The regions the engine read from the fracture codes (``OrderDecision.fracture_regions``)."""
+        return [r.id for r in od.fracture_regions]
 
     def pain_regions(self, facts: FactSet) -> list[str]:
         return self.record_regions(facts.evidence.get(Fact.BACK_PAIN, ()))
@@ -218,7 +221,7 @@ class _Renderer:
         the back pain's; [] when unknown (the suggestion then covers the whole spine)."""
         if od.order_class.region is not None:
             return [od.order_class.region]
-        return self.expand(self.fracture_regions(od.facts) or self.pain_regions(od.facts))
+        return self.expand(self.fracture_regions(od) or self.pain_regions(od.facts))
 
     def plain_name(self, proc: Procedure, regions: Sequence[Region] = (), emphasize: bool = False) -> str:
         """A procedure as a clinician names it: 'MRI lumbar spine without contrast', not the
@@ -321,9 +324,10 @@ class _Renderer:
         return None
 
     # ---- suggestions -----------------------------------------------------------------------
-    def created_name(self, proc: Procedure, regions: Sequence[Region]) -> str:
+    def created_name(self, proc: Procedure, regions: Sequence[Region], short: bool = False) -> str:
+        """The name of what a suggestion orders (``short``: for a summary)."""
         if proc.id == self.k.preferred.augmentation:
-            return self.k.preferred.augmentationText
+            return self.text["irReferralShort"] if short else self.k.preferred.augmentationText
         return self.plain_name(proc, regions if proc.kind == "imaging" else (), emphasize=True)
 
     def alternative_suggestions(self, od: OrderDecision, ratings: Iterable[Rating], *, replace: bool) -> _Plan:
@@ -466,8 +470,10 @@ class _Renderer:
             notes.append(self.text["unconfirmedNote"].format(items=shown))
         return notes
 
-    def scenario(self, variant: Variant) -> str:
-        return self.rules.scenario.get(variant.id, variant.title)
+    def scenario(self, od: OrderDecision, variant: Variant) -> str:
+        """The scenario in a few words; when several variants agree on the rating, all of them."""
+        agreeing = od.choice.candidates if od.choice is not None and od.choice.status == "agreed" else ()
+        return " or ".join(_unique(self.rules.scenario.get(c.id, c.title) for c in (agreeing or (variant,))))
 
     # ---- cards ----------------------------------------------------------------------------
     def order_cards(self, od: OrderDecision) -> None:
@@ -498,7 +504,8 @@ class _Renderer:
                 summary = t["missingFactsShort"]
             self.card(CardKind.MISSING_FACTS, "info", summary, "\n".join(detail).strip(), None)
         elif choice.status == "conflict":
-            detail = [f"{proc.display} cannot be rated: the record fits more than one ACR variant.", "",
+            name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
+            detail = [f"{name} cannot be rated: the record fits more than one ACR variant.", "",
                       *[f"- {c.id}: {c.title}" for c in choice.candidates], "", *self.order_evidence(od, None)]
             self.card(CardKind.CONFLICT, "info", t["conflict"], "\n".join(detail).strip(), None)
         elif choice.status == "excluded":
@@ -516,7 +523,7 @@ class _Renderer:
         ordered = self.plain_name(proc, own)
         why_kept = self.never_replaced(proc)
         plan = self.alternative_suggestions(od, od.alternatives, replace=why_kept is None)
-        scenario = self.scenario(v)
+        scenario = self.scenario(od, v)
         una = r.category == USUALLY_NOT_APPROPRIATE
         alt_proc = plan.first[1] if plan.first else (plan.drafted[1] if plan.drafted else None)
         if alt_proc is not None and alt_proc.modality == proc.modality and alt_proc.contrast != proc.contrast \
@@ -525,20 +532,21 @@ class _Renderer:
         else:
             reason = t["reasonGeneric"].format(ordered=ordered, scenario=scenario) if una else \
                 f"it is rated higher for {scenario}"
+        alt = self.created_name(plan.first[1], self.target_regions(od), short=True) if plan.first else ""
         if why_kept is not None and plan.first:
-            summary = t["noRatingAdd"].format(alternative=_lower_first(plan.first[0]), scenario=scenario)
+            summary = t["noRatingAdd"].format(alternative=_lower_first(alt), scenario=scenario)
         elif plan.drafted and why_kept is None:
             summary = t["removeDuplicate"].format(ordered=ordered, alternative=plan.drafted[0])
         elif plan.first and una:
-            summary = t["useInstead"].format(alternative=plan.first[0], reason=reason)
+            summary = t["useInstead"].format(alternative=alt, reason=reason)
         elif plan.first:
-            summary = t["useInsteadMay"].format(alternative=plan.first[0], ordered=_lower_first(ordered),
-                                                scenario=scenario)
+            summary = t["useInsteadMay"].format(alternative=alt, ordered=_lower_first(ordered), scenario=scenario)
         else:
-            summary = (t["reasonGeneric"] if una else "{ordered}: may be appropriate for {scenario}; better-rated "
-                       "options exist").format(ordered=ordered, scenario=scenario) + " (ACR)"
-        if len(summary) > SUMMARY_MAX and plan.first:  # long names: keep the action, drop the reason
-            summary = f"Use {plan.first[0]} (ACR)" if una else f"Consider {plan.first[0]} (ACR)"
+            summary = t["notAppropriate" if una else "mayBeAppropriate"].format(ordered=ordered, scenario=scenario)
+        if len(summary) > SUMMARY_MAX and plan.first:  # long names: keep the action, shorten the reason
+            summary = t["useInsteadShort" if una else "useInsteadMayShort"].format(
+                alternative=alt, ordered=_lower_first(ordered))
+
         lead = [t["notAppropriateLead" if una else "mayBeAppropriateLead"].format(
             ordered=ordered, category=r.category_display)]
         if why_kept is not None:
@@ -560,7 +568,10 @@ class _Renderer:
         ordered = self.plain_name(proc, own)
         plan = self.alternative_suggestions(od, od.alternatives, replace=False)
         if plan.first:
-            summary = t["noRatingAdd"].format(alternative=_lower_first(plan.first[0]), scenario=self.scenario(v))
+            alt = self.created_name(plan.first[1], (), short=True)
+            summary = t["noRatingAdd"].format(alternative=_lower_first(alt), scenario=self.scenario(od, v))
+        elif any(a in od.advisories for a in WARNING_ADVISORIES):
+            return  # the warning about this order says what matters; no second card with nothing to do
         else:
             summary = t["noRating"].format(ordered=ordered)
         lead = [t["noRatingLead"].format(ordered=ordered)]
@@ -573,13 +584,11 @@ class _Renderer:
         if Advisory.AUGMENT_INFECTION in advisories:
             lines = [t["augmentInfectionDetail"], "",
                      *self.evidence_block((self.k.fact_label(Fact.INFECTION), e) for e in od.facts.evidence.get(Fact.INFECTION, ()))]
-            # An absolute exclusion (LCD L34228): the one action is withdrawing the order.
-            proc = od.order_class.procedure
-            label = f"Remove the draft order: {self.plain_name(proc)}" if proc else "Remove the draft order"
-            remove = self.suggestion(label, [{"type": "delete", "description": f"Remove the draft order {od.ref}",
-                                              "resourceId": od.ref}])
-            self.card(Advisory.AUGMENT_INFECTION, "critical", t["augmentInfection"], "\n".join(lines).strip(), v, [remove],
-                      override=True)
+            # An absolute exclusion (CMS LCD L34228): withdrawing the order is the action offered.
+            withdraw = self.suggestion(t["augmentInfectionWithdraw"], [
+                {"type": "delete", "description": f"Remove the draft order {od.ref}", "resourceId": od.ref}])
+            self.card(Advisory.AUGMENT_INFECTION, "critical", t["augmentInfection"], "\n".join(lines).strip(), v,
+                      [withdraw], override=True)
         for adv, indicator, key, facts in (
                 (Advisory.REGION_MISMATCH, "warning", "regionMismatch", (Fact.VCF, Fact.VCF_TRAUMATIC)),
                 (Advisory.AUGMENT_ASYMPTOMATIC, "warning", "augmentAsymptomatic", (Fact.ASYMPTOMATIC,)),
@@ -683,7 +692,7 @@ class _Renderer:
         # The level of the fracture decides; back pain only when no fracture is on record.
         has_fracture = any(f in od.facts for od in d.orders for f in (*self.k.acuity.vcfFacts, Fact.VCF_TRAUMATIC))
         known = _unique(r for od in d.orders
-                        for r in (self.fracture_regions(od.facts) if has_fracture else self.pain_regions(od.facts)))
+                        for r in (self.fracture_regions(od) if has_fracture else self.pain_regions(od.facts)))
         by_region = self.rules.redFlagImaging.byRegion
         needed = _unique(x for r in (known or ["unknown"]) for x in by_region.get(r, by_region["unknown"]))
         covered = self.mri_covered_regions()
