@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.decision.contract import FACT_USES, Fact
+from cds_service.decision.contract import CARD_KINDS, FACT_USES, Fact
 from cds_service.decision.knowledge import DEFAULT_DIR, KnowledgeError, load_knowledge
 
 CASES_DIR = Path(__file__).parent / "bad_knowledge"
@@ -145,7 +145,7 @@ def test_a_patch_changes_the_version(data_copy: Path):
     """The version hash covers every file's bytes, so audit records tell edited knowledge apart."""
     bundled = load_knowledge()
     case = {"description": "reword a card", "expected": "-",
-            "patch": [{"file": "cards.json", "pointer": "/text/conflict", "value": "Reworded."}]}
+            "patch": [{"file": "cards.json", "pointer": "/kinds/conflict/summary", "value": "Reworded."}]}
     apply_case(case, data_copy)
     assert load_knowledge(data_copy).version != bundled.version
 
@@ -171,3 +171,13 @@ def test_renaming_a_fact_the_code_reads_refuses_to_load(fact: Fact, data_copy: P
         load_knowledge(data_copy)
     assert (info.value.file, info.value.entry) == ("facts.json", f"fact '{fact}'")
     assert info.value.problem == f"not defined, but the service reads it: {FACT_USES[fact]}"
+
+
+@pytest.mark.parametrize("kind", CARD_KINDS)
+def test_every_card_the_service_issues_needs_its_wording(kind: str, data_copy: Path):
+    """Each card kind and advisory the code issues, missing from cards.json, stops start-up."""
+    apply_case({"description": f"remove {kind}", "expected": "-",
+                "patch": [{"file": "cards.json", "pointer": f"/kinds/{kind}", "remove": True}]}, data_copy)
+    with pytest.raises(KnowledgeError) as info:
+        load_knowledge(data_copy)
+    assert str(info.value) == f"cards.json: kinds.{kind}: missing: the service issues this card"

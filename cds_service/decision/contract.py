@@ -5,7 +5,7 @@ categories and procedures by name. Those names are defined here and nowhere else
 :func:`~cds_service.decision.knowledge.load_knowledge` refuses a knowledge directory that
 lacks one of them (naming the file and the entry), so renaming ``bleeding-risk`` in
 ``data/`` stops the service at start-up instead of silently dropping the coagulopathy
-warning. Each name carries what it is used for, which is what the error message says.
+warning. Each fact carries what it is used for (``FACT_USES``), which the error message says.
 """
 
 from __future__ import annotations
@@ -122,3 +122,92 @@ AUGMENTATION: Literal["augmentation"] = "augmentation"
 # The procedure modality whose orders after a vertebral augmentation get the
 # post-augmentation note (``acr/procedures.json``).
 MRI_MODALITY = "MR"
+
+# ---- card wording (cards.json) -----------------------------------------------------------
+# Which {placeholders} each text may use: render.py fills exactly these.
+_NONE: frozenset[str] = frozenset()
+_WHERE = frozenset({"order", "fracture"})  # regions named by the order and by the fracture codes
+_F = frozenset
+CARD_PLACEHOLDERS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType({
+    # kind: (summary, detail)
+    CardKind.RED_FLAG: (_F({"actions"}), _NONE),
+    CardKind.NOT_APPROPRIATE: (_F({"alternative", "reason"}), _F({"ordered", "category"})),
+    CardKind.MAY_BE_APPROPRIATE: (_F({"alternative", "ordered", "scenario"}), _F({"ordered", "category"})),
+    CardKind.NO_CRITERIA: (_F({"ordered"}), _F({"ordered"})),
+    CardKind.MISSING_FACTS: (_F({"missing", "procedure"}), _F({"procedure"})),
+    CardKind.CONFLICT: (_F({"procedure"}), _F({"procedure"})),
+    CardKind.TRAUMATIC: (_F({"procedure"}), _F({"procedure"})),
+    CardKind.AUGMENT_CHECKLIST: (_F({"items"}), _NONE),
+    Advisory.STEER_IR: (_F({"procedure", "augmentation"}), _F({"procedure", "augmentation"})),
+    Advisory.AUGMENT_BLEEDING: (_F({"items"}), _NONE),  # the checklist card when a coagulopathy makes it a warning
+    Advisory.REGION_MISMATCH: (_WHERE, _WHERE),
+    Advisory.AUGMENT_ASYMPTOMATIC: (_WHERE, _WHERE),
+    Advisory.FRAGILITY_READING: (_WHERE, _WHERE),
+    # Said inside other cards: augment-neuro by the red-flag card, the two reminders as checklist items.
+    **{a: (_NONE, _NONE) for a in (Advisory.AUGMENT_NEURO, Advisory.AUGMENT_INFECTION, Advisory.AUGMENT_NO_EDEMA,
+                                   Advisory.AUGMENT_NO_THERAPY, Advisory.POST_AUGMENTATION_MRI)},
+})
+# Phrases the cards share (cards.json ``text``) and their placeholders.
+CARD_TEXT: Mapping[str, frozenset[str]] = MappingProxyType({
+    # summaries other than a kind's own
+    "useInsteadShort": _F({"alternative", "ordered"}),  # not-appropriate, when the reason would not fit
+    "useInsteadMayShort": _F({"alternative", "ordered"}),
+    "notAppropriate": _F({"ordered", "scenario"}),  # nothing to suggest
+    "mayBeAppropriate": _F({"ordered", "scenario"}),
+    "removeDuplicate": _F({"ordered", "alternative"}),  # the better-rated study is already a draft order
+    "noRatingAdd": _F({"alternative", "scenario"}),  # a consultation to add beside an order kept as it is
+    "missingFactsShort": _NONE,  # the missing-facts summary when the list would not fit
+    "redFlagCovered": _NONE,  # every red-flag order already drafted
+    "redFlagActionsShort": _NONE,
+    "reasonContrast": _F({"scenario"}),
+    "reasonGeneric": _F({"ordered", "scenario"}),
+    "reasonRatedHigher": _F({"ordered", "scenario"}),
+    "irReferralShort": _NONE,
+    "spineSurgeryConsultation": _NONE,
+    # detail paragraphs
+    "neverReplacedLead": _F({"ordered", "why"}),
+    "wholeSpineNote": _NONE,
+    "redFlagRegionUnknown": _NONE,
+    "redFlagRegionThoracic": _NONE,
+    "redFlagRegionLumbar": _NONE,
+    "checklistAnticoag": _NONE,
+    "checklistAnticoagDetail": _NONE,
+    "checklistCoag": _NONE,
+    "checklistCoagDetail": _NONE,
+    "recordOneOf": _NONE,
+    "candidateVariants": _NONE,
+    "variantsAgree": _F({"variants"}),
+    "evidenceHeading": _NONE,
+    "evidenceMore": _F({"n"}),
+    "evidenceMoreLink": _F({"n", "url"}),
+    "orderReason": _NONE,
+    "redFlagRouting": _F({"topic", "title"}),
+    "variantHeading": _F({"variant", "title"}),
+    "variantHeadingUnconfirmed": _F({"variant", "title"}),
+    "topicLine": _F({"topic", "revised"}),
+    "orderedHeading": _NONE,
+    "alternativesHeading": _NONE,
+    "ratingScore": _F({"score"}),
+    "ratingRadiation": _F({"rrl"}),
+    "ratingRadiationNote": _F({"rrl", "note"}),
+    "ratingSource": _F({"provenance"}),
+    "provenanceOFFICIAL": _NONE,  # where a rating comes from, in words (ratingSource)
+    "provenanceSEED": _NONE,
+    "provenanceSECONDARY": _NONE,
+    "seedNote": _NONE,
+    "secondaryNote": _NONE,
+    "sourceLine": _F({"citation", "url"}),
+    "sourceLineUnconfirmed": _F({"citation", "url"}),
+    "unconfirmedNote": _F({"items"}),
+    # suggestions and actions
+    "urgentOrderLabel": _F({"procedure"}),
+    "urgentOrderAction": _F({"procedure"}),
+    "replaceLabel": _F({"procedure"}),
+    "replaceRemove": _F({"order"}),
+    "replaceOrder": _F({"procedure", "category"}),
+    "referralLabel": _F({"referral"}),
+    "removeLabel": _F({"procedure"}),
+    "withdrawLabel": _NONE,
+    "ratingAction": _F({"rating"}),
+    "explainLink": _NONE,
+})

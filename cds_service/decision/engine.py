@@ -33,9 +33,6 @@ from cds_service.decision.scenario import (
 )
 
 RATED_STATUSES = frozenset({"draft", "active", "on-hold"})
-PAMA_BY_CATEGORY: Mapping[str, PamaRating] = {
-    "UA": "appropriate", "MBA": "appropriate", "MBA-D": "appropriate", "UNA": "not-appropriate",
-}
 
 
 @dataclass(frozen=True)
@@ -237,7 +234,7 @@ def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Map
     rating = _rating(choice.variant, oc)
     pama: PamaRating | None = None
     if rating is not None:
-        pama = PAMA_BY_CATEGORY[rating.category]
+        pama = knowledge.pama_for(rating.category)
     elif choice.variant is not None:
         pama = NO_CRITERIA_APPLY
     fractured = fracture_regions(knowledge, facts)

@@ -5,12 +5,16 @@ Layout of the directory (see ``cds_service/decision/data/README.md``)::
     valuesets/*.json     FHIR R4 ValueSet resources (validated with fhir.resources R4B)
     facts.json           fact kinds -> value sets (decision-rules.md §3.2)
     acr/procedures.json  ACR procedures and spine regions -> order value sets
+    ratings.json         ACR rating categories -> display, score range, PAMA rating
     acr/*.json           one file per ACR topic: variants, criteria, ratings with provenance
     services.json        CDS Hooks discovery entries
-    cards.json           card wording
+    cards.json           every word of the cards, one entry per card kind, and the advisory table
 
 Anything wrong refuses to load with :class:`KnowledgeError`, whose message names the
 file and the entry, so a site swapping in a licensed ACR table sees exactly what to fix.
+Besides its own consistency, the knowledge must hold every name the code reads
+(:mod:`cds_service.decision.contract`): facts, card kinds, rating categories, PAMA codes,
+the placeholders of each card text.
 """
 
 from __future__ import annotations
@@ -18,21 +22,30 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from cds_service.decision.contract import (
     AUGMENTATION,
+    CARD_KINDS,
+    CARD_PLACEHOLDERS,
+    CARD_TEXT,
+    CATEGORIES,
     FACT_USES,
     MRI_MODALITY,
+    PAMA_RATINGS,
+    Advisory,
     Category,
     ComputedFact,
     Fact,
+    PamaRating,
     RedFlagRouting,
 )
 from cds_service.decision.terminology import (
@@ -49,14 +62,14 @@ from cds_service.decision.terminology import (
 DEFAULT_DIR = Path(__file__).parent / "data"
 
 Provenance = Literal["OFFICIAL", "SEED", "SECONDARY"]
-CATEGORY_DISPLAY = {
+# The bundled ratings.json's category displays, for callers outside decision/ that predate
+# Knowledge.category_display (ops/cli.py, store/explanation.py): read the knowledge instead.
+CATEGORY_DISPLAY: Mapping[str, str] = MappingProxyType({
     "UA": "Usually appropriate",
     "MBA": "May be appropriate",
     "MBA-D": "May be appropriate (Disagreement)",
     "UNA": "Usually not appropriate",
-}
-# ACR scale: 1-3 UNA, 4-6 MBA, 7-9 UA (decision-rules.md §1).
-SCORE_RANGE = {"UA": range(7, 10), "MBA": range(4, 7), "MBA-D": range(4, 7), "UNA": range(1, 4)}
+})
 COMPUTED_FACTS = frozenset(c.value for c in ComputedFact)
 
 
@@ -70,6 +83,10 @@ class KnowledgeError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Words a clinician reads: never empty (CDS Hooks sends no empty strings).
+Text = Annotated[str, Field(min_length=1)]
 
 
 class FactKind(_Strict):
@@ -122,6 +139,7 @@ class Acuity(_Strict):
     currentWithinDays: int = Field(gt=0)
     vcfFacts: tuple[str, ...]
     priorFacts: tuple[str, ...]
+    labels: dict[str, Text]
 
 
 class FactsFile(_Strict):
@@ -185,6 +203,7 @@ class Rating(_Strict):
 
     @property
     def category_display(self) -> str:
+        """The bundled display (see CATEGORY_DISPLAY); decision/ uses Knowledge.category_display."""
         return CATEGORY_DISPLAY[self.category]
 
 
@@ -222,6 +241,30 @@ class Topic(_Strict):
     urlConfirmed: bool = True
     source: str
     variants: tuple[Variant, ...]
+
+
+class CategoryDef(_Strict):
+    """An ACR rating category: its display, its scores on the ACR's 1-9 scale, and the PAMA
+    rating an order rated in it is reported with."""
+
+    code: Category
+    display: Text
+    lowestScore: int = Field(ge=1, le=9)
+    highestScore: int = Field(ge=1, le=9)
+    pama: Literal["appropriate", "not-appropriate"]
+
+
+class PamaCode(_Strict):
+    """A code of the Argonaut pama-rating code system and how it is displayed."""
+
+    code: PamaRating
+    display: Text
+
+
+class RatingsFile(_Strict):
+    description: str
+    categories: tuple[CategoryDef, ...]
+    pama: tuple[PamaCode, ...]
 
 
 class ServiceDef(_Strict):
@@ -272,32 +315,47 @@ class SuggestionRules(_Strict):
     scenario: dict[str, str]
 
 
-class CardsFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class CardText(_Strict):
+    """What one kind of card says: ``summary``, the first paragraph of ``detail``, and for
+    an advisory the facts whose evidence it lists. Warning and critical cards offer the
+    override reasons."""
+
+    indicator: Literal["info", "warning", "critical"]
+    summary: Text
+    detail: Text
+    evidence: tuple[str, ...] = ()
+
+
+class CardSource(_Strict):
+    label: Text
+    topic: str  # the ACR topic cards cite when they rest on no variant
+
+
+@with_config(ConfigDict(extra="forbid"))
+class OverrideReason(TypedDict):
+    code: str
+    display: str
+
+
+@with_config(ConfigDict(extra="forbid"))
+class OverrideReasons(TypedDict):
+    """CDS Hooks 2.0 Card.overrideReasons: codes of one system (a dict, as the report reads it)."""
+
+    system: str
+    codes: Annotated[list[OverrideReason], Field(min_length=1)]
+
+
+class CardsFile(_Strict):
     description: str
-    source: dict[str, str]
-    overrideReasons: dict[str, Any]
-    text: dict[str, str]
+    source: CardSource
+    overrideReasons: OverrideReasons
+    kinds: dict[str, CardText]
+    text: dict[str, Text]
     suggestionRules: SuggestionRules
 
 
 # The hooks whose context fhir_input can read (CDS Hooks library: order-select, order-sign).
 SUPPORTED_HOOKS = ("order-select", "order-sign")
-
-REQUIRED_CARD_TEXT = (
-    "useInstead", "useInsteadMay", "useInsteadShort", "useInsteadMayShort", "notAppropriate", "mayBeAppropriate",
-    "irReferralShort", "removeDuplicate", "reasonContrast", "reasonGeneric", "notAppropriateLead",
-    "mayBeAppropriateLead", "noRatingAdd", "noRating", "noRatingLead", "neverReplacedLead", "wholeSpineNote",
-    "missingFacts", "missingFactsShort", "conflict", "traumatic", "traumaticDetail", "redFlag", "redFlagCovered",
-    "redFlagAugment", "redFlagDetail", "redFlagAugmentDetail", "redFlagRegionUnknown", "redFlagRegionThoracic",
-    "redFlagRegionLumbar", "redFlagRouted", "steerToIr", "steerToIrLead", "checklist", "checklistLead",
-    "checklistEdema", "checklistEdemaDetail", "checklistTherapy", "checklistTherapyDetail", "checklistAnticoag",
-    "checklistAnticoagDetail", "checklistCoag", "checklistCoagDetail", "augmentInfection", "augmentInfectionDetail",
-    "augmentInfectionWithdraw", "postAugmentationMri", "postAugmentationMriDetail", "provenanceOFFICIAL", "provenanceSEED",
-    "provenanceSECONDARY", "secondaryNote", "seedNote", "unconfirmedNote", "titleUnconfirmed", "evidenceHeading",
-    "evidenceMore", "evidenceMoreLink", "orderReason", "augmentAsymptomatic", "augmentAsymptomaticDetail",
-    "regionMismatch", "regionMismatchDetail", "fragilityReading", "fragilityReadingDetail",
-)
 
 
 @dataclass(frozen=True)
@@ -323,6 +381,8 @@ class Knowledge:
     variant_topic: Mapping[str, Topic]
     services: Mapping[str, ServiceDef]
     cards: CardsFile
+    categories: Mapping[str, CategoryDef]
+    pama: Mapping[str, PamaCode]
     # Lookups for the hot path, built once here rather than on every request.
     fact_index: Mapping[tuple[str, str], tuple[str, ...]]
     procedure_by_valueset: Mapping[str, Procedure]
@@ -335,18 +395,26 @@ class Knowledge:
         return f.askWhenMissing if f is not None else True
 
     def fact_label(self, fact_id: str) -> str:
+        """How a fact is named to the clinician (the id itself if the knowledge has no label)."""
         if fact_id in self.facts:
             return self.facts[fact_id].label
         if fact_id in self.qualified:
             return self.qualified[fact_id].label
         if fact_id in self.derived:
             return self.derived[fact_id].label
-        labels: dict[str, str] = {
-            ComputedFact.VCF_NEW: "new vertebral fracture (initial encounter or recent onset)",
-            ComputedFact.VCF_PRIOR: "history of vertebral fracture or augmentation",
-            ComputedFact.VCF_CURRENT: "current vertebral fracture (not a sequela, not healed long ago)",
-        }
-        return labels.get(fact_id, fact_id)
+        return self.acuity.labels.get(fact_id, fact_id)
+
+    def category_display(self, category: str) -> str:
+        """'Usually appropriate' for 'UA' (ratings.json)."""
+        return self.categories[category].display
+
+    def pama_for(self, category: str) -> PamaRating:
+        """The PAMA rating of an order rated in ``category`` (ratings.json)."""
+        return self.categories[category].pama
+
+    def pama_display(self, code: str) -> str:
+        """'Appropriate' for 'appropriate' (ratings.json)."""
+        return self.pama[code].display
 
 
 def _read_json(path: Path, rel: str) -> Any:
@@ -358,9 +426,9 @@ def _read_json(path: Path, rel: str) -> Any:
         raise KnowledgeError(rel, "file", f"not valid JSON ({exc})") from None
 
 
-def _parse(model: type[BaseModel], data: Any, rel: str, names: Mapping[str, list] | None = None) -> Any:
-    """Validate ``data`` with ``model``; on failure name the entry by its ``id`` when the
-    failing location is inside a list of identified objects."""
+def _parse(model: type[BaseModel], data: Any, rel: str) -> Any:
+    """Validate ``data`` with ``model``; on failure name the entry by its ``id`` (or
+    ``code``, or rated procedure) when the failing location is inside identified objects."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -376,6 +444,8 @@ def _parse(model: type[BaseModel], data: Any, rel: str, names: Mapping[str, list
                 break
             if isinstance(node, dict) and isinstance(node.get("id"), str):
                 labels.append(f"'{node['id']}'")
+            elif isinstance(node, dict) and isinstance(node.get("code"), str):
+                labels.append(f"'{node['code']}'")
             elif isinstance(node, dict) and isinstance(node.get("procedure"), str):
                 labels.append(f"rating of '{node['procedure']}'")
         if labels:
@@ -501,6 +571,7 @@ def _load_facts(root: Path, valuesets: Mapping[str, ValueSetDef]) -> FactsFile:
         if f.valueSet is None and not f.optional:
             raise KnowledgeError(rel, f"fact '{f.id}'", "has no value set but is not marked optional")
     _check_fact_references(rel, ff)
+    _check_acuity_labels(rel, ff)
     _check_facts_the_code_reads(rel, ff)
     return ff
 
@@ -529,6 +600,16 @@ def _check_fact_references(rel: str, ff: FactsFile) -> None:
     for a in ff.acuity.vcfFacts + ff.acuity.priorFacts:
         if a not in base | qualified:
             raise KnowledgeError(rel, "acuity", f"unknown fact '{a}'")
+
+
+def _check_acuity_labels(rel: str, ff: FactsFile) -> None:
+    """Each computed acuity fact has a label, and nothing else does."""
+    for fact in ComputedFact:
+        if fact not in ff.acuity.labels:
+            raise KnowledgeError(rel, f"acuity.labels.{fact}", "missing: the service computes this fact and names it on cards")
+    for key in ff.acuity.labels:
+        if key not in COMPUTED_FACTS:
+            raise KnowledgeError(rel, f"acuity.labels.{key}", f"not a computed fact ({', '.join(ComputedFact)})")
 
 
 def _check_facts_the_code_reads(rel: str, ff: FactsFile) -> None:
@@ -600,6 +681,28 @@ def _check_preferred(rel: str, pf: ProceduresFile) -> None:
             raise KnowledgeError(rel, f"preferredReferral.{name}", f"'{pid}' is not {what}")
 
 
+# ---- ratings.json ---------------------------------------------------------------------------
+
+def _load_ratings(root: Path) -> RatingsFile:
+    """``ratings.json``: every ACR category and PAMA code the service uses, once each; score
+    ranges in order."""
+    rel = "ratings.json"
+    rf: RatingsFile = _parse(RatingsFile, _read_json(root / rel, rel), rel)
+    _unique(rel, "category", (c.code for c in rf.categories))
+    _unique(rel, "pama", (p.code for p in rf.pama))
+    defined = {c.code for c in rf.categories}
+    for code in CATEGORIES:
+        if code not in defined:
+            raise KnowledgeError(rel, f"category '{code}'", "not defined, but ACR tables rate with it")
+    for c in rf.categories:
+        if c.lowestScore > c.highestScore:
+            raise KnowledgeError(rel, f"category '{c.code}'", f"lowestScore {c.lowestScore} is above highestScore {c.highestScore}")
+    for code in PAMA_RATINGS:
+        if code not in {p.code for p in rf.pama}:
+            raise KnowledgeError(rel, f"pama '{code}'", "not defined, but the service reports it")
+    return rf
+
+
 # ---- acr/<topic>.json ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -609,7 +712,8 @@ class _Topics:
     variant_topic: Mapping[str, Topic]
 
 
-def _load_topics(root: Path, fact_ids: frozenset[str], pf: ProceduresFile) -> _Topics:
+def _load_topics(root: Path, fact_ids: frozenset[str], pf: ProceduresFile,
+                 categories: Mapping[str, CategoryDef]) -> _Topics:
     """Every ``acr/*.json`` but procedures.json: variant ids unique across topics, each
     variant and rating checked against facts, regions and procedures; at least one variant."""
     procedures = {p.id: p for p in pf.procedures}
@@ -626,7 +730,7 @@ def _load_topics(root: Path, fact_ids: frozenset[str], pf: ProceduresFile) -> _T
         for v in topic.variants:
             if v.id in variants:
                 raise KnowledgeError(rel, f"variant '{v.id}'", f"duplicate variant id (also in {variant_file[v.id]})")
-            _check_variant(rel, v, fact_ids, region_ids, procedures)
+            _check_variant(rel, v, fact_ids, region_ids, procedures, categories)
             variants[v.id], variant_topic[v.id], variant_file[v.id] = v, topic, rel
         topics.append(topic)
     if not variants:
@@ -635,7 +739,7 @@ def _load_topics(root: Path, fact_ids: frozenset[str], pf: ProceduresFile) -> _T
 
 
 def _check_variant(rel: str, v: Variant, fact_ids: frozenset[str], region_ids: frozenset[str],
-                   procedures: Mapping[str, Procedure]) -> None:
+                   procedures: Mapping[str, Procedure], categories: Mapping[str, CategoryDef]) -> None:
     entry = f"variant '{v.id}'"
     for fact in v.criteria.all + v.criteria.none:
         if fact not in fact_ids:
@@ -647,12 +751,12 @@ def _check_variant(rel: str, v: Variant, fact_ids: frozenset[str], region_ids: f
             raise KnowledgeError(rel, entry, f"unknown region '{reg}'")
     rated: set[str] = set()
     for i, rt in enumerate(v.ratings):
-        _check_rating(rel, f"{entry} rating {i} ('{rt.procedure}')", rt, v, procedures, rated)
+        _check_rating(rel, f"{entry} rating {i} ('{rt.procedure}')", rt, v, procedures, rated, categories[rt.category])
         rated.add(rt.procedure)
 
 
 def _check_rating(rel: str, where: str, rt: Rating, v: Variant, procedures: Mapping[str, Procedure],
-                  rated: set[str]) -> None:
+                  rated: set[str], category: CategoryDef) -> None:
     proc = procedures.get(rt.procedure)
     if proc is None:
         raise KnowledgeError(rel, where, f"unknown procedure '{rt.procedure}'")
@@ -660,7 +764,7 @@ def _check_rating(rel: str, where: str, rt: Rating, v: Variant, procedures: Mapp
         raise KnowledgeError(rel, where, "procedure rated twice in one variant")
     if proc.kind != v.orderKind:
         raise KnowledgeError(rel, where, f"{proc.kind} procedure in a {v.orderKind} variant")
-    if rt.score is not None and rt.score not in SCORE_RANGE[rt.category]:
+    if rt.score is not None and not category.lowestScore <= rt.score <= category.highestScore:
         raise KnowledgeError(rel, where, f"score {rt.score} is outside category {rt.category}")
     if rt.rrl is not None and not re.fullmatch(r"O|☢{1,5}|Varies", rt.rrl):
         raise KnowledgeError(rel, where, f"relative radiation level '{rt.rrl}' is not O, ☢..☢☢☢☢☢ or Varies")
@@ -685,16 +789,23 @@ def _load_services(root: Path) -> ServicesFile:
     return sf
 
 
-def _load_cards(root: Path, topics: Iterable[Topic]) -> CardsFile:
-    """``cards.json``: the cited topic exists, every text the renderer uses is present."""
+def _load_cards(root: Path, topics: Iterable[Topic], fact_ids: frozenset[str]) -> CardsFile:
+    """``cards.json``: the cited topic exists; one entry per card kind the service issues;
+    every shared text present; each text uses only the placeholders render.py fills."""
     rel = "cards.json"
     cf: CardsFile = _parse(CardsFile, _read_json(root / rel, rel), rel)
     # Cards without a variant (no rating, advisories) cite this topic.
-    if cf.source.get("topic") not in {t.id for t in topics}:
-        raise KnowledgeError(rel, "source.topic", f"'{cf.source.get('topic')}' is not an ACR topic id")
-    for key in REQUIRED_CARD_TEXT:
+    if cf.source.topic not in {t.id for t in topics}:
+        raise KnowledgeError(rel, "source.topic", f"'{cf.source.topic}' is not an ACR topic id")
+    _unique(rel, "override reason", (r["code"] for r in cf.overrideReasons["codes"]))
+    _check_card_kinds(rel, cf, fact_ids)
+    for key, allowed in CARD_TEXT.items():
         if key not in cf.text:
             raise KnowledgeError(rel, f"text.{key}", "missing")
+        _check_template(rel, f"text.{key}", cf.text[key], allowed)
+    for key in cf.text:
+        if key not in CARD_TEXT:
+            raise KnowledgeError(rel, f"text.{key}", "not a text the service uses")
     return cf
 
 
@@ -712,13 +823,45 @@ def _check_suggestion_rules(cf: CardsFile, pf: ProceduresFile, valuesets: Mappin
             raise KnowledgeError(rel, "suggestionRules.neverReplaced.why", f"no reason given for '{key}'")
     for rr in sr.recordRegions:
         _need_valueset(valuesets, rel, f"suggestionRules.recordRegions '{rr.region}'", rr.valueSet)
-    named = [sr.wholeSpineRegion, *(rr.region for rr in sr.recordRegions)] + [x for v in sr.regionExpansion.values() for x in v]
+    named = [sr.wholeSpineRegion, *(rr.region for rr in sr.recordRegions)]
+    named += [x for v in sr.regionExpansion.values() for x in v]
     named += [x for k, v in sr.redFlagImaging.byRegion.items() for x in (*v, k) if x != "unknown"]
     for reg in named:
         if reg not in region_ids:
             raise KnowledgeError(rel, "suggestionRules", f"unknown region '{reg}'")
     if "unknown" not in sr.redFlagImaging.byRegion:
         raise KnowledgeError(rel, "suggestionRules.redFlagImaging.byRegion", "no entry for 'unknown'")
+
+
+def _check_card_kinds(rel: str, cf: CardsFile, fact_ids: frozenset[str]) -> None:
+    for kind in CARD_KINDS:
+        if kind not in cf.kinds:
+            raise KnowledgeError(rel, f"kinds.{kind}", "missing: the service issues this card")
+    for kind, card in cf.kinds.items():
+        if kind not in CARD_PLACEHOLDERS:
+            raise KnowledgeError(rel, f"kinds.{kind}", f"not a card the service issues ({', '.join(CARD_KINDS)})")
+        summary, detail = CARD_PLACEHOLDERS[kind]
+        _check_template(rel, f"kinds.{kind}.summary", card.summary, summary)
+        _check_template(rel, f"kinds.{kind}.detail", card.detail, detail)
+        if card.evidence and kind not in tuple(Advisory):
+            raise KnowledgeError(rel, f"kinds.{kind}.evidence", "only advisory cards name the facts they list")
+        for fact in card.evidence:
+            if fact not in fact_ids:
+                raise KnowledgeError(rel, f"kinds.{kind}.evidence", f"unknown fact '{fact}'")
+
+
+def _check_template(rel: str, entry: str, template: str, allowed: frozenset[str]) -> None:
+    """``template`` (str.format syntax) names only ``allowed`` placeholders, plainly."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise KnowledgeError(rel, entry, f"not a valid template ({exc}); write a literal brace twice") from None
+    for name, spec, conv in fields:
+        if name not in allowed:
+            may = ", ".join(f"{{{a}}}" for a in sorted(allowed)) or "none"
+            raise KnowledgeError(rel, entry, f"unknown placeholder {{{name}}} (this text may use: {may})")
+        if spec or conv:
+            raise KnowledgeError(rel, entry, f"placeholder {{{name}}} takes no format or conversion")
 
 
 # ---- the whole directory ------------------------------------------------------------------
@@ -746,16 +889,18 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     an invalid FHIR ValueSet, duplicate ids, a reference to a value set, fact, procedure or
     region that does not exist, an enum value out of range, a score outside its category.
     Files are read in this order, so of several problems the first file's is reported:
-    value sets, facts, procedures, topics, services, cards.
+    value sets, facts, procedures, ratings, topics, services, cards.
     """
     root = _knowledge_root(directory)
     version = _version(root)
     valuesets = _load_valuesets(root)
     ff = _load_facts(root, valuesets)
     pf = _load_procedures(root, valuesets)
-    acr = _load_topics(root, _fact_ids(ff), pf)
+    rf = _load_ratings(root)
+    categories: dict[str, CategoryDef] = {c.code: c for c in rf.categories}
+    acr = _load_topics(root, _fact_ids(ff), pf, categories)
     sf = _load_services(root)
-    cf = _load_cards(root, acr.topics)
+    cf = _load_cards(root, acr.topics, _fact_ids(ff))
     _check_suggestion_rules(cf, pf, valuesets)
     return Knowledge(
         directory=root,
@@ -773,6 +918,8 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         variant_topic=MappingProxyType(dict(acr.variant_topic)),
         services=MappingProxyType({s.id: s for s in sf.services}),
         cards=cf,
+        categories=MappingProxyType(categories),
+        pama=MappingProxyType({p.code: p for p in rf.pama}),
         fact_index=MappingProxyType(_fact_index(ff)),
         procedure_by_valueset=MappingProxyType({p.valueSet: p for p in pf.procedures if p.valueSet}),
         region_by_valueset=MappingProxyType({r.valueSet: r for r in pf.regions}),

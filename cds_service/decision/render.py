@@ -22,6 +22,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from cds_service.decision.contract import (
@@ -37,7 +38,7 @@ from cds_service.decision.contract import (
     Fact,
 )
 from cds_service.decision.engine import Decision, OrderClass, OrderDecision, classify_order
-from cds_service.decision.knowledge import CATEGORY_DISPLAY, Knowledge, Procedure, Rating, Region, Variant
+from cds_service.decision.knowledge import Knowledge, Procedure, Rating, Region, Variant
 from cds_service.decision.scenario import Evidence, FactSet
 from cds_service.decision.terminology import CPT, LOINC, SNOMED, SYSTEM_NAMES
 
@@ -45,10 +46,11 @@ PAMA_BASE = "http://fhir.org/argonaut/Extension/"
 PAMA_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
 ACR_CATEGORY_SYSTEM = "urn:vcf-cds-hooks:CodeSystem:acr-appropriateness-category"
 VARIANT_SYSTEM = "urn:vcf-cds-hooks:CodeSystem:acr-variant"
-PAMA_RATING_DISPLAY = {"appropriate": "Appropriate", "not-appropriate": "Not appropriate",
-                       "no-criteria-apply": "No criteria apply"}
+# The bundled ratings.json's PAMA displays, for store/explanation.py, which predates
+# Knowledge.pama_display: read the knowledge instead.
+PAMA_RATING_DISPLAY: Mapping[str, str] = MappingProxyType({
+    "appropriate": "Appropriate", "not-appropriate": "Not appropriate", "no-criteria-apply": "No criteria apply"})
 SUMMARY_MAX = 139
-EXPLAIN_LINK_LABEL = "Why this advice?"
 ORDER_CODE_SYSTEMS = (CPT, LOINC, SNOMED)
 EVIDENCE_MAX = 8  # evidence lines per card; the rest is "and N more" (a 5 MB record must not make 150 MB of cards)
 # Advisories whose warning card already speaks for an order the service cannot rate.
@@ -162,31 +164,46 @@ class _Renderer:
                                                       for ref, raw in drafts_by_ref.items()}
         self.consult_ids: dict[int, str] = {}
 
+    # ---- wording (cards.json; placeholders checked at load) ---------------------------
+    def say(self, key: str, **fields: object) -> str:
+        """A shared phrase of ``cards.json`` ``text``, its placeholders filled."""
+        return self.text[key].format(**fields)
+
+    def summary(self, kind: str, **fields: object) -> str:
+        return self.k.cards.kinds[kind].summary.format(**fields)
+
+    def lead(self, kind: str, **fields: object) -> str:
+        """The first paragraph of a card's detail."""
+        return self.k.cards.kinds[kind].detail.format(**fields)
+
     # ---- building blocks -------------------------------------------------------------
     def source(self, variant: Variant | None) -> dict:
-        src: dict[str, Any] = {"label": self.k.cards.source["label"]}
+        src: dict[str, Any] = {"label": self.k.cards.source.label}
         if variant is not None:
             topic = self.k.variant_topic[variant.id]
             src["url"] = topic.url
             src["topic"] = {"system": VARIANT_SYSTEM, "code": variant.id, "display": variant.title}
         else:  # advice that rests on no variant cites the service's own topic
-            src["url"] = next(t.url for t in self.k.topics if t.id == self.k.cards.source["topic"])
+            src["url"] = next(t.url for t in self.k.topics if t.id == self.k.cards.source.topic)
         return src
 
-    def card(self, kind: str, indicator: str, summary: str, detail: str, variant: Variant | None,
-             suggestions: Sequence[dict] = (), behavior: str = "at-most-one", override: bool = False) -> None:
+    def card(self, kind: str, summary: str, detail: str, variant: Variant | None,
+             suggestions: Sequence[dict] = (), behavior: str = "at-most-one") -> None:
+        """Issue a card of ``kind``: its indicator from cards.json; warning and critical
+        cards offer the override reasons."""
+        indicator = self.k.cards.kinds[kind].indicator
         c: dict[str, Any] = {"uuid": self.o.new_id(), "summary": _summary(summary), "indicator": indicator,
                              "detail": detail, "source": self.source(variant)}
         if suggestions:
             c["suggestions"] = list(suggestions)
             c["selectionBehavior"] = behavior
-        if override:
+        if indicator != "info":
             reasons = self.k.cards.overrideReasons
             c["overrideReasons"] = [{"system": reasons["system"], "code": r["code"], "display": r["display"]}
                                     for r in reasons["codes"]]
         if self.o.explain_url is not None:
             url = self.o.explain_url(c["uuid"])
-            c["links"] = [{"label": EXPLAIN_LINK_LABEL, "url": url, "type": "absolute"}]
+            c["links"] = [{"label": self.say("explainLink"), "url": url, "type": "absolute"}]
             c["detail"] = c["detail"].replace(_MORE_LINK, url)
         self.cards.append(c)
         self.kinds[c["uuid"]] = str(kind)
@@ -346,7 +363,7 @@ class _Renderer:
         regions = self.target_regions(od)
         # Same modality first: "use MRI WITHOUT contrast" is the advice for an MRI with contrast.
         alts = sorted(ratings, key=lambda r: self.k.procedures[r.procedure].modality != ordered.modality)
-        delete = {"type": "delete", "description": f"Remove the draft order {od.ref}", "resourceId": od.ref}
+        delete = {"type": "delete", "description": self.say("replaceRemove", order=od.ref), "resourceId": od.ref}
         for r in alts:
             proc = self.k.procedures[r.procedure]
             if proc.kind != ordered.kind or (not replace and proc.kind != "treatment"):
@@ -362,15 +379,16 @@ class _Renderer:
                 continue
             if proc.kind == "imaging" and not regions:
                 plan.whole_spine = True
-            actions = [{"type": "create", "description": f"Order {name} ({CATEGORY_DISPLAY[r.category]}, ACR)",
-                        "resource": o} for o in creates]
+            order_text = self.say("replaceOrder", procedure=name, category=self.k.category_display(r.category))
+            actions = [{"type": "create", "description": order_text, "resource": o} for o in creates]
             if replace:
-                plan.items.append(self.suggestion(f"Replace with {name}", [delete, *actions], recommended=not plan.items))
+                plan.items.append(self.suggestion(self.say("replaceLabel", procedure=name), [delete, *actions],
+                                                  recommended=not plan.items))
             else:
-                plan.items.append(self.suggestion(f"Add {_lower_first(name)}", actions))
+                plan.items.append(self.suggestion(self.say("referralLabel", referral=_lower_first(name)), actions))
             plan.first = plan.first or (name, proc)
         if replace and plan.drafted:
-            plan.items = [self.suggestion(f"Remove this order: {plan.drafted[0]} is already ordered", [delete],
+            plan.items = [self.suggestion(self.say("removeLabel", procedure=plan.drafted[0]), [delete],
                                           recommended=True)]
             plan.first, plan.whole_spine = None, False
         return plan
@@ -390,10 +408,10 @@ class _Renderer:
                 g["labels"].append(label)
         if not groups:
             return []
-        lines = [self.text["evidenceHeading"]] if heading else []
+        lines = [self.say("evidenceHeading")] if heading else []
         for (resource, _), g in list(groups.items())[:EVIDENCE_MAX]:
             ref, _, part = resource.partition("#")
-            where = self.text["orderReason"] if part == "reasonCode" else md_escape(ref)
+            where = self.say("orderReason") if part == "reasonCode" else md_escape(ref)
             line = "- " + (f"{md_escape(g['display'])} " if g["display"] else "") + f"({'; '.join(_unique(g['codes']))})"
             if g["labels"]:
                 line += ": " + ", ".join(_unique(g["labels"]))
@@ -401,7 +419,7 @@ class _Renderer:
         more = len(groups) - EVIDENCE_MAX
         if more > 0:
             more_key = "evidenceMoreLink" if self.o.explain_url is not None else "evidenceMore"
-            lines.append(self.text[more_key].format(n=more, url=_MORE_LINK))
+            lines.append(self.say(more_key, n=more, url=_MORE_LINK))
         return lines
 
     def order_evidence(self, od: OrderDecision, variant: Variant | None) -> list[str]:
@@ -412,42 +430,46 @@ class _Renderer:
             for e in evs)
 
     def provenance_words(self, r: Rating) -> str:
-        return self.text[f"provenance{r.provenance}"]
+        return self.say(f"provenance{r.provenance}")
 
     def rating_line(self, r: Rating, regions: Sequence[Region] = ()) -> str:
         proc = self.k.procedures[r.procedure]
-        parts = [CATEGORY_DISPLAY[r.category]]
+        parts = [self.k.category_display(r.category)]
         if r.score is not None:
-            parts.append(f"score {r.score}")
-        if r.rrl:
-            parts.append(f"radiation {r.rrl}" + (f", {r.rrlNote}" if r.rrlNote else ""))
-        parts.append(f"rating {self.provenance_words(r)}")
+            parts.append(self.say("ratingScore", score=r.score))
+        if r.rrl and r.rrlNote:
+            parts.append(self.say("ratingRadiationNote", rrl=r.rrl, note=r.rrlNote))
+        elif r.rrl:
+            parts.append(self.say("ratingRadiation", rrl=r.rrl))
+        parts.append(self.say("ratingSource", provenance=self.provenance_words(r)))
         return f"- {self.plain_name(proc, regions if proc.kind == 'imaging' else ())}: " + "; ".join(parts)
 
     def variant_heading(self, variant: Variant) -> list[str]:
         topic = self.k.variant_topic[variant.id]
-        title = variant.title + ("" if variant.titleConfirmed else f" ({self.text['titleUnconfirmed']})")
-        return [f"**ACR variant {variant.id}**: {title}", f"({topic.title}, revised {topic.revised})"]
+        heading = "variantHeading" if variant.titleConfirmed else "variantHeadingUnconfirmed"
+        return [self.say(heading, variant=variant.id, title=variant.title),
+                self.say("topicLine", topic=topic.title, revised=topic.revised)]
 
     def source_line(self, variant: Variant) -> str:
         topic = self.k.variant_topic[variant.id]
-        return f"Source: {topic.citation} {topic.url}" + ("" if topic.urlConfirmed else " (link unconfirmed)")
+        return self.say("sourceLine" if topic.urlConfirmed else "sourceLineUnconfirmed", citation=topic.citation,
+                        url=topic.url)
 
     def variant_detail(self, od: OrderDecision, variant: Variant, lead: Sequence[str],
                        alternatives: Sequence[Rating] = (), notes: Sequence[str] = ()) -> str:
         own = [od.order_class.region] if od.order_class.region else []
         lines = [*lead, "", *self.variant_heading(variant), ""]
         if od.choice is not None and od.choice.status == "agreed":
-            lines += [f"The record fits {' or '.join(c.id for c in od.choice.candidates)}: each rates this order alike.", ""]
+            lines += [self.say("variantsAgree", variants=" or ".join(c.id for c in od.choice.candidates)), ""]
         ev = self.order_evidence(od, variant)
         if ev:
             lines += [*ev, ""]
         if od.rating is not None:
-            lines += ["**Ordered**", self.rating_line(od.rating, own), ""]
+            lines += [self.say("orderedHeading"), self.rating_line(od.rating, own), ""]
         alts = list(alternatives) or list(od.alternatives)
         if alts:
             regions = self.target_regions(od)
-            lines += ["**Usually appropriate for this variant**", *[self.rating_line(r, regions) for r in alts], ""]
+            lines += [self.say("alternativesHeading"), *[self.rating_line(r, regions) for r in alts], ""]
         for n in [*notes, *self.provenance_notes(od, [od.rating, *alts])]:
             lines += [n, ""]
         lines.append(self.source_line(variant))
@@ -459,21 +481,25 @@ class _Renderer:
         notes = []
         provenances = {r.provenance for r in ratings if r is not None}
         if "SEED" in provenances:
-            notes.append(self.text["seedNote"])
+            notes.append(self.say("seedNote"))
         if "SECONDARY" in provenances:
-            notes.append(self.text["secondaryNote"])
+            notes.append(self.say("secondaryNote"))
         unconfirmed = sorted({_code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
                               for e in od.facts.all_evidence() if e.unconfirmed})
         if unconfirmed:
             shown = "; ".join(unconfirmed[:EVIDENCE_MAX]) + (f"; and {len(unconfirmed) - EVIDENCE_MAX} more"
                                                             if len(unconfirmed) > EVIDENCE_MAX else "")
-            notes.append(self.text["unconfirmedNote"].format(items=shown))
+            notes.append(self.say("unconfirmedNote", items=shown))
         return notes
 
     def scenario(self, od: OrderDecision, variant: Variant) -> str:
         """The scenario in a few words; when several variants agree on the rating, all of them."""
         agreeing = od.choice.candidates if od.choice is not None and od.choice.status == "agreed" else ()
         return " or ".join(_unique(self.rules.scenario.get(c.id, c.title) for c in (agreeing or (variant,))))
+
+    @staticmethod
+    def candidate_lines(variants: Iterable[Variant]) -> list[str]:
+        return [f"- {c.id}: {c.title}" for c in variants]
 
     # ---- cards ----------------------------------------------------------------------------
     def order_cards(self, od: OrderDecision) -> None:
@@ -482,41 +508,41 @@ class _Renderer:
         if proc is None or choice is None:
             return
         v = od.variant
-        t = self.text
         if choice.status in ("selected", "red-flag", "agreed") and v is not None and od.rating is not None:
             if od.rating.category == USUALLY_NOT_APPROPRIATE:
-                self.rated_card(od, v, CardKind.NOT_APPROPRIATE, "warning")
+                self.rated_card(od, v, CardKind.NOT_APPROPRIATE)
             elif od.rating.category in MAY_BE_APPROPRIATE:
-                self.rated_card(od, v, CardKind.MAY_BE_APPROPRIATE, "info")
+                self.rated_card(od, v, CardKind.MAY_BE_APPROPRIATE)
             # Usually appropriate: silence (the rating travels in systemActions); no alert fatigue.
         elif choice.status == "selected" and v is not None:
             self.no_rating_card(od, v)
         elif choice.status == "missing" and choice.missing:
             options = [" and ".join(self.k.fact_label(f) for f in gap) for gap in choice.missing]
             name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
-            detail = [f"{name} cannot be rated: the record does not say which ACR scenario applies.",
-                      "", "Record one of the following to get a rating:", *[f"- {o}" for o in options], ""]
+            kind = CardKind.MISSING_FACTS
+            detail = [self.lead(kind, procedure=name), "", self.say("recordOneOf"), *[f"- {o}" for o in options], ""]
             if choice.candidates:
-                detail += ["Candidate ACR variants:", *[f"- {c.id}: {c.title}" for c in choice.candidates], ""]
+                detail += [self.say("candidateVariants"), *self.candidate_lines(choice.candidates), ""]
             detail += self.order_evidence(od, None)
-            summary = t["missingFacts"].format(missing=" or ".join(options))
+            summary = self.summary(kind, missing=" or ".join(options), procedure=name)
             if len(summary) > SUMMARY_MAX:
-                summary = t["missingFactsShort"]
-            self.card(CardKind.MISSING_FACTS, "info", summary, "\n".join(detail).strip(), None)
+                summary = self.say("missingFactsShort")
+            self.card(kind, summary, "\n".join(detail).strip(), None)
         elif choice.status == "conflict":
             name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
-            detail = [f"{name} cannot be rated: the record fits more than one ACR variant.", "",
-                      *[f"- {c.id}: {c.title}" for c in choice.candidates], "", *self.order_evidence(od, None)]
-            self.card(CardKind.CONFLICT, "info", t["conflict"], "\n".join(detail).strip(), None)
+            detail = [self.lead(CardKind.CONFLICT, procedure=name), "", *self.candidate_lines(choice.candidates), "",
+                      *self.order_evidence(od, None)]
+            self.card(CardKind.CONFLICT, self.summary(CardKind.CONFLICT, procedure=name), "\n".join(detail).strip(), None)
         elif choice.status == "excluded":
-            detail = [t["traumaticDetail"], "", *self.order_evidence(od, None)]
-            self.card(CardKind.TRAUMATIC, "info", t["traumatic"], "\n".join(detail).strip(), None)
+            name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
+            detail = [self.lead(CardKind.TRAUMATIC, procedure=name), "", *self.order_evidence(od, None)]
+            self.card(CardKind.TRAUMATIC, self.summary(CardKind.TRAUMATIC, procedure=name), "\n".join(detail).strip(),
+                      None)
         self.advisory_cards(od)
 
-    def rated_card(self, od: OrderDecision, v: Variant, kind: str, indicator: str) -> None:
+    def rated_card(self, od: OrderDecision, v: Variant, kind: CardKind) -> None:
         """A Usually not appropriate / May be appropriate order: action first (use X instead,
         or remove it when X is already ordered), ratings and evidence in the detail."""
-        t = self.text
         proc, r = od.order_class.procedure, od.rating
         assert proc is not None and r is not None
         own = [od.order_class.region] if od.order_class.region else []
@@ -528,32 +554,29 @@ class _Renderer:
         alt_proc = plan.first[1] if plan.first else (plan.drafted[1] if plan.drafted else None)
         if alt_proc is not None and alt_proc.modality == proc.modality and alt_proc.contrast != proc.contrast \
                 and proc.contrast in ("with", "without-and-with"):
-            reason = t["reasonContrast"].format(scenario=scenario)
+            reason = self.say("reasonContrast", scenario=scenario)
         else:
-            reason = t["reasonGeneric"].format(ordered=ordered, scenario=scenario) if una else \
-                f"it is rated higher for {scenario}"
+            reason = self.say("reasonGeneric" if una else "reasonRatedHigher", ordered=ordered, scenario=scenario)
         alt = self.created_name(plan.first[1], self.target_regions(od), short=True) if plan.first else ""
         if why_kept is not None and plan.first:
-            summary = t["noRatingAdd"].format(alternative=_lower_first(alt), scenario=scenario)
+            summary = self.say("noRatingAdd", alternative=_lower_first(alt), scenario=scenario)
         elif plan.drafted and why_kept is None:
-            summary = t["removeDuplicate"].format(ordered=ordered, alternative=plan.drafted[0])
+            summary = self.say("removeDuplicate", ordered=ordered, alternative=plan.drafted[0])
         elif plan.first and una:
-            summary = t["useInstead"].format(alternative=alt, reason=reason)
+            summary = self.summary(kind, alternative=alt, reason=reason)
         elif plan.first:
-            summary = t["useInsteadMay"].format(alternative=alt, ordered=_lower_first(ordered), scenario=scenario)
+            summary = self.summary(kind, alternative=alt, ordered=_lower_first(ordered), scenario=scenario)
         else:
-            summary = t["notAppropriate" if una else "mayBeAppropriate"].format(ordered=ordered, scenario=scenario)
+            summary = self.say("notAppropriate" if una else "mayBeAppropriate", ordered=ordered, scenario=scenario)
         if len(summary) > SUMMARY_MAX and plan.first:  # long names: keep the action, shorten the reason
-            summary = t["useInsteadShort" if una else "useInsteadMayShort"].format(
+            summary = self.say("useInsteadShort" if una else "useInsteadMayShort",
                 alternative=alt, ordered=_lower_first(ordered))
 
-        lead = [t["notAppropriateLead" if una else "mayBeAppropriateLead"].format(
-            ordered=ordered, category=r.category_display)]
+        lead = [self.lead(kind, ordered=ordered, category=self.k.category_display(r.category))]
         if why_kept is not None:
-            lead.append(t["neverReplacedLead"].format(ordered=ordered, why=why_kept))
-        notes = [t["wholeSpineNote"]] if plan.whole_spine else []
-        self.card(kind, indicator, summary, self.variant_detail(od, v, lead, notes=notes), v, plan.items,
-                  override=una)
+            lead.append(self.say("neverReplacedLead", ordered=ordered, why=why_kept))
+        notes = [self.say("wholeSpineNote")] if plan.whole_spine else []
+        self.card(kind, summary, self.variant_detail(od, v, lead, notes=notes), v, plan.items)
 
     def no_rating_card(self, od: OrderDecision, v: Variant) -> None:
         """The variant applies but this service does not hold the cell for the ordered
@@ -563,38 +586,33 @@ class _Renderer:
         assert proc is not None
         if proc.id in self.rules.neverReplaced.procedures:
             return
-        t = self.text
         own = [od.order_class.region] if od.order_class.region else []
         ordered = self.plain_name(proc, own)
         plan = self.alternative_suggestions(od, od.alternatives, replace=False)
         if plan.first:
             alt = self.created_name(plan.first[1], (), short=True)
-            summary = t["noRatingAdd"].format(alternative=_lower_first(alt), scenario=self.scenario(od, v))
+            summary = self.say("noRatingAdd", alternative=_lower_first(alt), scenario=self.scenario(od, v))
         elif any(a in od.advisories for a in WARNING_ADVISORIES):
             return  # the warning about this order says what matters; no second card with nothing to do
         else:
-            summary = t["noRating"].format(ordered=ordered)
-        lead = [t["noRatingLead"].format(ordered=ordered)]
-        self.card(CardKind.NO_CRITERIA, "info", summary, self.variant_detail(od, v, lead), v, plan.items, behavior="any")
+            summary = self.summary(CardKind.NO_CRITERIA, ordered=ordered)
+        lead = [self.lead(CardKind.NO_CRITERIA, ordered=ordered)]
+        self.card(CardKind.NO_CRITERIA, summary, self.variant_detail(od, v, lead), v, plan.items, behavior="any")
 
     def advisory_cards(self, od: OrderDecision) -> None:
-        t = self.text
         v = od.variant
         advisories = set(od.advisories)
         if Advisory.AUGMENT_INFECTION in advisories:
-            lines = [t["augmentInfectionDetail"], "",
+            lines = [self.lead(Advisory.AUGMENT_INFECTION), "",
                      *self.evidence_block((self.k.fact_label(Fact.INFECTION), e) for e in od.facts.evidence.get(Fact.INFECTION, ()))]
             # An absolute exclusion (CMS LCD L34228): withdrawing the order is the action offered.
-            withdraw = self.suggestion(t["augmentInfectionWithdraw"], [
-                {"type": "delete", "description": f"Remove the draft order {od.ref}", "resourceId": od.ref}])
-            self.card(Advisory.AUGMENT_INFECTION, "critical", t["augmentInfection"], "\n".join(lines).strip(), v,
-                      [withdraw], override=True)
-        for adv, indicator, key, facts in (
-                (Advisory.REGION_MISMATCH, "warning", "regionMismatch", (Fact.VCF, Fact.VCF_TRAUMATIC)),
-                (Advisory.AUGMENT_ASYMPTOMATIC, "warning", "augmentAsymptomatic", (Fact.ASYMPTOMATIC,)),
-                (Advisory.FRAGILITY_READING, "info", "fragilityReading", (Fact.VCF_FRAGILITY, Fact.OSTEOPOROSIS))):
+            withdraw = self.suggestion(self.say("withdrawLabel"), [
+                {"type": "delete", "description": self.say("replaceRemove", order=od.ref), "resourceId": od.ref}])
+            self.card(Advisory.AUGMENT_INFECTION, self.summary(Advisory.AUGMENT_INFECTION), "\n".join(lines).strip(), v,
+                      [withdraw])
+        for adv in (Advisory.REGION_MISMATCH, Advisory.AUGMENT_ASYMPTOMATIC, Advisory.FRAGILITY_READING):
             if adv in advisories:
-                self.fact_card(od, adv, indicator, key, facts)
+                self.fact_card(od, adv)
         checklist = [a for a in (Advisory.AUGMENT_NO_EDEMA, Advisory.AUGMENT_NO_THERAPY, Advisory.AUGMENT_BLEEDING)
                      if a in advisories]
         if checklist:
@@ -602,59 +620,56 @@ class _Renderer:
         # "augment-neuro" is carried by the red-flag card: one card per situation.
         if Advisory.POST_AUGMENTATION_MRI in advisories and self.mri_covers_treated_level(od):
             evs = od.facts.evidence.get(Fact.AUGMENTATION_HISTORY, ())
-            lines = [t["postAugmentationMriDetail"], "",
+            lines = [self.lead(Advisory.POST_AUGMENTATION_MRI), "",
                      *self.evidence_block((self.k.fact_label(Fact.AUGMENTATION_HISTORY), e) for e in evs)]
-            self.card(Advisory.POST_AUGMENTATION_MRI, "info", t["postAugmentationMri"], "\n".join(lines).strip(), v)
+            self.card(Advisory.POST_AUGMENTATION_MRI, self.summary(Advisory.POST_AUGMENTATION_MRI),
+                      "\n".join(lines).strip(), v)
         if Advisory.STEER_IR in advisories:
             self.steer_ir_card(od)
 
-    def fact_card(self, od: OrderDecision, kind: str, indicator: str, key: str, facts: Sequence[str]) -> None:
+    def fact_card(self, od: OrderDecision, kind: Advisory) -> None:
         """A card about how the record was read (region mismatch, asymptomatic fracture,
-        fragility reading): its text, then the evidence of ``facts``."""
+        fragility reading): its text, then the evidence of the facts cards.json names for it."""
         where = {"order": od.order_class.region.display if od.order_class.region else "",
                  "fracture": " and ".join(r.display for r in od.fracture_regions)}
-        lines = [self.text[key + "Detail"].format(**where), "",
+        facts = self.k.cards.kinds[kind].evidence
+        lines = [self.lead(kind, **where), "",
                  *self.evidence_block((self.k.fact_label(f), e) for f in facts for e in od.facts.evidence.get(f, ()))]
-        self.card(kind, indicator, self.text[key].format(**where), "\n".join(lines).strip(), od.variant,
-                  override=indicator == "warning")
+        self.card(kind, self.summary(kind, **where), "\n".join(lines).strip(), od.variant)
 
     def checklist_card(self, od: OrderDecision, advisories: Sequence[str]) -> None:
         """One card per augmentation order: MRI evidence, osteoporosis therapy, bleeding.
         Warning when a coagulopathy is on record (relative exclusion, CMS LCD L34228); an
         anticoagulant alone asks for peri-procedural management (SIR), not a contraindication."""
-        t = self.text
         facts = od.facts
         items: list[tuple[str, str]] = []
-        if Advisory.AUGMENT_NO_EDEMA in advisories:
-            items.append((t["checklistEdema"], t["checklistEdemaDetail"]))
-        if Advisory.AUGMENT_NO_THERAPY in advisories:
-            items.append((t["checklistTherapy"], t["checklistTherapyDetail"]))
+        for adv in (Advisory.AUGMENT_NO_EDEMA, Advisory.AUGMENT_NO_THERAPY):
+            if adv in advisories:
+                items.append((self.summary(adv), self.lead(adv)))
         coag = Advisory.AUGMENT_BLEEDING in advisories and Fact.COAGULOPATHY in facts
         if coag:
-            items.append((t["checklistCoag"], t["checklistCoagDetail"]))
+            items.append((self.say("checklistCoag"), self.say("checklistCoagDetail")))
         if Advisory.AUGMENT_BLEEDING in advisories and Fact.ANTICOAGULATION in facts:
-            items.append((t["checklistAnticoag"], t["checklistAnticoagDetail"]))
+            items.append((self.say("checklistAnticoag"), self.say("checklistAnticoagDetail")))
         if not items:
             return
-        summary = t["checklist"].format(items="; ".join(i for i, _ in items))
+        # One indicator per card kind (the feedback report counts by kind): with a
+        # coagulopathy the checklist is the bleeding advisory's warning, else an info card.
+        kind = Advisory.AUGMENT_BLEEDING if coag else CardKind.AUGMENT_CHECKLIST
+        summary = self.summary(kind, items="; ".join(i for i, _ in items))
         if len(summary) > SUMMARY_MAX:
-            summary = t["checklist"].format(items=", ".join(i.split(",")[0].split(" (")[0] for i, _ in items))
-        lines = [t["checklistLead"], *[f"- {d}" for _, d in items], ""]
+            summary = self.summary(kind, items=", ".join(i.split(",")[0].split(" (")[0] for i, _ in items))
+        lines = [self.lead(kind), *[f"- {d}" for _, d in items], ""]
         lines += self.evidence_block((self.k.fact_label(f), e) for f in (Fact.COAGULOPATHY, Fact.ANTICOAGULATION)
                                      for e in facts.evidence.get(f, ()))
         v = od.variant
         if v is not None and od.rating is not None:
-            lines += ["", *self.variant_heading(v), "", "**Ordered**",
+            lines += ["", *self.variant_heading(v), "", self.say("orderedHeading"),
                       self.rating_line(od.rating, [od.order_class.region] if od.order_class.region else ())]
             for n in self.provenance_notes(od, [od.rating]):
                 lines += ["", n]
             lines += ["", self.source_line(v)]
-        # One indicator per card kind (the feedback report counts by kind): the warning
-        # checklist is the bleeding advisory's card, the info one the plain checklist.
-        if coag:
-            self.card(Advisory.AUGMENT_BLEEDING, "warning", summary, "\n".join(lines).strip(), v, override=True)
-        else:
-            self.card(CardKind.AUGMENT_CHECKLIST, "info", summary, "\n".join(lines).strip(), v)
+        self.card(kind, summary, "\n".join(lines).strip(), v)
 
     def mri_covers_treated_level(self, od: OrderDecision) -> bool:
         """Whether the MRI images the level of the prior augmentation (unknown level, or an
@@ -667,17 +682,19 @@ class _Renderer:
                                                             for r in treated)
 
     def steer_ir_card(self, od: OrderDecision) -> None:
-        v = od.variant
-        assert v is not None  # steer-ir is advised only within a variant
+        v, proc = od.variant, od.order_class.procedure
+        assert v is not None and proc is not None  # steer-ir is advised only within a variant
         aug = self.k.procedures[self.k.preferred.augmentation]
         if self.drafted(aug, None):
             return
         new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get(Fact.VCF, ()))
         rating = v.rating_for(aug.id)
-        sug = [self.suggestion(f"Add {_lower_first(self.k.preferred.augmentationText)}", [
-            {"type": "create", "description": self.k.preferred.augmentationText, "resource": new}], recommended=True)]
-        lead = [self.text["steerToIrLead"].format(procedure=aug.display)]
-        self.card(Advisory.STEER_IR, "info", self.text["steerToIr"],
+        referral = self.k.preferred.augmentationText
+        sug = [self.suggestion(self.say("referralLabel", referral=_lower_first(referral)), [
+            {"type": "create", "description": referral, "resource": new}], recommended=True)]
+        fields = {"procedure": self.plain_name(proc), "augmentation": aug.display}
+        lead = [self.lead(Advisory.STEER_IR, **fields)]
+        self.card(Advisory.STEER_IR, self.summary(Advisory.STEER_IR, **fields),
                   self.variant_detail(od, v, lead, [rating] if rating else []), v, sug)
 
     def red_flag_card(self) -> None:
@@ -687,7 +704,6 @@ class _Renderer:
         d = self.d
         if not d.red_flags:
             return
-        t = self.text
         template = next(iter(self.drafts.values()), None) if self.drafts else None
         # The level of the fracture decides; back pain only when no fracture is on record.
         has_fracture = any(f in od.facts for od in d.orders for f in (*self.k.acuity.vcfFacts, Fact.VCF_TRAUMATIC))
@@ -704,45 +720,48 @@ class _Renderer:
                                                                     reasons=d.red_flags)) is not None]
             name = self.plain_name(mri, missing, emphasize=True)
             if creates:
-                suggestions.append(self.suggestion(f"Order urgent: {name}", [
-                    {"type": "create", "description": f"Urgent {self.plain_name(mri, [reg])}", "resource": o}
+                suggestions.append(self.suggestion(self.say("urgentOrderLabel", procedure=name), [
+                    {"type": "create", "description": self.say("urgentOrderAction", procedure=self.plain_name(mri, [reg])),
+                     "resource": o}
                     for reg, o in zip(missing, creates, strict=False)]))
                 actions.append(name)
         consult = self.k.procedures[self.k.preferred.redFlagConsultation]
         if consult in d.red_flag_missing:
             new = self.new_order(template, consult, None, urgent=True, reasons=d.red_flags)
             if new is not None:
-                suggestions.append(self.suggestion("Order urgent: spine surgery consultation", [
-                    {"type": "create", "description": f"Urgent {consult.display}", "resource": new}]))
-                actions.append("spine surgery consultation")
+                consult_name = self.say("spineSurgeryConsultation")
+                suggestions.append(self.suggestion(self.say("urgentOrderLabel", procedure=consult_name), [
+                    {"type": "create", "description": self.say("urgentOrderAction", procedure=consult.display),
+                     "resource": new}]))
+                actions.append(consult_name)
         augmentation = any(od.order_class.procedure is not None and od.order_class.procedure.category == AUGMENTATION
                            for od in d.orders)
-        if augmentation:
-            summary = t["redFlagAugment"]
+        if augmentation:  # the augmentation exclusion and the red flag are one situation: one card
+            summary = self.summary(Advisory.AUGMENT_NEURO)
         elif actions:
-            summary = t["redFlag"].format(actions=" and ".join(actions))
+            summary = self.summary(CardKind.RED_FLAG, actions=" and ".join(actions))
             if len(summary) > SUMMARY_MAX:
-                summary = t["redFlag"].format(actions="MRI WITHOUT contrast and spine surgery consultation")
+                summary = self.summary(CardKind.RED_FLAG, actions=self.say("redFlagActionsShort"))
         else:
-            summary = t["redFlagCovered"]
+            summary = self.say("redFlagCovered")
         key = "unknown" if not known else ("lumbar" if set(known) == {"lumbar"} else "thoracic")
-        region_note = t[{"unknown": "redFlagRegionUnknown", "lumbar": "redFlagRegionLumbar",
-                         "thoracic": "redFlagRegionThoracic"}[key]]
-        lines = ([t["redFlagAugmentDetail"], ""] if augmentation else []) + [t["redFlagDetail"], "", region_note, ""]
+        region_note = self.say({"unknown": "redFlagRegionUnknown", "lumbar": "redFlagRegionLumbar",
+                                "thoracic": "redFlagRegionThoracic"}[key])
+        lines = [self.lead(Advisory.AUGMENT_NEURO), ""] if augmentation else []
+        lines += [self.lead(CardKind.RED_FLAG), "", region_note, ""]
         lines += self.evidence_block((None, e) for e in d.red_flags)
         routed = next((od.variant for od in d.orders if od.variant is not None and od.variant.routing), None)
         if routed is not None:
-            lines += ["", t["redFlagRouted"].format(topic=self.k.variant_topic[routed.id].title, variant=routed.title)]
-        self.card(CardKind.RED_FLAG, "critical", summary, "\n".join(lines).strip(), routed, suggestions, behavior="any",
-                  override=True)
+            lines += ["", self.say("redFlagRouting", topic=self.k.variant_topic[routed.id].title, title=routed.title)]
+        self.card(CardKind.RED_FLAG, summary, "\n".join(lines).strip(), routed, suggestions, behavior="any")
 
     # ---- ratings --------------------------------------------------------------------------
     def rating_action(self, od: OrderDecision, position: int) -> dict:
         assert od.pama is not None and od.variant is not None  # only rated orders get a rating action
-        coding = [{"system": PAMA_SYSTEM, "code": od.pama, "display": PAMA_RATING_DISPLAY[od.pama]}]
+        coding = [{"system": PAMA_SYSTEM, "code": od.pama, "display": self.k.pama_display(od.pama)}]
         if od.rating is not None and od.rating.category != USUALLY_APPROPRIATE and od.pama == APPROPRIATE:
             coding.append({"system": ACR_CATEGORY_SYSTEM, "code": od.rating.category,
-                           "display": CATEGORY_DISPLAY[od.rating.category]})
+                           "display": self.k.category_display(od.rating.category)})
         topic = self.k.variant_topic[od.variant.id]
         self.consult_ids[position] = consult_id = f"urn:uuid:{self.o.new_id()}"
         ext = [
@@ -755,7 +774,7 @@ class _Renderer:
         # Keep the EHR's own extensions; replace only earlier PAMA ratings of this order.
         kept = [e for e in resource.get("extension") or () if not str(e.get("url", "")).startswith(PAMA_BASE)]
         resource["extension"] = kept + ext
-        return {"type": "update", "description": f"ACR appropriateness rating: {PAMA_RATING_DISPLAY[od.pama]}",
+        return {"type": "update", "description": self.say("ratingAction", rating=self.k.pama_display(od.pama)),
                 "resource": resource}
 
 

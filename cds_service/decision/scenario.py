@@ -165,40 +165,20 @@ def extract_facts(
     recent worsening; decision-rules.md §6.2-§6.4), derived facts, and ``vcf-new`` /
     ``vcf-prior`` / ``vcf-current`` (§3.2, §6.3).
     """
-    idx = knowledge.fact_index
-    term = knowledge.terminology
     found: dict[str, list[Evidence]] = {}
-
     order_encounter = _reference_tail(order.get("encounter"))
-
-    def add(origin: Literal["condition", "procedure", "reasonCode"], resource: str, concept: object,
-            onset: date | None, current: bool = False) -> None:
-        for c in _codings(concept):
-            system, code = c.get("system") or "", c["code"]
-            for vs in term.memberships(system, code):
-                for fact in idx.get((vs, origin), ()):
-                    concept_def = term.concept(vs, system, code)
-                    found.setdefault(fact, []).append(Evidence(
-                        fact=fact, resource=resource, system=system, code=code,
-                        display=c.get("display") or (concept_def.display if concept_def else None),
-                        valueset=vs, unconfirmed=bool(concept_def and concept_def.unconfirmed),
-                        encounter=_encounter(knowledge, system, code), onset=onset, origin=origin,
-                        current_encounter=current))
-
     for raw in conditions:
-        if not is_active_condition(raw):
-            continue
-        onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
-        add("condition", f"Condition/{raw.get('id')}", raw.get("code"), onset,
-            _is_encounter_diagnosis_of(raw, order_encounter))
+        if is_active_condition(raw):
+            onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
+            _add_facts(knowledge, found, "condition", f"Condition/{raw.get('id')}", raw.get("code"), onset,
+                       current=_is_encounter_diagnosis_of(raw, order_encounter))
     for raw in procedures:
-        if raw.get("status") in EXCLUDED_PROCEDURE_STATUS:
-            continue
-        performed = _to_date(raw.get("performedDateTime")) or _to_date((raw.get("performedPeriod") or {}).get("start"))
-        add("procedure", f"Procedure/{raw.get('id')}", raw.get("code"), performed)
+        if raw.get("status") not in EXCLUDED_PROCEDURE_STATUS:
+            performed = _to_date(raw.get("performedDateTime")) or _to_date((raw.get("performedPeriod") or {}).get("start"))
+            _add_facts(knowledge, found, "procedure", f"Procedure/{raw.get('id')}", raw.get("code"), performed)
     order_ref = f"{order.get('resourceType', 'ServiceRequest')}/{order.get('id')}#reasonCode"
     for reason in order.get("reasonCode") or ():
-        add("reasonCode", order_ref, reason, None)
+        _add_facts(knowledge, found, "reasonCode", order_ref, reason, None)
 
     facts = {k: tuple(v) for k, v in found.items()}
     base = dict(facts)
@@ -246,6 +226,25 @@ def _current(knowledge: Knowledge, facts: Mapping[str, tuple[Evidence, ...]], as
                 continue
             out.append(e)
     return tuple(out)
+
+
+def _add_facts(knowledge: Knowledge, found: dict[str, list[Evidence]],
+               origin: Literal["condition", "procedure", "reasonCode"], resource: str, concept: object,
+               onset: date | None, current: bool = False) -> None:
+    """Add the facts ``concept``'s codings yield from ``origin`` (facts.json ``from``);
+    ``current``: the resource is an encounter diagnosis of the order's encounter."""
+    term = knowledge.terminology
+    for c in _codings(concept):
+        system, code = c.get("system") or "", c["code"]
+        for vs in term.memberships(system, code):
+            for fact in knowledge.fact_index.get((vs, origin), ()):
+                concept_def = term.concept(vs, system, code)
+                found.setdefault(fact, []).append(Evidence(
+                    fact=fact, resource=resource, system=system, code=code,
+                    display=c.get("display") or (concept_def.display if concept_def else None),
+                    valueset=vs, unconfirmed=bool(concept_def and concept_def.unconfirmed),
+                    encounter=_encounter(knowledge, system, code), onset=onset, origin=origin,
+                    current_encounter=current))
 
 
 def _acuity(knowledge: Knowledge, facts: Mapping[str, tuple[Evidence, ...]], as_of: date):
