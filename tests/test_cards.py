@@ -186,6 +186,7 @@ def test_post_augmentation_mri_card_only_when_the_mri_covers_the_treated_level(k
     ("seed-001-v3-ct-with-contrast", "teaching material that describes the ACR table"),
     ("seed-004-v7-augmentation", "teaching material that describes the ACR table"),
     ("v8-pathologic-augmentation", "third-party summary of the ACR table"),
+    ("facts-asymptomatic-fracture-kyphoplasty", "third-party summary of the ACR table"),  # V5 medical management
 ])
 def test_cards_built_on_seed_or_secondary_ratings_say_where_the_rating_comes_from(knowledge, schemas, case_id, words):
     card = cards(knowledge, schemas, case_id)[0]

@@ -55,6 +55,9 @@ ORDER_CODE_SYSTEMS = (CPT, LOINC, SNOMED)
 EVIDENCE_MAX = 8  # evidence lines per card; the rest is "and N more" (a 5 MB record must not make 150 MB of cards)
 # Advisories whose warning card already speaks for an order the service cannot rate.
 WARNING_ADVISORIES = (Advisory.REGION_MISMATCH, Advisory.AUGMENT_ASYMPTOMATIC, Advisory.AUGMENT_INFECTION)
+# Advisory cards whose text leans on a rating of the variant (asymptomatic: "medical management
+# is Usually appropriate"), so they say where the rating comes from.
+RATING_CITING_ADVISORIES = (Advisory.AUGMENT_ASYMPTOMATIC,)
 # Placeholder for the card's own "Why this advice?" URL, known only once the card has its uuid.
 _MORE_LINK = "\x00more-link\x00"
 # The ASCII punctuation CommonMark lets a backslash escape (spec §2.4) that can open inline
@@ -635,7 +638,17 @@ class _Renderer:
         facts = self.k.cards.kinds[kind].evidence
         lines = [self.lead(kind, **where), "",
                  *self.evidence_block((self.k.fact_label(f), e) for f in facts for e in od.facts.evidence.get(f, ()))]
-        self.card(kind, self.summary(kind, **where), "\n".join(lines).strip(), od.variant)
+        # A card that leans on the variant's ratings (e.g. "medical management is Usually
+        # appropriate") says where those ratings come from when it is not the ACR's own table.
+        v = od.variant
+        cites = v is not None and kind in RATING_CITING_ADVISORIES
+        notes = self.provenance_notes(od, [od.rating, *od.alternatives]) if cites else []
+        if v is not None and notes:
+            lines += ["", *self.variant_heading(v)]
+            for n in notes:
+                lines += ["", n]
+            lines += ["", self.source_line(v)]
+        self.card(kind, self.summary(kind, **where), "\n".join(lines).strip(), v)
 
     def checklist_card(self, od: OrderDecision, advisories: Sequence[str]) -> None:
         """One card per augmentation order: MRI evidence, osteoporosis therapy, bleeding.
