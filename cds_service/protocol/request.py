@@ -88,6 +88,19 @@ _RESOURCE_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 PREFETCH_CONDITIONS = "conditions"
 PREFETCH_PROCEDURES = "procedures"
 RECORD_KEYS: Mapping[str, str] = MappingProxyType({PREFETCH_CONDITIONS: "Condition", PREFETCH_PROCEDURES: "Procedure"})
+# What the record reading reads (radiology reports, medications, labs), never required: a
+# request without them is answered. Each key -> the resource types it may hold (a medication
+# search may _include the Medication resources its orders reference).
+PREFETCH_REPORTS = "radiologyReports"
+PREFETCH_MEDICATION_REQUESTS = "medicationRequests"
+PREFETCH_MEDICATION_STATEMENTS = "medicationStatements"
+PREFETCH_LABS = "coagulationLabs"
+READING_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    PREFETCH_REPORTS: ("DiagnosticReport",),
+    PREFETCH_MEDICATION_REQUESTS: ("MedicationRequest", "Medication"),
+    PREFETCH_MEDICATION_STATEMENTS: ("MedicationStatement", "Medication"),
+    PREFETCH_LABS: ("Observation",),
+})
 
 ReadsResource = Callable[[str, Mapping[str, Any]], bool]
 """Called with a prefetched resource's type and JSON (not yet validated); False when the
@@ -209,12 +222,22 @@ class PatientRecord:
         procedures_available: False when prefetch ``procedures`` was absent, an
             OperationOutcome or unusable, so "no procedures" can be told from "not known".
         issues: prefetched resources that were skipped, with the reason.
+        reports: prefetched DiagnosticReports (``radiologyReports``) that validated.
+        medications: MedicationRequests, MedicationStatements and the Medications they may
+            reference (``medicationRequests``, ``medicationStatements``) that validated.
+        observations: prefetched Observations (``coagulationLabs``) that validated.
+        unavailable: the :data:`READING_KEYS` that were absent, an OperationOutcome or
+            unusable (not fetched either), so a card can say what it could not read.
     """
 
     conditions: tuple[InputResource, ...]
     procedures: tuple[InputResource, ...]
     procedures_available: bool
     issues: tuple[InputIssue, ...]
+    reports: tuple[InputResource, ...] = ()
+    medications: tuple[InputResource, ...] = ()
+    observations: tuple[InputResource, ...] = ()
+    unavailable: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------- loading
@@ -356,7 +379,8 @@ def parse_record(
     reads: ReadsResource | None = None,
 ) -> PatientRecord:
     """Read the patient's Conditions and Procedures from ``prefetch`` (CDS Hooks 2.0 "Prefetch
-    Template": each value ``null``, a Bundle, a single resource or an OperationOutcome).
+    Template": each value ``null``, a Bundle, a single resource or an OperationOutcome), and
+    the radiology reports, medications and labs of :data:`READING_KEYS` when present.
 
     Reads the keys of :data:`RECORD_KEYS`. Each resource of the expected type is validated
     as FHIR R4B and kept unless it belongs to another patient; malformed or foreign
@@ -393,11 +417,16 @@ def parse_record(
                 [f"prefetch.{key}"],
             )
     conditions, procedures = found[PREFETCH_CONDITIONS], found[PREFETCH_PROCEDURES]
+    reading = {key: _prefetched(prefetch, key, types, patient_id, issues, reads) for key, types in READING_KEYS.items()}
     return PatientRecord(
         conditions=conditions or (),
         procedures=procedures or (),
         procedures_available=procedures is not None,
         issues=tuple(issues),
+        reports=reading[PREFETCH_REPORTS] or (),
+        medications=(*(reading[PREFETCH_MEDICATION_REQUESTS] or ()), *(reading[PREFETCH_MEDICATION_STATEMENTS] or ())),
+        observations=reading[PREFETCH_LABS] or (),
+        unavailable=tuple(key for key, value in reading.items() if value is None),
     )
 
 
@@ -586,7 +615,7 @@ def prefetch_unavailable(prefetch: Mapping[str, Any], key: str) -> bool:
 def _prefetched(
     prefetch: Mapping[str, Any],
     key: str,
-    expected_type: str,
+    expected_type: str | tuple[str, ...],
     patient_id: str,
     issues: list[InputIssue],
     reads: ReadsResource | None = None,
@@ -596,7 +625,7 @@ def _prefetched(
     "Unavailable" (absent key, OperationOutcome, unusable value) is kept apart
     from "known to be empty" (``null``, empty Bundle): the spec lets the client
     send null when the query has no results, and an OperationOutcome when it
-    could not run it.
+    could not run it. ``expected_type``: one resource type, or the types the key may hold.
     """
     if prefetch_unavailable(prefetch, key):
         return None
@@ -604,6 +633,7 @@ def _prefetched(
     where = f"prefetch.{key}"
     if value is None:
         return ()
+    types = (expected_type,) if isinstance(expected_type, str) else expected_type
     resource_type = value.get("resourceType")
 
     candidates: list[tuple[str, Any]] = []
@@ -628,7 +658,7 @@ def _prefetched(
             ):
                 continue  # server warnings about the search, not patient data
             candidates.append((entry_where, entry["resource"]))
-    elif resource_type == expected_type:
+    elif resource_type in types:
         candidates.append((where, value))
     else:
         issues.append(
@@ -636,21 +666,21 @@ def _prefetched(
                 where,
                 _str_or_none(resource_type),
                 _str_or_none(value.get("id")),
-                f"expected a {expected_type}, a Bundle, an OperationOutcome or null; prefetch ignored",
+                f"expected a {' or '.join(types)}, a Bundle, an OperationOutcome or null; prefetch ignored",
             )
         )
         return None
 
     found: list[InputResource] = []
     for candidate_where, raw in candidates:
-        item = _prefetched_resource(candidate_where, raw, expected_type, patient_id, issues, reads)
+        item = _prefetched_resource(candidate_where, raw, types, patient_id, issues, reads)
         if item is not None:
             found.append(item)
     return tuple(found)
 
 
 def _prefetched_resource(
-    where: str, raw: Any, expected_type: str, patient_id: str, issues: list[InputIssue],
+    where: str, raw: Any, types: tuple[str, ...], patient_id: str, issues: list[InputIssue],
     reads: ReadsResource | None = None,
 ) -> InputResource | None:
     if not isinstance(raw, Mapping):
@@ -658,11 +688,12 @@ def _prefetched_resource(
         return None
     resource_type = _str_or_none(raw.get("resourceType"))
     resource_id = _str_or_none(raw.get("id"))
-    if resource_type != expected_type:
+    if resource_type not in types:
         issues.append(
-            InputIssue(where, resource_type, resource_id, f"not a {expected_type}; skipped")
+            InputIssue(where, resource_type, resource_id, f"not a {' or '.join(types)}; skipped")
         )
         return None
+    expected_type = str(resource_type)
     if reads is not None and not reads(expected_type, raw):
         # Validating costs about 0.1 ms per resource, and a record holds dozens the
         # decision never reads; only a record of another patient is still worth reporting.
