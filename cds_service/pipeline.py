@@ -177,9 +177,8 @@ def _reading_issues(decision: Decision) -> list[dict[str, str]]:
     out = []
     for od in decision.orders:
         for sk in od.reading.skipped if od.reading is not None else ():
-            why = f"{sk.reason} ({sk.content_type})" if sk.content_type else sk.reason
-            out.append(InputIssue("prefetch.radiologyReports", sk.resource_type, sk.resource_id,
-                                  f"{why}; not read").to_json())
+            why = f"{sk.reason}: {sk.content_type}" if sk.content_type else sk.reason
+            out.append(InputIssue("prefetch.radiologyReports", sk.resource_type, sk.resource_id, why).to_json())
     return out
 
 

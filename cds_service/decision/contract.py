@@ -216,6 +216,7 @@ CARD_TEXT: Mapping[str, frozenset[str]] = MappingProxyType({
     "checklistMriNext": _F({"region"}),
     "checklistMriNextDetail": _F({"region"}),
     "mriRegionUnknown": _NONE,
+    "mriNextLabel": _F({"procedure"}),
     "checklistEdemaTreated": _NONE,
     "checklistEdemaTreatedDetail": _F({"levels"}),
     "checklistLab": _F({"lab", "value"}),

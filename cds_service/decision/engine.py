@@ -203,8 +203,11 @@ def _augmentation_advisories(facts: FactSet, choice: VariantChoice,
     if Fact.NEURO_RED_FLAG in facts or Fact.INFECTION in facts:
         return out
     named_missing = any(Fact.MARROW_EDEMA in gap for gap in choice.missing)
+    # Reports read and no spine MRI among them: the MRI is the next step (seed 001 FAQ, seed
+    # 000 takeaway 2), said on the checklist even beside the card asking for the fact.
     mri_read = reading is not None and reading.reports_read and not reading.no_spine_mri
-    if Fact.MARROW_EDEMA not in facts and not named_missing and not mri_read:
+    no_mri = reading is not None and reading.no_spine_mri
+    if Fact.MARROW_EDEMA not in facts and not mri_read and (no_mri or not named_missing):
         out.append(Advisory.AUGMENT_NO_EDEMA)
     # Rule §2.6 concerns osteoporotic fractures; a pathologic fracture has other care.
     if Fact.OSTEOPOROTIC in facts and Fact.OSTEOPOROSIS_THERAPY not in facts:

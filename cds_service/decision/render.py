@@ -716,7 +716,26 @@ class _Renderer:
             for n in self.provenance_notes(od, [od.rating]):
                 lines += ["", n]
             lines += ["", self.source_line(v)]
-        self.card(kind, summary, "\n".join(lines).strip(), v)
+        self.card(kind, summary, "\n".join(lines).strip(), v, self.mri_next_step(od))
+
+    def mri_next_step(self, od: OrderDecision) -> list[dict]:
+        """No spine MRI among the radiology reports of an augmentation order: a suggestion to
+        order an MRI without contrast of the fracture region (seed 001 FAQ, seed 000
+        takeaway 2), unless a draft order already images it."""
+        if od.reading is None or not od.reading.no_spine_mri or Advisory.AUGMENT_NO_EDEMA not in od.advisories:
+            return []
+        mri = next((p for p in self.k.procedures.values()
+                    if p.modality == MRI_MODALITY and p.contrast == "without" and p.kind == "imaging"), None)
+        regions = list(od.fracture_regions) or ([od.order_class.region] if od.order_class.region else [])
+        region = regions[0] if len(regions) == 1 else None
+        if mri is None or self.drafted(mri, region):
+            return []
+        new = self.new_order(od.raw, mri, region, reasons=od.facts.evidence.get(Fact.VCF, ()))
+        if new is None:
+            return []
+        name = self.plain_name(mri, [region] if region else ())
+        return [self.suggestion(self.say("mriNextLabel", procedure=name),
+                                [{"type": "create", "description": name, "resource": new}])]
 
     def reading_items(self, od: OrderDecision) -> list[tuple[str, str]]:
         """Checklist items from the radiology reports and labs: the MRI as next step (no
