@@ -11,15 +11,25 @@ $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
+# Tests, lint and benchmarks: every optional feature, since the suite covers them all.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,report,postgresql]"
 	@touch $(STAMP)
+
+# `make run` installs only what serving needs: the service, plus the psycopg driver (the
+# `postgresql` extra) when VCF_CDS_DATABASE_URL names a PostgreSQL database.
+RUN_EXTRA := $(if $(filter postgresql%,$(VCF_CDS_DATABASE_URL)),postgresql)
+RUN_STAMP := $(VENV)/.installed-run$(if $(RUN_EXTRA),-$(RUN_EXTRA))
+$(RUN_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".$(if $(RUN_EXTRA),[$(RUN_EXTRA)])"
+	@touch $(RUN_STAMP)
 
 # Local use: client authentication off unless VCF_CDS_AUTH=on is given (off is logged as a
 # warning), bound to this machine only.
 VCF_CDS_AUTH ?= off
-run: $(STAMP)
+run: $(RUN_STAMP)
 	VCF_CDS_AUTH=$(VCF_CDS_AUTH) $(BIN)/vcf-cds serve --host 127.0.0.1 --port 8080
 
 # Static checks first (import contracts, lint, types): they fail in seconds, the suite in minutes.

@@ -176,11 +176,11 @@ def stage_profile(body_file: Path, runs: int) -> dict[str, float]:
     process (after one warm-up), timing the real pipeline functions in place."""
     import cds_service.decision.engine as engine
     import cds_service.pipeline as pipeline
-    from cds_service.app import create_app
+    from cds_service.app import create_app, state_of
 
     # The in-process app has no client in front of it (AUTH off) and its own scratch database.
     app = create_app({"AUTH": "off", "DATA_DIR": tempfile.mkdtemp(prefix="vcf-cds-bench-stages-")})
-    st = app.extensions["vcf_cds"]
+    st = state_of(app)
     raw = body_file.read_bytes()
     spent: dict[str, float] = {}
 
@@ -206,8 +206,8 @@ def stage_profile(body_file: Path, runs: int) -> dict[str, float]:
             t0 = time.perf_counter()
             body = json.loads(raw)
             t1 = time.perf_counter()
-            out = pipeline.evaluate(st["knowledge"], st["schemas"], body, service_id="vcf-order-select",
-                                    options=st["render_options"], max_depth=st["settings"].max_json_depth)
+            out = pipeline.evaluate(st.knowledge, st.schemas, body, service_id="vcf-order-select",
+                                    options=st.render_options, max_depth=st.settings.max_json_depth)
             t2 = time.perf_counter()
             json.dumps(out.rendered.response, ensure_ascii=False, separators=(",", ":"))
             t3 = time.perf_counter()

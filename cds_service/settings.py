@@ -1,23 +1,27 @@
-"""Service settings: from a mapping passed to ``create_app``, else ``VCF_CDS_*`` variables.
+"""Service settings (pydantic-settings): from a mapping passed to ``create_app``, else ``VCF_CDS_*`` variables.
 
 Keys are the field names in upper case (``KNOWLEDGE_DIR``); environment variables add the
 ``VCF_CDS_`` prefix (``VCF_CDS_KNOWLEDGE_DIR``). Invalid values raise
-:class:`SettingsError` naming the setting, at start-up.
+:class:`SettingsError` naming the setting, at start-up. Secrets (``DATABASE_URL``, which
+may hold a password, ``AUDIT_HMAC_KEY``, ``EXPLAIN_LINK_SECRET``) are
+:class:`pydantic.SecretStr`: their value is read with ``get_secret_value()`` and never
+shows in a ``repr``, a log line or an error message.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cds_service.fhir.policy import FetchPolicy, parse_allowlist
 
 ENV_PREFIX = "VCF_CDS_"
+MIN_SECRET_CHARS = 32
 _BASE_URL = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
 _ORIGIN = re.compile(r"https?://[^/?#\s]+")
 
@@ -26,10 +30,13 @@ class SettingsError(Exception):
     """A setting with an unusable value; the message names it."""
 
 
-class Settings(BaseModel):
-    """All settings with their defaults (the embedded, local-use defaults)."""
+class Settings(BaseSettings):
+    """All settings with their defaults (the embedded, local-use defaults); frozen.
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    Build it with :meth:`load`. The names, defaults and meanings are the README's settings table.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, frozen=True, extra="ignore")
 
     knowledge_dir: Path | None = Field(None, description="ACR table, value sets and card text; default: the bundled data")
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=1024, description="413 above this request size")
@@ -70,8 +77,8 @@ class Settings(BaseModel):
             max_response_bytes=self.fhir_max_response_bytes,
         )
     data_dir: Path = Field(Path("var"), description="embedded database and generated audit key; relative to the working directory")
-    database_url: str | None = Field(None, min_length=1, repr=False, description="SQLAlchemy URL; default: SQLite file in DATA_DIR")
-    audit_hmac_key: str | None = Field(None, min_length=32, repr=False, description="secret keying the patient id hash in audit records")
+    database_url: SecretStr | None = Field(None, description="SQLAlchemy URL; default: SQLite file in DATA_DIR")
+    audit_hmac_key: SecretStr | None = Field(None, description="secret keying the patient id hash in audit records")
     audit_retention_days: int = Field(365, ge=1, description="vcf-cds purge deletes audit records and feedback older than this")
     max_draft_orders: int = Field(50, ge=1, le=10_000, description="413 for more context.draftOrders entries")
     max_prefetch_entries: int = Field(5000, ge=1, le=1_000_000, description="413 for more Bundle entries in all of prefetch")
@@ -80,6 +87,20 @@ class Settings(BaseModel):
     public_base_url: str | None = Field(None, description="base URL clients call (behind a proxy); the JWT aud is checked against it")
     jwt_leeway_seconds: int = Field(30, ge=0, le=300, description="clock skew allowed on exp, iat and nbf")
     cors_origins: str = Field("", description="comma-separated browser origins allowed by CORS; empty: no CORS headers")
+
+    @field_validator("database_url")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("must not be empty (unset it for the embedded database)")
+        return value
+
+    @field_validator("audit_hmac_key", "explain_link_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_SECRET_CHARS} characters")
+        return value
 
     @field_validator("public_base_url")
     @classmethod
@@ -108,25 +129,40 @@ class Settings(BaseModel):
     def cors_origin_list(self) -> list[str]:
         """``cors_origins`` split into origins (``["*"]``, ``["https://a.example", ...]`` or ``[]``)."""
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
-    explain_link_secret: str | None = Field(None, min_length=32, repr=False,
-                                            description="secret signing 'Why this advice?' links; default: derived from the audit key")
+    explain_link_secret: SecretStr | None = Field(None, description="secret signing 'Why this advice?' links; "
+                                                  "default: derived from the audit key")
     explain_link_ttl_seconds: int = Field(3600, ge=1, le=86400, description="lifetime of a 'Why this advice?' link")
 
     @classmethod
-    def load(cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from ``config`` (keys like ``KNOWLEDGE_DIR``) when given, else from
-        ``environ`` (default ``os.environ``) with the ``VCF_CDS_`` prefix."""
-        if config is not None:
-            values = {k.lower(): v for k, v in config.items() if k.lower() in cls.model_fields}
-        else:
-            env = os.environ if environ is None else environ
-            values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
-                      if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() in cls.model_fields}
+    def load(cls, config: Mapping[str, Any] | None = None) -> Settings:
+        """Settings from ``config`` (keys like ``KNOWLEDGE_DIR``, any case; other keys are
+        ignored) when given, and then nothing from the environment; else from the
+        ``VCF_CDS_*`` environment variables.
+
+        Raises :class:`SettingsError` naming the first unusable setting (never its value).
+        """
         try:
-            return cls.model_validate(values)
+            if config is not None:
+                return _FromMapping(**{str(k).lower(): v for k, v in config.items() if str(k).lower() in cls.model_fields})
+            return cls()
         except ValidationError as exc:
-            err = exc.errors()[0]
+            err = exc.errors(include_input=False)[0]
+            message = err["msg"].removeprefix("Value error, ")
             if not err["loc"]:  # a check across settings: its message names them
-                raise SettingsError(f"setting {err['msg'].removeprefix('Value error, ')}") from None
+                raise SettingsError(f"setting {message}") from None
             name = ENV_PREFIX + ".".join(str(p) for p in err["loc"]).upper()
-            raise SettingsError(f"setting {name}: {err['msg']}") from None
+            raise SettingsError(f"setting {name}: {message}") from None
+
+
+class _FromMapping(Settings):
+    """The same settings, read only from the keyword arguments (the mapping handed to
+    :meth:`Settings.load`): a config mapping is complete, the environment is not consulted."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+    def __repr_name__(self) -> str:
+        return "Settings"

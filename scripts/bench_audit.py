@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cds_service.app import create_app  # noqa: E402
+from cds_service.app import create_app, state_of  # noqa: E402
 from cds_service.web import hooks as api  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main() -> int:
     logging.disable(logging.INFO)
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = {"DATA_DIR": tmp}
+        config = {"DATA_DIR": tmp, "AUTH": "off"}  # in-process calls: no CDS Client in front
         if args.database_url:
             config.update(DATABASE_URL=args.database_url,
                           AUDIT_HMAC_KEY=os.environ.get("VCF_CDS_AUDIT_HMAC_KEY", "bench-key-" + "x" * 32))
@@ -69,8 +69,8 @@ def main() -> int:
         api.record_outcome = real_record
         audit_ms = audit_ms[20:]
 
-        db = app.extensions["vcf_cds"]["db"]
-        failures = app.extensions["vcf_cds"]["audit_failures"]
+        db = state_of(app).database
+        failures = state_of(app).audit.failures.value
         print(f"{args.calls} calls of {Path(args.request).name} on {db.backend} "
               f"({'embedded file' if db.embedded else 'configured URL'}), audit failures: {failures}")
         print(_summary("audit write per call", audit_ms))

@@ -1,8 +1,17 @@
-"""Shared test fixtures: paths to the repo's fixtures and to ../shared (beside the clone in CI)."""
+"""Shared test fixtures: paths to the repo's fixtures and to ../shared (beside the clone in CI).
+
+No test writes outside a temporary directory: every app keeps its database and audit key in
+the test's ``tmp_path`` (apps built outside a test, at import, in one temporary directory of
+the session), and the session fails if the repository's own data directory (``./var``, the
+default ``DATA_DIR``) was created or changed.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,10 +43,18 @@ def schemas():
     return load_request_schemas()
 
 
+# Where apps built outside a test (at import time) keep their data; each test gets its own
+# below. Removed at the end of the session.
+SESSION_DATA_DIR = Path(tempfile.mkdtemp(prefix="vcf-cds-tests-"))
+# The developer's data directory: the default DATA_DIR, relative to the repository.
+REPO_DATA_DIR = ROOT / "var"
+# Hypothesis keeps caches (constants, Unicode tables) under ./.hypothesis unless told otherwise.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(SESSION_DATA_DIR / "hypothesis"))
+
 # Settings every test app starts from; a test overrides only what it is about. Client
 # authentication is off here so each test exercises its own subject; tests/test_auth.py
 # builds apps with AUTH="on".
-TEST_APP_CONFIG: dict = {"AUTH": "off"}
+TEST_APP_CONFIG: dict = {"AUTH": "off", "DATA_DIR": str(SESSION_DATA_DIR / "var")}
 
 
 def make_app(**overrides):
@@ -45,6 +62,27 @@ def make_app(**overrides):
     from cds_service.app import create_app
 
     return create_app({**TEST_APP_CONFIG, **overrides})
+
+
+def directory_state(path: Path) -> dict[str, tuple[int, int]] | None:
+    """Every file under ``path`` with its size and modification time (ns); None when ``path``
+    does not exist. SQLite touches its -wal and -shm files on every open, so a database that
+    was only opened shows too."""
+    if not path.exists():
+        return None
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repo_data_dir_untouched():
+    """The suite's last check: the repository's ./var is as it was before the first test."""
+    before = directory_state(REPO_DATA_DIR)
+    yield
+    shutil.rmtree(SESSION_DATA_DIR, ignore_errors=True)
+    after = directory_state(REPO_DATA_DIR)
+    assert after == before, (f"the test suite wrote into {REPO_DATA_DIR} (the developer's DATA_DIR); "
+                             f"a test app or command missed the temporary DATA_DIR. Before: {before}; after: {after}")
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,8 @@ from conftest import TEST_APP_CONFIG, make_app
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from cds_service.app import state_of
+
 POSTGRES_URL = os.environ.get("VCF_CDS_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("VCF_CDS_REQUIRE_POSTGRES") == "1"
 BACKENDS = ["sqlite", "postgresql"]
@@ -81,7 +83,7 @@ def app_factory(db_config) -> Callable[..., Any]:
 
     yield factory
     for app in apps:
-        app.extensions["vcf_cds"]["db"].dispose()
+        state_of(app).database.dispose()
 
 
 @pytest.fixture()
@@ -93,7 +95,7 @@ def db_app(app_factory):
 @pytest.fixture()
 def database(db_app):
     """The test app's :class:`cds_service.store.db.Database`."""
-    return db_app.extensions["vcf_cds"]["db"]
+    return state_of(db_app).database
 
 
 def run_in_processes(fn: Callable[[Any], Any], args: list[Any], timeout: float = 60) -> list[Any]:

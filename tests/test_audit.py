@@ -11,6 +11,7 @@ from dbsupport import env_for
 from replay import CASES, SERVICE_URL, dump_text, overridden, post_feedback, replay_fixtures, table_rows
 from sqlalchemy import text
 
+from cds_service.app import state_of
 from cds_service.decision.render import PAMA_BASE
 from cds_service.ops.cli import main
 from cds_service.store.audit import CallRecord, patient_hash, write_record
@@ -31,11 +32,11 @@ def _consult_ids(response: dict) -> dict[str, str]:
 
 def test_each_call_is_recorded_as_it_was_answered(db_app, database):
     replayed = replay_fixtures(db_app.test_client())
-    assert db_app.extensions["vcf_cds"]["audit_failures"] == 0
+    assert state_of(db_app).audit.failures.value == 0
     calls = table_rows(database, AuditCall)
     orders, cards = table_rows(database, AuditOrder), table_rows(database, AuditCard)
     assert len(calls) == len(CASES)
-    version = db_app.extensions["vcf_cds"]["knowledge"].version
+    version = state_of(db_app).knowledge.version
     for r, call in zip(replayed, sorted(calls, key=lambda c: c["id"]), strict=False):
         cid = r.case["id"]
         assert call["hook_instance"] == r.request["hookInstance"], cid
@@ -100,7 +101,7 @@ def test_patient_is_a_keyed_hash_stable_per_patient(db_app, database):
     replayed = replay_fixtures(client, [c for c in CASES if c["id"] == "v1-new-vcf-mri-with-contrast"] * 2
                                + [c for c in CASES if c["id"] == "v1-new-vcf-mri-without"])
     hashes = [c["patient_hmac"] for c in sorted(table_rows(database, AuditCall), key=lambda c: c["id"])]
-    key = db_app.extensions["vcf_cds"]["audit_key"]
+    key = state_of(db_app).audit.key
     expected = [patient_hash(key, r.request.get("fhirServer"), r.request["context"]["patientId"]) for r in replayed]
     assert hashes == expected
     assert hashes[0] == hashes[1] != hashes[2]
@@ -122,13 +123,13 @@ def test_database_down_the_hook_still_answers_and_counts_the_failure(caplog):
         resp = client.post(SERVICE_URL, data=body, content_type="application/json")
         assert resp.status_code == 200, case["id"]
         assert _digest(resp) == _digest(healthy.post(SERVICE_URL, data=body, content_type="application/json"))
-        assert down.extensions["vcf_cds"]["audit_failures"] == n + 1
+        assert state_of(down).audit.failures.value == n + 1
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "audit record of a vcf-order-select call not written (OperationalError)" in logged
     for case in CASES:
         assert load_json(FIXTURES / case["file"])["context"]["patientId"] not in logged
     assert "secret" not in logged
-    down.extensions["vcf_cds"]["db"].dispose()
+    state_of(down).database.dispose()
 
 
 def test_database_down_feedback_is_503_with_retry_after():
@@ -139,7 +140,7 @@ def test_database_down_feedback_is_503_with_retry_after():
     body = resp.get_json()
     assert body["resourceType"] == "OperationOutcome"
     assert body["issue"][0]["code"] == "transient"
-    app.extensions["vcf_cds"]["db"].dispose()
+    state_of(app).database.dispose()
 
 
 def test_failed_audit_write_leaves_no_partial_record(db_app, database, caplog):
@@ -149,7 +150,7 @@ def test_failed_audit_write_leaves_no_partial_record(db_app, database, caplog):
     body = (FIXTURES / "requests" / "v1-new-vcf-mri-with-contrast.json").read_bytes()
     resp = client.post(SERVICE_URL, data=body, content_type="application/json")
     assert resp.status_code == 200 and resp.get_json()["cards"]
-    assert db_app.extensions["vcf_cds"]["audit_failures"] == 1
+    assert state_of(db_app).audit.failures.value == 1
     # One transaction: the call and its orders were rolled back with the cards.
     assert table_rows(database, AuditCall) == [] and table_rows(database, AuditOrder) == []
 

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import time
-import types
 
 import gunicorn.app.base
 import jwt
@@ -41,8 +40,10 @@ from conftest import FIXTURES, load_json, make_app
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from cds_service.observability import MULTIPROC_ENV
+from cds_service.ops import server
 from cds_service.ops.cli import main as cli_main
-from cds_service.security.auth import TokenVerifier, load_trusted_issuers
+from cds_service.security.auth import AuthError, TokenVerifier, load_trusted_issuers
 from cds_service.security.replay import MemoryReplayCache
 from cds_service.settings import SettingsError
 
@@ -288,25 +289,39 @@ def test_jku_off_the_allowlist_is_refused_without_being_fetched(client, jwks_ser
     assert jwks_server.log == []  # nothing was fetched, neither the listed nor the unlisted URL
 
 
-def test_unknown_kid_refetches_the_key_set_at_most_once_a_minute(client, jwks_server, monkeypatch):
-    """PyJWKClient's clock is replaced so a minute passes without waiting for it."""
-    clock = types.SimpleNamespace(t=1000.0)
-    fake_time = types.SimpleNamespace(monotonic=lambda: clock.t, time=time.time)
-    monkeypatch.setattr(jwt.jwks_client, "time", fake_time)
-    monkeypatch.setattr(jwt.jwk_set_cache, "time", fake_time)
+class FakeClock:
+    """A monotonic clock the test moves by hand; it starts at 0, as on a machine booted just now."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_unknown_kid_refetches_the_key_set_at_most_once_a_minute(issuers_file, jwks_server):
+    """The issuers' key-set cache runs on the clock it is given: a minute passes without waiting."""
+    clock = FakeClock()
+    verifier = TokenVerifier(load_trusted_issuers(issuers_file, clock=clock), MemoryReplayCache())
     jku = jwks_server.url_for(SANDBOX_JWKS_PATH)
     fetches = lambda: len(jwks_server.log)  # noqa: E731
 
-    assert post(client, sandbox(jwks_server)).status_code == 200
+    def refused(token: str) -> str:
+        with pytest.raises(AuthError) as err:
+            verifier.verify_request_token("Bearer " + token, BASE + SERVICE)
+        return err.value.reason
+
+    assert verifier.verify_request_token("Bearer " + sandbox(jwks_server), BASE + SERVICE).issuer == SANDBOX_ISS
     assert fetches() == 1
     for _ in range(5):
-        assert_refused(post(client, sandbox_token(BASE + SERVICE, jku=jku, kid="rotated-key")))
+        assert refused(sandbox_token(BASE + SERVICE, jku=jku, kid="rotated-key")) == \
+            "no key with this kid in the issuer's JWK Set"
     assert fetches() == 1  # within a minute of the last fetch: no refetch
 
-    clock.t += 61
-    assert_refused(post(client, sandbox_token(BASE + SERVICE, jku=jku, kid="rotated-key")))
+    clock.now += 61
+    refused(sandbox_token(BASE + SERVICE, jku=jku, kid="rotated-key"))
     assert fetches() == 2
-    assert_refused(post(client, sandbox_token(BASE + SERVICE, jku=jku, kid="rotated-key")))
+    refused(sandbox_token(BASE + SERVICE, jku=jku, kid="rotated-key"))
     assert fetches() == 2
 
     # The issuer rotates in a new key; after the cool-down its first token triggers the refetch.
@@ -315,9 +330,17 @@ def test_unknown_kid_refetches_the_key_set_at_most_once_a_minute(client, jwks_se
                "kid": "rotated-key", "use": "sig", "alg": "ES384"}
     jwks_server.clear_all_handlers()
     jwks_server.expect_request(SANDBOX_JWKS_PATH).respond_with_json({"keys": sandbox_jwks()["keys"] + [new_jwk]})
-    clock.t += 61
-    assert post(client, sandbox_token(BASE + SERVICE, jku=jku, kid="rotated-key", key=new_key)).status_code == 200
+    clock.now += 61
+    token = sandbox_token(BASE + SERVICE, jku=jku, kid="rotated-key", key=new_key)
+    assert verifier.verify_request_token("Bearer " + token, BASE + SERVICE).issuer == SANDBOX_ISS
     assert fetches() == 3
+
+    # Five minutes after the last fetch the set is fetched again even for a known kid.
+    assert verifier.verify_request_token("Bearer " + sandbox(jwks_server), BASE + SERVICE).issuer == SANDBOX_ISS
+    assert fetches() == 3
+    clock.now += 300
+    assert verifier.verify_request_token("Bearer " + sandbox(jwks_server), BASE + SERVICE).issuer == SANDBOX_ISS
+    assert fetches() == 4
 
 
 def test_unreachable_key_set_is_refused(tmp_path, caplog):
@@ -372,10 +395,15 @@ def test_auth_on_without_trusted_issuers_refuses_to_start():
         make_app(AUTH="on")
 
 
-def test_auth_is_on_by_default(monkeypatch, capsys):
+def test_auth_is_on_by_default(monkeypatch, capsys, tmp_path):
     """``vcf-cds serve`` with no settings stops before serving, saying what to set."""
     for name in [n for n in os.environ if n.startswith("VCF_CDS_")]:
         monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # the default DATA_DIR, ./var, is then the test's own
+    # serve() sets these for the whole process; later tests must not inherit them (metrics
+    # read from multiprocess files, logs written to this test's captured stderr).
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "metrics"))
+    monkeypatch.setattr(server, "configure_logging", lambda level: None)
 
     def serve(self):
         raise AssertionError("the server started without trusted issuers")

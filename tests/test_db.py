@@ -13,6 +13,7 @@ from conftest import TEST_APP_CONFIG, make_app
 from dbsupport import run_in_processes
 from sqlalchemy import inspect, text
 
+from cds_service.app import state_of
 from cds_service.ops.cli import main
 from cds_service.settings import Settings, SettingsError
 from cds_service.store.db import Database, DatabaseError, DatabaseReplayCache, head_revision
@@ -43,7 +44,7 @@ def test_upgrade_twice_changes_nothing(database):
 
 
 def test_embedded_database_is_a_wal_sqlite_file_in_the_data_dir(tmp_path):
-    database = make_app().extensions["vcf_cds"]["db"]
+    database = state_of(make_app()).database
     assert database.embedded and database.backend == "sqlite"
     assert (tmp_path / "var" / "vcf-cds.sqlite3").is_file()
     assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
@@ -73,7 +74,7 @@ def test_app_with_a_configured_database_behind_the_code_still_starts(tmp_path, c
     app = make_app(DATABASE_URL=f"sqlite:///{db_file}", AUDIT_HMAC_KEY="k" * 32)
     assert any("vcf-cds db upgrade" in r.getMessage() for r in caplog.records)
     assert app.test_client().get("/cds-services").status_code == 200
-    app.extensions["vcf_cds"]["db"].dispose()
+    state_of(app).database.dispose()
 
 
 # ---------------------------------------------------------------------------- settings
@@ -107,10 +108,10 @@ def test_embedded_audit_key_is_generated_once_private_and_reused(tmp_path):
     key_file = tmp_path / "var" / "audit-hmac.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     second = make_app()
-    assert first.extensions["vcf_cds"]["audit_key"] == second.extensions["vcf_cds"]["audit_key"]
-    assert len(first.extensions["vcf_cds"]["audit_key"]) >= 64
+    assert state_of(first).audit.key == state_of(second).audit.key
+    assert len(state_of(first).audit.key) >= 64
     other = make_app(DATA_DIR=str(tmp_path / "elsewhere"))
-    assert other.extensions["vcf_cds"]["audit_key"] != first.extensions["vcf_cds"]["audit_key"]
+    assert state_of(other).audit.key != state_of(first).audit.key
 
 
 def test_audit_key_file_readable_by_others_is_refused(tmp_path):

@@ -21,6 +21,7 @@ import pytest
 from conftest import FIXTURES, load_json, make_app
 from sqlalchemy import text
 
+from cds_service.app import state_of
 from cds_service.decision.knowledge import DEFAULT_DIR
 from cds_service.decision.render import RenderOptions
 from cds_service.pipeline import evaluate
@@ -250,7 +251,7 @@ def _assert_plain_error(resp, status: int, heading: str) -> str:
 
 def test_expired_link_is_403_and_says_no_more_than_a_forged_one(client, app):
     card = post_case(client, "v1-new-vcf-mri-with-contrast")["cards"][0]
-    links = app.extensions["vcf_cds"]["explain_links"]
+    links = state_of(app).explain_links
     start = time.time()
     links.clock = lambda: start + links.ttl_seconds - 5
     assert client.get(local(link_of(card))).status_code == 200
@@ -275,7 +276,7 @@ def test_link_signed_by_another_deployment_is_403(tmp_path):
 
 
 def test_valid_link_to_a_card_never_recorded_is_404(app, client):
-    token = app.extensions["vcf_cds"]["explain_links"].token("4e0a3a1e-3283-4575-ab82-028d55fe2719")
+    token = state_of(app).explain_links.token("4e0a3a1e-3283-4575-ab82-028d55fe2719")
     _assert_plain_error(client.get(f"/explain?token={token}"), 404, "Advice not found")
 
 
@@ -306,7 +307,7 @@ def test_page_says_when_the_knowledge_changed_since_the_advice(tmp_path):
     services = changed / "services.json"
     services.write_text(services.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     later = make_app(KNOWLEDGE_DIR=str(changed))
-    assert later.extensions["vcf_cds"]["knowledge"].version != make_app().extensions["vcf_cds"]["knowledge"].version
+    assert state_of(later).knowledge.version != state_of(make_app()).knowledge.version
     page = page_text(open_page(later.test_client(), card))
     assert "The knowledge has changed since this advice was given" in page
     assert "ACR rating Usually not appropriate" in page
@@ -316,11 +317,11 @@ def test_page_says_when_the_knowledge_changed_since_the_advice(tmp_path):
 def test_record_written_before_evidence_was_kept_still_has_a_page(app, knowledge, schemas):
     body = load_json(FIXTURES / "requests" / "v1-new-vcf-mri-with-contrast.json")
     out = evaluate(knowledge, schemas, copy.deepcopy(body), service_id="vcf-order-select", options=RenderOptions())
-    state = app.extensions["vcf_cds"]
-    write_record(state["db"], build_record(out, service_id="vcf-order-select", latency_ms=1.0,
-                                           knowledge_version=knowledge.version, key=state["audit_key"]))
+    state = state_of(app)
+    write_record(state.database, build_record(out, service_id="vcf-order-select", latency_ms=1.0,
+                                              knowledge_version=knowledge.version, key=state.audit.key))
     card = out.rendered.response["cards"][0]
-    token = state["explain_links"].token(card["uuid"])
+    token = state.explain_links.token(card["uuid"])
     resp = app.test_client().get(f"/explain?token={token}")
     assert resp.status_code == 200
     page = page_text(resp)
@@ -357,7 +358,7 @@ def test_migration_0002_keeps_records_written_before_it(db_app, database):
                      {"c": call_id})
     migrate(command.upgrade, "head")
     assert database.revision() == head_revision()
-    token = db_app.extensions["vcf_cds"]["explain_links"].token("4e0a3a1e-3283-4575-ab82-028d55fe2719")
+    token = state_of(db_app).explain_links.token("4e0a3a1e-3283-4575-ab82-028d55fe2719")
     page = page_text(db_app.test_client().get(f"/explain?token={token}"))
     for phrase in ["old card", "Order code CPT 72158", "ACR rating Usually not appropriate", "Variant V1",
                    "Ordered MRI spine area of interest without and with IV contrast",

@@ -10,6 +10,7 @@ from conftest import FIXTURES, make_app
 from dbsupport import run_in_processes
 from replay import FEEDBACK_URL, SERVICE_URL, accepted, overridden, post_feedback, table_rows
 
+from cds_service.app import state_of
 from cds_service.store.tables import Feedback
 
 UNKNOWN_CARD = "9368d37b-283f-44a0-93ea-547cebab93ed"
@@ -146,7 +147,7 @@ def test_invalid_feedback_is_400_naming_the_member_and_stores_nothing(app, body,
     issue = _assert_outcome(app.test_client().post(FEEDBACK_URL, json=body), 400, code)
     assert issue["expression"] == [where]
     assert issue["diagnostics"].startswith(where + ": ")
-    assert table_rows(app.extensions["vcf_cds"]["db"], Feedback) == []
+    assert table_rows(state_of(app).database, Feedback) == []
 
 
 @pytest.mark.parametrize("data", ["{", "", '{"feedback": NaN}', "\xff"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections import Counter
 from typing import Any
 
@@ -35,7 +36,7 @@ from client_tokens import (
     sandbox_private_key,
     sandbox_token,
 )
-from conftest import FIXTURES, load_json, make_app
+from conftest import FIXTURES, SESSION_DATA_DIR, load_json, make_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -78,7 +79,9 @@ def assert_json_answer(status: int, content: bytes, content_type: str) -> Any:
 # ------------------------------------------------------------------------- schemathesis
 
 
-API = schemathesis.openapi.from_wsgi("/openapi.json", sandbox_file_app())
+# Loaded at import (schemathesis parametrizes from it), before any test's own DATA_DIR
+# exists: this app keeps its database in a temporary directory of its own.
+API = schemathesis.openapi.from_wsgi("/openapi.json", sandbox_file_app(DATA_DIR=tempfile.mkdtemp(dir=SESSION_DATA_DIR)))
 
 
 @API.parametrize()

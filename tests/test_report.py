@@ -16,6 +16,7 @@ import pytest
 from dbsupport import env_for
 from replay import accepted, overridden, post_feedback, replay_fixtures
 
+from cds_service.app import state_of
 from cds_service.ops.cli import main
 from cds_service.store.audit import CallRecord, write_record
 from cds_service.store.report import PAMA_RATINGS, UNRATED, build_report, code_label, render_html
@@ -81,7 +82,7 @@ def test_report_on_replayed_fixtures_and_feedback_shows_the_expected_counts(db_a
     client = db_app.test_client()
     replayed = replay_fixtures(client)
     expected = _expected_from_manifest(replayed)
-    reasons = db_app.extensions["vcf_cds"]["knowledge"].cards.overrideReasons
+    reasons = state_of(db_app).knowledge.cards.overrideReasons
     entries = []
     for card in (c for r in replayed if r.status == 200 for c in r.response["cards"]):
         if card["indicator"] == "critical":
@@ -186,7 +187,7 @@ def test_html_report_draws_the_charts(db_app, database, db_config, monkeypatch, 
     client = db_app.test_client()
     replayed = replay_fixtures(client)
     warning = next(c for r in replayed if r.status == 200 for c in r.response["cards"] if c["indicator"] == "warning")
-    reasons = db_app.extensions["vcf_cds"]["knowledge"].cards.overrideReasons
+    reasons = state_of(db_app).knowledge.cards.overrideReasons
     post_feedback(client, overridden(warning["uuid"], {"system": reasons["system"], "code": reasons["codes"][0]["code"]}))
     out = tmp_path / "report.html"
     _run_report(db_config, monkeypatch, capsys, "--format", "html", "--output", str(out))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cds_service.decision.knowledge import CATEGORY_DISPLAY, KnowledgeError, load_knowledge
 from cds_service.decision.render import RenderOptions
+from cds_service.extras import MissingExtraError
 from cds_service.fhir.client import FhirClient
 from cds_service.pipeline import evaluate
 from cds_service.protocol.errors import RequestError
@@ -195,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (KnowledgeError, SettingsError, DatabaseError) as exc:
+    except (KnowledgeError, SettingsError, DatabaseError, MissingExtraError) as exc:
         print(f"vcf-cds: {exc}", file=sys.stderr)
         return 2
 

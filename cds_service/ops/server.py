@@ -94,10 +94,12 @@ def warm_up(app: Flask) -> float:
     """
     started = time.perf_counter()
     load_fhir_models()
-    st = app.extensions["vcf_cds"]
-    service_id = next(s.id for s in st["knowledge"].services.values() if s.hook == "order-select")
-    outcome = evaluate(st["knowledge"], st["schemas"], copy.deepcopy(dict(WARM_UP_REQUEST)), service_id=service_id,
-                       options=st["render_options"], max_depth=st["settings"].max_json_depth)
+    from cds_service.app import state_of
+
+    st = state_of(app)
+    service_id = next(s.id for s in st.knowledge.services.values() if s.hook == "order-select")
+    outcome = evaluate(st.knowledge, st.schemas, copy.deepcopy(dict(WARM_UP_REQUEST)), service_id=service_id,
+                       options=st.render_options, max_depth=st.settings.max_json_depth)
     json.dumps(outcome.rendered.response)
     return time.perf_counter() - started
 

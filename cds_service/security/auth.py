@@ -10,8 +10,10 @@ here, in this order (each failure raises :class:`AuthError`):
    :func:`load_trusted_issuers`);
 4. the signing key: from the issuer's pinned ``jwks_file``, or fetched with
    :class:`jwt.PyJWKClient` from the ``jku`` URL, which must be on the issuer's allowlist
-   (anything else is refused without being fetched); key sets are cached and refetched on an
-   unknown ``kid`` at most once per :data:`JWKS_REFRESH_COOLDOWN_SECONDS`;
+   (anything else is refused without being fetched); key sets are cached
+   (:class:`IssuerKeySet`, on a clock of ours that tests can replace) for
+   :data:`JWKS_CACHE_SECONDS` and refetched on an unknown ``kid`` at most once per
+   :data:`JWKS_REFRESH_COOLDOWN_SECONDS`;
 5. PyJWT verifies the signature and the claims: ``iss``, ``aud``, ``exp``, ``iat``, ``jti``
    required; ``aud`` equal to the exact URL called; ``exp``/``iat``/``nbf`` with a small
    leeway; ``tenant`` (optional) a string;
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,7 @@ from cds_service.settings import ENV_PREFIX, SettingsError
 __all__ = [
     "ACCEPTED_ALGORITHMS",
     "AuthError",
+    "IssuerKeySet",
     "TokenVerifier",
     "TrustedIssuer",
     "VerifiedClient",
@@ -132,22 +137,71 @@ def _check_jku_url(url: str) -> None:
     raise ValueError(f"jku '{url}' must be an https URL (http only for loopback hosts)")
 
 
+Clock = Callable[[], float]
+"""Seconds on a monotonic clock (:func:`time.monotonic` by default; tests pass a fake one)."""
+
+
+class IssuerKeySet:
+    """The signing keys published at one allowlisted JWK Set URL, cached.
+
+    :class:`jwt.PyJWKClient` fetches and parses the set (no redirects, http(s) only, a
+    timeout, signing keys only); the cache is ours, so that its times come from ``clock``:
+    the set is kept :data:`JWKS_CACHE_SECONDS` after a fetch, and a ``kid`` it lacks makes
+    it refetch at most once per :data:`JWKS_REFRESH_COOLDOWN_SECONDS` (a flood of tokens with
+    made-up ``kid`` values never floods the issuer). A failed fetch keeps the keys fetched
+    before. Thread-safe.
+    """
+
+    def __init__(self, url: str, *, clock: Clock = time.monotonic) -> None:
+        self.url = url
+        self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=JWKS_FETCH_TIMEOUT_SECONDS)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._keys: list[jwt.PyJWK] = []
+        self._fetched_at: float | None = None
+
+    def signing_key(self, kid: str) -> jwt.PyJWK:
+        """The signing key ``kid``, fetching the set when the cache is empty or stale, or
+        (cool-down permitting) when it lacks ``kid``.
+
+        Raises :class:`jwt.PyJWKClientConnectionError` (set not fetched),
+        :class:`jwt.PyJWKClientError` (no such key, or no signing keys at all),
+        other :class:`jwt.PyJWTError` or ``ValueError`` (a set that is not a JWK Set).
+        """
+        with self._lock:
+            now, fetched_at = self._clock(), self._fetched_at
+            if fetched_at is None or now - fetched_at >= JWKS_CACHE_SECONDS:
+                self._fetch(now)
+                fetched_at = now
+            key = self._match(kid)
+            if key is None and now - fetched_at >= JWKS_REFRESH_COOLDOWN_SECONDS:
+                self._fetch(now)
+                key = self._match(kid)
+            if key is None:
+                raise jwt.PyJWKClientError(f"no signing key with kid {kid!r}")
+            return key
+
+    def _fetch(self, now: float) -> None:
+        self._keys = self._client.get_signing_keys()  # raises before anything is replaced
+        self._fetched_at = now
+
+    def _match(self, kid: str) -> jwt.PyJWK | None:
+        return next((k for k in self._keys if k.key_id == kid), None)
+
+
 class TrustedIssuer:
     """A trusted CDS Client issuer and where its signing keys come from.
 
     Either ``jwks`` (a pinned :class:`jwt.PyJWKSet` read from a file; a ``jku`` header on the
     token is then never fetched) or ``jku`` (allowlisted JWK Set URLs, one cached
-    :class:`jwt.PyJWKClient` each).
+    :class:`IssuerKeySet` each, on ``clock``).
     """
 
-    def __init__(self, iss: str, *, jwks: jwt.PyJWKSet | None = None, jku: tuple[str, ...] = ()) -> None:
+    def __init__(self, iss: str, *, jwks: jwt.PyJWKSet | None = None, jku: tuple[str, ...] = (),
+                 clock: Clock = time.monotonic) -> None:
         self.iss = iss
         self._jwks = jwks
-        self._clients = {
-            url: jwt.PyJWKClient(url, cache_jwk_set=True, lifespan=JWKS_CACHE_SECONDS,
-                                 timeout=JWKS_FETCH_TIMEOUT_SECONDS, cooldown_duration=JWKS_REFRESH_COOLDOWN_SECONDS)
-            for url in jku
-        }
+        self._key_sets = {url: IssuerKeySet(url, clock=clock) for url in jku}
 
     def signing_key(self, kid: str, jku: str | None) -> jwt.PyJWK:
         """The public key ``kid`` of this issuer.
@@ -164,13 +218,13 @@ class TrustedIssuer:
             if key.public_key_use not in ("sig", None):
                 raise AuthError("the kid names a key not meant for signatures")
             return key
-        if jku is None and len(self._clients) == 1:
-            jku = next(iter(self._clients))
-        client = self._clients.get(jku) if jku is not None else None
-        if client is None:
+        if jku is None and len(self._key_sets) == 1:
+            jku = next(iter(self._key_sets))
+        key_set = self._key_sets.get(jku) if jku is not None else None
+        if key_set is None:
             raise AuthError("jku is not on the issuer's allowlist (not fetched)")
         try:
-            return client.get_signing_key(kid)
+            return key_set.signing_key(kid)
         except jwt.PyJWKClientConnectionError:
             raise AuthError("the issuer's JWK Set could not be fetched") from None
         except jwt.PyJWKClientError:
@@ -179,10 +233,11 @@ class TrustedIssuer:
             raise AuthError("the issuer's JWK Set is unusable") from None
 
 
-def load_trusted_issuers(path: Path) -> dict[str, TrustedIssuer]:
+def load_trusted_issuers(path: Path, *, clock: Clock = time.monotonic) -> dict[str, TrustedIssuer]:
     """Read the trusted-issuers file: a JSON list of ``{"iss": ..., "jwks_file": ...}`` or
     ``{"iss": ..., "jku": ["https://...", ...]}`` entries. A relative ``jwks_file`` is relative
-    to the file's folder; pinned key sets are read now, ``jku`` sets on first use.
+    to the file's folder; pinned key sets are read now, ``jku`` sets on first use (cached on
+    ``clock``, see :class:`IssuerKeySet`).
 
     Returns ``{iss: TrustedIssuer}``. Raises :class:`SettingsError` naming the file and entry.
     """
@@ -207,7 +262,7 @@ def load_trusted_issuers(path: Path) -> dict[str, TrustedIssuer]:
         if entry.jwks_file is not None:
             issuers[entry.iss] = TrustedIssuer(entry.iss, jwks=_read_jwks(Path(path).parent / entry.jwks_file, where))
         else:
-            issuers[entry.iss] = TrustedIssuer(entry.iss, jku=tuple(entry.jku or ()))
+            issuers[entry.iss] = TrustedIssuer(entry.iss, jku=tuple(entry.jku or ()), clock=clock)
     return issuers
 
 

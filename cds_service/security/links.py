@@ -40,7 +40,7 @@ def link_secret(settings: Settings, audit_key: bytes) -> bytes:
     (a link token never reveals anything about the audit key) that is the same wherever the
     audit key is."""
     if settings.explain_link_secret:
-        return settings.explain_link_secret.encode("utf-8")
+        return settings.explain_link_secret.get_secret_value().encode("utf-8")
     return hmac.new(audit_key, SALT.encode("ascii"), hashlib.sha256).hexdigest().encode("ascii")
 
 

@@ -9,7 +9,8 @@ HMAC-SHA256(key, fhirServer + newline + patientId); no names, no tokens, no reso
 
 The hook must not fail or wait on the database: :func:`record_outcome` and
 :func:`record_rejection` never raise; a failed write is counted in
-``app.extensions["vcf_cds"]["audit_failures"]`` and logged without patient data.
+the trail's :class:`FailureCounter` (and the ``vcf_cds_audit_write_failures_total`` metric)
+and logged without patient data.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import hmac
 import logging
 import os
 import secrets
+import threading
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,7 +58,7 @@ def load_hmac_key(settings: Settings) -> bytes:
     is unreadable or readable by group or others.
     """
     if settings.audit_hmac_key:
-        return settings.audit_hmac_key.encode("utf-8")
+        return settings.audit_hmac_key.get_secret_value().encode("utf-8")
     if settings.database_url is not None:
         raise SettingsError("setting VCF_CDS_AUDIT_HMAC_KEY: required when VCF_CDS_DATABASE_URL is set "
                             "(at least 32 characters, the same on every host)")
@@ -172,20 +174,58 @@ def write_record(db: Database, record: CallRecord) -> int:
     return call_id
 
 
-def record_outcome(state: MutableMapping[str, Any], service_id: str, outcome: Outcome, started: float) -> None:
+class FailureCounter:
+    """How many audit records could not be written since start-up (this process); thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = 0
+
+    @property
+    def value(self) -> int:
+        """The count so far."""
+        return self._value
+
+    def increment(self) -> int:
+        """Add one; return the new count."""
+        with self._lock:
+            self._value += 1
+            return self._value
+
+
+@dataclass(frozen=True, eq=False)
+class AuditTrail:
+    """Where the hook's audit records go: what :func:`record_outcome` and
+    :func:`record_rejection` need (built once by ``create_app``).
+
+    Attributes:
+        database: the audit database.
+        key: the secret keying patient id hashes (:func:`load_hmac_key`).
+        knowledge: the loaded knowledge (its version is recorded; the evidence of each order
+            is read from it).
+        failures: failed writes so far.
+    """
+
+    database: Database
+    key: bytes
+    knowledge: Knowledge
+    failures: FailureCounter = field(default_factory=FailureCounter)
+
+
+def record_outcome(trail: AuditTrail, service_id: str, outcome: Outcome, started: float) -> None:
     """Write the audit record of an answered call (``started``: ``time.perf_counter()`` at
     request start). Never raises: a failure is counted and logged (see module doc)."""
     latency_ms = (time.perf_counter() - started) * 1000
     try:
         record = build_record(outcome, service_id=service_id, latency_ms=latency_ms,
-                              knowledge_version=state["knowledge"].version, key=state["audit_key"],
-                              knowledge=state["knowledge"])
-        write_record(state["db"], record)
+                              knowledge_version=trail.knowledge.version, key=trail.key,
+                              knowledge=trail.knowledge)
+        write_record(trail.database, record)
     except Exception as exc:
-        _count_failure(state, service_id, exc)
+        _count_failure(trail, service_id, exc)
 
 
-def record_rejection(state: MutableMapping[str, Any], service_id: str, body: Any, error: RequestError,
+def record_rejection(trail: AuditTrail, service_id: str, body: Any, error: RequestError,
                      started: float) -> None:
     """Write the audit record of a call refused with ``error`` (400/412): status, issue
     code and hookInstance when the body has one; no patient hash. Never raises."""
@@ -193,18 +233,18 @@ def record_rejection(state: MutableMapping[str, Any], service_id: str, body: Any
     hook_instance = body.get("hookInstance") if isinstance(body, Mapping) else None
     try:
         call = _call_row(service_id, hook_instance, error.status, error.code, latency_ms,
-                         state["knowledge"].version, None)
-        write_record(state["db"], CallRecord(call))
+                         trail.knowledge.version, None)
+        write_record(trail.database, CallRecord(call))
     except Exception as exc:
-        _count_failure(state, service_id, exc)
+        _count_failure(trail, service_id, exc)
 
 
-def _count_failure(state: MutableMapping[str, Any], service_id: str, exc: Exception) -> None:
-    state["audit_failures"] = state.get("audit_failures", 0) + 1
+def _count_failure(trail: AuditTrail, service_id: str, exc: Exception) -> None:
+    failures = trail.failures.increment()
     count_audit_write_failure()
     # The exception type only: database messages repeat the statement's parameters.
     log.error("audit record of a %s call not written (%s); %d failures so far", service_id,
-              type(exc).__name__, state["audit_failures"])
+              type(exc).__name__, failures)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from cds_service.extras import require
 from cds_service.settings import Settings, SettingsError
 from cds_service.store.tables import ReplayEntry
 
@@ -51,19 +52,23 @@ def database_url(settings: Settings) -> URL:
 
     Raises :class:`SettingsError` for a URL SQLAlchemy cannot parse or a backend other
     than SQLite or PostgreSQL; the message never repeats the URL (it may hold a password).
+    Raises :class:`cds_service.extras.MissingExtraError` for PostgreSQL without the
+    ``postgresql`` extra (psycopg) installed.
     """
     if settings.database_url is None:
         data_dir = ensure_data_dir(settings)
         return URL.create("sqlite", database=str(data_dir / SQLITE_FILE))
     try:
-        url = make_url(settings.database_url)
+        url = make_url(settings.database_url.get_secret_value())
     except ArgumentError:
         raise SettingsError("setting VCF_CDS_DATABASE_URL: not a SQLAlchemy database URL") from None
     if url.get_backend_name() not in SUPPORTED_BACKENDS:
         raise SettingsError(f"setting VCF_CDS_DATABASE_URL: backend '{url.get_backend_name()}' is not "
                             f"supported (use {' or '.join(SUPPORTED_BACKENDS)})")
-    if url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
-        raise SettingsError("setting VCF_CDS_DATABASE_URL: use the psycopg driver (postgresql+psycopg://...)")
+    if url.get_backend_name() == "postgresql":
+        if url.get_driver_name() != "psycopg":
+            raise SettingsError("setting VCF_CDS_DATABASE_URL: use the psycopg driver (postgresql+psycopg://...)")
+        require("psycopg", extra="postgresql", feature="a PostgreSQL VCF_CDS_DATABASE_URL")
     return url
 
 

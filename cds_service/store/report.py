@@ -13,7 +13,7 @@ Sections, for calls on or after ``since`` (UTC date; default: everything kept):
 - feedback for cards this service never issued (stored, flagged, counted apart).
 
 Formats: ``table`` (text), ``csv`` (one block per section, blank line between, the first
-column names the section) and ``html`` (tables plus charts drawn by matplotlib, embedded
+column names the section) and ``html`` (tables plus charts drawn by matplotlib, the ``report`` extra, embedded
 as inline SVG: one self-contained file).
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import Select, and_, func, select
 
 from cds_service.decision.terminology import CPT, LOINC, SNOMED
+from cds_service.extras import MissingExtraError
 from cds_service.store.db import Database
 from cds_service.store.feedback import FLAG_UNKNOWN_CARD
 from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback
@@ -304,8 +305,11 @@ def render_csv(report: Report) -> str:
 def _chart(title: str, has_data: bool, draw: Callable[[Any], None], height: float = 3.6) -> str:
     """A matplotlib figure with one Axes (``draw(ax)`` fills it; "no data" when there is
     none) as an inline ``<svg>`` element."""
-    from matplotlib import rc_context
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib import rc_context
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingExtraError("report", "the HTML report (vcf-cds report --format html)") from None
 
     # Text stays text (searchable, scales) and ids are stable, so the same data gives the same page.
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": "vcf-cds-report", "font.size": 9}):

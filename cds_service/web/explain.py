@@ -15,12 +15,13 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, Response, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.decision.render import RenderOptions
 from cds_service.security.links import PATH, InvalidLink
 from cds_service.store.explanation import load_explanation
+from cds_service.web.state import AppState, current_state
 
 log = logging.getLogger("cds_service.explain")
 bp = Blueprint("explain", __name__, template_folder="templates")
@@ -44,10 +45,10 @@ _ERRORS = {
 }
 
 
-def render_options(state: dict[str, Any]) -> RenderOptions:
+def render_options(state: AppState) -> RenderOptions:
     """The app's render options plus this request's "Why this advice?" link builder."""
-    base = state["settings"].public_base_url or request.url_root
-    return replace(state["render_options"], explain_url=state["explain_links"].url_builder(base))
+    base = state.settings.public_base_url or request.url_root
+    return replace(state.render_options, explain_url=state.explain_links.url_builder(base))
 
 
 def _html(template: str, status: int, **context: Any) -> Response:
@@ -66,14 +67,14 @@ def _error(status: int) -> Response:
 
 @bp.get(PATH)
 def explain() -> Response:
-    st = current_app.extensions["vcf_cds"]
+    st = current_state()
     try:
-        card_uuid = st["explain_links"].card_uuid(request.args.get("token", ""))
+        card_uuid = st.explain_links.card_uuid(request.args.get("token", ""))
     except InvalidLink:
         log.info("explanation page: 403 (link not valid)")
         return _error(403)
     try:
-        explanation = load_explanation(st["db"], st["knowledge"], card_uuid)
+        explanation = load_explanation(st.database, st.knowledge, card_uuid)
     except SQLAlchemyError as exc:
         log.error("explanation page: audit record not readable (%s)", type(exc).__name__)
         return _error(503)

@@ -27,7 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds_service.protocol.errors import RequestError, operation_outcome
 from cds_service.protocol.feedback import FeedbackRequest
 from cds_service.store.feedback import store_feedback
-from cds_service.web.hooks import cds_state, error_response, json_response, read_service_body
+from cds_service.web.hooks import error_response, json_response, read_service_body
+from cds_service.web.state import current_state
 
 log = logging.getLogger("cds_service.web.feedback")
 bp = Blueprint("cds_feedback", __name__)
@@ -54,7 +55,7 @@ def _validation_outcome(exc: ValidationError) -> dict[str, Any]:
 
 @bp.post("/cds-services/<service_id>/feedback")
 def post_feedback(service_id: str) -> Response:
-    st = cds_state()
+    st = current_state()
     try:
         body = read_service_body(service_id)
     except RequestError as exc:
@@ -64,7 +65,7 @@ def post_feedback(service_id: str) -> Response:
     except ValidationError as exc:
         return json_response(_validation_outcome(exc), 400)
     try:
-        result = store_feedback(st["db"], service_id, parsed.feedback)
+        result = store_feedback(st.database, service_id, parsed.feedback)
     except SQLAlchemyError as exc:
         log.error("feedback for %s not stored (%s); client told to retry", service_id, type(exc).__name__)
         resp = error_response(503, "transient", "feedback could not be stored now; send it again later")

@@ -10,31 +10,26 @@ configured). Both are unauthenticated and carry no patient data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response
 
 from cds_service.web.hooks import json_response
+from cds_service.web.state import ReadinessCheck, current_state, state_of
 
 __all__ = ["ReadinessCheck", "bp", "readiness_checks", "register_readiness_check"]
 
 log = logging.getLogger("cds_service.web.health")
 bp = Blueprint("health", __name__)
 
-ReadinessCheck = Callable[[], object]
-"""A readiness check: returns normally (anything but ``False``) when ready; returns ``False``
-or raises when not. It runs on every ``/readyz`` call, so it must be quick and bounded
-(a ``SELECT 1`` with a short timeout, not a migration check)."""
-
 
 def readiness_checks(app: Flask) -> list[tuple[str, ReadinessCheck]]:
-    """The app's list of (name, check), kept in ``app.extensions["vcf_cds"]["readiness_checks"]``."""
-    return app.extensions["vcf_cds"].setdefault("readiness_checks", [])
+    """The app's (name, check) pairs, in the order registered (``AppState.readiness``)."""
+    return list(state_of(app).readiness)
 
 
 def register_readiness_check(app: Flask, name: str, check: ReadinessCheck) -> None:
     """Add a check that ``/readyz`` runs (after the knowledge check), reported under ``name``."""
-    readiness_checks(app).append((name, check))
+    state_of(app).readiness.add(name, check)
 
 
 @bp.get("/healthz")
@@ -47,9 +42,10 @@ def readyz() -> Response:
     """200 ``{"status": "ready", "checks": {name: "ok"}}``, or 503 with ``"not-ready"`` and,
     per failed check, ``"failed"`` or ``"failed (<exception type>)"`` (never its message,
     which may name a host or a credential)."""
+    state = current_state()
     checks: list[tuple[str, ReadinessCheck]] = [
-        ("knowledge", lambda: current_app.extensions["vcf_cds"].get("knowledge") is not None),
-        *readiness_checks(current_app),
+        ("knowledge", lambda: state.knowledge is not None),
+        *state.readiness,
     ]
     results: dict[str, str] = {}
     for name, check in checks:

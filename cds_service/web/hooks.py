@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.observability import bind_request_id, observe_outcome
@@ -19,6 +19,7 @@ from cds_service.pipeline import discovery, evaluate
 from cds_service.protocol.errors import RequestError, operation_outcome
 from cds_service.store.audit import record_outcome, record_rejection
 from cds_service.web.explain import render_options
+from cds_service.web.state import current_state
 
 log = logging.getLogger("cds_service.web.hooks")
 bp = Blueprint("cds", __name__)
@@ -41,11 +42,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def cds_state() -> dict:
-    """The app's state: settings, knowledge, schemas, database ... (see ``app.create_app``)."""
-    return current_app.extensions["vcf_cds"]
-
-
 def read_service_body(service_id: str) -> Any:
     """The decoded JSON body of a POST to service ``service_id``.
 
@@ -53,7 +49,7 @@ def read_service_body(service_id: str) -> Any:
     Infinity included) or nested too deeply for the decoder. Werkzeug raises 413 past
     ``MAX_CONTENT_LENGTH``.
     """
-    if service_id not in cds_state()["knowledge"].services:
+    if service_id not in current_state().knowledge.services:
         raise RequestError(404, "not-found", f"no CDS service with id '{service_id}'")
     raw = request.get_data(cache=False)
     try:
@@ -66,12 +62,12 @@ def read_service_body(service_id: str) -> Any:
 
 @bp.get("/cds-services")
 def list_services() -> Response:
-    return json_response(discovery(cds_state()["knowledge"]))
+    return json_response(discovery(current_state().knowledge))
 
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
-    st = cds_state()
+    st = current_state()
     started = time.perf_counter()
     try:
         body = read_service_body(service_id)
@@ -79,18 +75,18 @@ def call_service(service_id: str) -> Response:
         return json_response(exc.to_operation_outcome(), exc.status)
     bind_request_id(body)
     try:
-        outcome = evaluate(st["knowledge"], st["schemas"], body, service_id=service_id,
-                           options=render_options(st), fhir_client=st["fhir_client"],
-                           **st["settings"].request_limits)
+        outcome = evaluate(st.knowledge, st.schemas, body, service_id=service_id,
+                           options=render_options(st), fhir_client=st.fhir_client,
+                           **st.settings.request_limits)
     except RequestError as exc:
         log.info("service %s: %d %s", service_id, exc.status, exc.code)
-        record_rejection(st, service_id, body, exc, started)
+        record_rejection(st.audit, service_id, body, exc, started)
         return json_response(exc.to_operation_outcome(), exc.status)
     observe_outcome(outcome)
     log.info("service %s: 200 in %.1f ms, %d cards, %d ratings", service_id,
              (time.perf_counter() - started) * 1000, len(outcome.rendered.response["cards"]),
              len(outcome.rendered.response.get("systemActions", ())))
-    record_outcome(st, service_id, outcome, started)
+    record_outcome(st.audit, service_id, outcome, started)
     return json_response(outcome.rendered.response)
 
 

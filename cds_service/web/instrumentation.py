@@ -70,12 +70,13 @@ def _after_request(response: Response) -> Response:
     return response
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, *, metrics_enabled: bool = True) -> None:
     """Register request timing, metrics and the access log on ``app`` (called by
-    ``create_app``), and ``GET /metrics`` unless the ``METRICS_ENABLED`` setting is off."""
+    ``create_app``), and ``GET /metrics`` when ``metrics_enabled`` (the ``METRICS_ENABLED``
+    setting)."""
     configure_structlog()
     get_metrics()  # created before gunicorn forks, so every worker shares the definitions
     app.wsgi_app = _timed(app.wsgi_app)  # type: ignore[method-assign]
     app.after_request(_after_request)
-    if app.extensions["vcf_cds"]["settings"].metrics_enabled:
+    if metrics_enabled:
         app.add_url_rule("/metrics", "metrics", metrics_response, methods=["GET"])

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 from importlib import metadata
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from cds_service.decision.knowledge import Knowledge
 from cds_service.protocol.errors import OperationOutcome
@@ -24,6 +25,7 @@ from cds_service.protocol.feedback import FeedbackRequest
 from cds_service.protocol.models import CdsDiscovery, CdsResponse, wire_json_schemas
 from cds_service.protocol.request import RequestSchemas
 from cds_service.security.links import PATH as EXPLAIN_PATH
+from cds_service.web.state import AppState, current_state
 
 bp = Blueprint("openapi", __name__)
 
@@ -153,14 +155,18 @@ def openapi_document(knowledge: Knowledge, schemas: RequestSchemas, *, metrics: 
     }
 
 
+# The serialised document of each app, dropped with the app's state.
+_DOCUMENTS: WeakKeyDictionary[AppState, str] = WeakKeyDictionary()
+
+
 @bp.get("/openapi.json")
 def serve_openapi() -> Response:
     """``GET /openapi.json``: the document, built once per app."""
-    state = current_app.extensions["vcf_cds"]
-    if "openapi" not in state:
-        state["openapi"] = json.dumps(openapi_document(state["knowledge"], state["schemas"],
-                                                       metrics=state["settings"].metrics_enabled))
-    return Response(state["openapi"], mimetype="application/json")
+    state = current_state()
+    if state not in _DOCUMENTS:
+        _DOCUMENTS[state] = json.dumps(openapi_document(state.knowledge, state.schemas,
+                                                        metrics=state.settings.metrics_enabled))
+    return Response(_DOCUMENTS[state], mimetype="application/json")
 
 
 def _embedded(schema: dict[str, Any]) -> dict[str, Any]:
