@@ -67,6 +67,9 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]#+!<>|~&])")
 # ...and what opens a block only at the start: a list item ("-", "1." / "1)"), a heading, a quote.
 _MD_BLOCK_START = re.compile(r"^(\d{1,9})([.)])|^([-=])")
 _WS = re.compile(r"\s+")
+# GFM's extended autolinks (cmark-gfm) start at "://" or "www.": escaping that ':' or '.' keeps
+# a URL in record text from becoming a link.
+_AUTOLINK = re.compile(r"(?i):(?=//)|(?<=www)\.")
 
 
 def new_uuid() -> str:
@@ -79,9 +82,11 @@ def md_escape(text: object) -> str:
     Every markup character is backslash-escaped (CommonMark 0.31 §2.4: any ASCII
     punctuation may be escaped and then renders as itself) and line breaks collapse to one
     space, so a Condition display such as ``[x](javascript:alert(1))``, ``![i](http://..)``
-    or ``<img src=x onerror=...>`` arrives as plain text and cannot start a block.
+    or ``<img src=x onerror=...>`` arrives as plain text and cannot start a block; "://" and
+    "www." are escaped too, so GFM's extended autolinks do not turn a URL into a link.
     """
     flat = _MD_SPECIAL.sub(r"\\\1", _WS.sub(" ", str(text)).strip())
+    flat = _AUTOLINK.sub(lambda m: "\\" + m[0], flat)
     return _MD_BLOCK_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", flat)
 
 
