@@ -749,7 +749,7 @@ class _Renderer:
             if new is not None:
                 consult_name = self.say("spineSurgeryConsultation")
                 suggestions.append(self.suggestion(self.say("urgentOrderLabel", procedure=consult_name), [
-                    {"type": "create", "description": self.say("urgentOrderAction", procedure=consult.display),
+                    {"type": "create", "description": self.say("urgentOrderAction", procedure=_lower_first(consult.display)),
                      "resource": new}]))
                 actions.append(consult_name)
         augmentation = any(od.order_class.procedure is not None and od.order_class.procedure.category == AUGMENTATION
