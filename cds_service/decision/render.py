@@ -123,11 +123,6 @@ def _summary(text: str) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
-def _code_text(e: Evidence) -> str:
-    system = SYSTEM_NAMES.get(e.system, e.system)
-    return f"{system} {md_escape(e.code)}" + (" (unconfirmed code)" if e.unconfirmed else "")
-
-
 def _lower_first(name: str) -> str:
     """'Radiation oncology consultation' -> 'radiation oncology consultation'; 'MRI ...' stays."""
     return name[:1].lower() + name[1:] if name[1:2].islower() else name
@@ -183,6 +178,11 @@ class _Renderer:
     def lead(self, kind: str, **fields: object) -> str:
         """The first paragraph of a card's detail."""
         return self.k.cards.kinds[kind].detail.format(**fields)
+
+    def code_text(self, e: Evidence) -> str:
+        """'ICD-10-CM M48.56XA', marked when the code's meaning is not confirmed."""
+        label = f"{SYSTEM_NAMES.get(e.system, e.system)} {md_escape(e.code)}"
+        return self.say("unconfirmedCode", code=label) if e.unconfirmed else label
 
     # ---- building blocks -------------------------------------------------------------
     def source(self, variant: Variant | None) -> dict:
@@ -411,7 +411,7 @@ class _Renderer:
             key = (e.resource, (e.display or e.code) if e.resource.endswith("#reasonCode") else "")
             g = groups.setdefault(key, {"display": None, "codes": [], "labels": []})
             g["display"] = g["display"] or e.display
-            g["codes"].append(_code_text(e))
+            g["codes"].append(self.code_text(e))
             if label:
                 g["labels"].append(label)
         if not groups:
@@ -492,7 +492,7 @@ class _Renderer:
             notes.append(self.say("seedNote"))
         if "SECONDARY" in provenances:
             notes.append(self.say("secondaryNote"))
-        unconfirmed = sorted({_code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
+        unconfirmed = sorted({self.code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
                               for e in od.facts.all_evidence() if e.unconfirmed})
         if unconfirmed:
             shown = "; ".join(unconfirmed[:EVIDENCE_MAX]) + (f"; and {len(unconfirmed) - EVIDENCE_MAX} more"
