@@ -242,7 +242,8 @@ def test_record_text_arrives_inert_in_commonmark(knowledge, schemas):
 
 @pytest.mark.parametrize(("raw", "escaped"), [
     ("[x](javascript:alert(1))", r"\[x\](javascript:alert(1))"),
-    ("![i](https://e.example/i.png)", r"\!\[i\](https://e.example/i.png)"),
+    ("![i](https://e.example/i.png)", r"\!\[i\](https\://e.example/i.png)"),
+    ("see www.e.example", r"see www\.e.example"),
     ("<b>bold</b> & *em*", r"\<b\>bold\</b\> \& \*em\*"),
     ("1. first\n# heading", r"1\. first \# heading"),
     ("- dash", r"\- dash"),

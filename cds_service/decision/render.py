@@ -67,6 +67,9 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]#+!<>|~&])")
 # ...and what opens a block only at the start: a list item ("-", "1." / "1)"), a heading, a quote.
 _MD_BLOCK_START = re.compile(r"^(\d{1,9})([.)])|^([-=])")
 _WS = re.compile(r"\s+")
+# GFM's extended autolinks (cmark-gfm) start at "://" or "www.": escaping that ':' or '.' keeps
+# a URL in record text from becoming a link.
+_AUTOLINK = re.compile(r"(?i):(?=//)|(?<=www)\.")
 # Canonical lab units (data/reading/bleeding-thresholds.json) as a clinician writes them.
 _UNIT_WORDS = MappingProxyType({"{INR}": "", "10*9/L": " x 10^9/L"})
 
@@ -81,9 +84,11 @@ def md_escape(text: object) -> str:
     Every markup character is backslash-escaped (CommonMark 0.31 §2.4: any ASCII
     punctuation may be escaped and then renders as itself) and line breaks collapse to one
     space, so a Condition display such as ``[x](javascript:alert(1))``, ``![i](http://..)``
-    or ``<img src=x onerror=...>`` arrives as plain text and cannot start a block.
+    or ``<img src=x onerror=...>`` arrives as plain text and cannot start a block; "://" and
+    "www." are escaped too, so GFM's extended autolinks do not turn a URL into a link.
     """
     flat = _MD_SPECIAL.sub(r"\\\1", _WS.sub(" ", str(text)).strip())
+    flat = _AUTOLINK.sub(lambda m: "\\" + m[0], flat)
     return _MD_BLOCK_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", flat)
 
 
@@ -118,11 +123,6 @@ class Rendered:
 
 def _summary(text: str) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
-
-
-def _code_text(e: Evidence) -> str:
-    system = SYSTEM_NAMES.get(e.system, e.system)
-    return f"{system} {md_escape(e.code)}" + (" (unconfirmed code)" if e.unconfirmed else "")
 
 
 def _lower_first(name: str) -> str:
@@ -180,6 +180,11 @@ class _Renderer:
     def lead(self, kind: str, **fields: object) -> str:
         """The first paragraph of a card's detail."""
         return self.k.cards.kinds[kind].detail.format(**fields)
+
+    def code_text(self, e: Evidence) -> str:
+        """'ICD-10-CM M48.56XA', marked when the code's meaning is not confirmed."""
+        label = f"{SYSTEM_NAMES.get(e.system, e.system)} {md_escape(e.code)}"
+        return self.say("unconfirmedCode", code=label) if e.unconfirmed else label
 
     # ---- building blocks -------------------------------------------------------------
     def source(self, variant: Variant | None) -> dict:
@@ -414,7 +419,7 @@ class _Renderer:
                 g["date"] = e.onset
             else:
                 g["display"] = g["display"] or e.display
-                g["codes"].append(_code_text(e))
+                g["codes"].append(self.code_text(e))
             if label:
                 g["labels"].append(label)
         if not groups:
@@ -498,7 +503,7 @@ class _Renderer:
         if "SECONDARY" in provenances:
             notes.append(self.say("secondaryNote"))
         # Report text is marked where it is shown ("from report text, unconfirmed"), not a code.
-        unconfirmed = sorted({_code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
+        unconfirmed = sorted({self.code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
                               for e in od.facts.all_evidence() if e.unconfirmed and e.origin != "report"})
         if unconfirmed:
             shown = "; ".join(unconfirmed[:EVIDENCE_MAX]) + (f"; and {len(unconfirmed) - EVIDENCE_MAX} more"
@@ -834,7 +839,7 @@ class _Renderer:
             if new is not None:
                 consult_name = self.say("spineSurgeryConsultation")
                 suggestions.append(self.suggestion(self.say("urgentOrderLabel", procedure=consult_name), [
-                    {"type": "create", "description": self.say("urgentOrderAction", procedure=consult.display),
+                    {"type": "create", "description": self.say("urgentOrderAction", procedure=_lower_first(consult.display)),
                      "resource": new}]))
                 actions.append(consult_name)
         augmentation = any(od.order_class.procedure is not None and od.order_class.procedure.category == AUGMENTATION
