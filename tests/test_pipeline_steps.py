@@ -26,6 +26,7 @@ from cds_service.pipeline import (
     find_service,
     parse_envelope,
     parse_record,
+    reading_queries,
     render_response,
     validate_response,
 )
@@ -42,6 +43,9 @@ OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "
 def counter_ids():
     n = itertools.count(1)
     return lambda: f"00000000-0000-4000-8000-{next(n):012d}"
+
+
+READING = ["radiologyReports", "medicationRequests", "medicationStatements", "coagulationLabs"]
 
 
 class RecordingFhirClient:
@@ -128,16 +132,51 @@ def test_complete_prefetch_fetches_only_what_is_absent_or_an_operation_outcome(k
     del body["prefetch"]["procedures"]
     body["prefetch"]["conditions"] = OUTCOME
     envelope = envelope_of(body, schemas, knowledge)
-    client = RecordingFhirClient(full)
+    client = RecordingFhirClient({**full, **dict.fromkeys(READING, None)})
 
     prefetch = complete_prefetch(envelope, find_service(knowledge, SELECT), client)
 
-    [call] = client.calls
+    # The record itself first; radiology reports, medications and labs in a call of their own.
+    [call, reading] = client.calls
     assert call["keys"] == ["conditions", "procedures"]
+    assert reading["keys"] == READING
     assert call["fhir_server"] == body["fhirServer"]
     assert call["templates"] == find_service(knowledge, SELECT).prefetch
     assert prefetch["conditions"] == full["conditions"] and prefetch["procedures"] == full["procedures"]
     assert envelope.prefetch["conditions"] == OUTCOME  # the envelope is not changed
+
+
+def test_complete_prefetch_runs_the_reading_queries_with_the_look_back_from_the_order_date(knowledge, schemas):
+    body = load_json(V1)  # the order is authored 2026-11-16
+    envelope = envelope_of(body, schemas, knowledge)
+    service = find_service(knowledge, SELECT)
+    client = RecordingFhirClient(dict.fromkeys(READING, None))
+
+    queries = reading_queries(knowledge, envelope, service)
+    complete_prefetch(envelope, service, client, queries=queries)
+
+    [reading] = client.calls
+    assert reading["keys"] == READING
+    templates = reading["templates"]
+    assert "date=ge2025-11-16" in templates["radiologyReports"]  # 365 days
+    assert "date=ge2026-10-17" in templates["coagulationLabs"]  # 30 days
+    assert all("{{context.patientId}}" in templates[k] for k in READING)
+
+
+def test_complete_prefetch_answers_without_the_reading_keys_when_their_fetch_fails(knowledge, schemas):
+    class Failing(RecordingFhirClient):
+        def fetch(self, **kwargs: Any) -> dict[str, Any]:
+            if "radiologyReports" in kwargs["keys"]:
+                self.calls.append(kwargs)
+                raise RequestError(412, "timeout", "prefetch 'radiologyReports' could not be fetched")
+            return super().fetch(**kwargs)
+
+    envelope = envelope_of(load_json(V1), schemas, knowledge)
+    client = Failing({})
+    prefetch = complete_prefetch(envelope, find_service(knowledge, SELECT), client)
+    assert all(k not in prefetch for k in READING)
+    record = record_of(prefetch, envelope, knowledge)
+    assert record.unavailable == tuple(READING)
 
 
 def test_complete_prefetch_never_fetches_null_or_undeclared_keys(knowledge, schemas):
