@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import itertools
+from urllib.parse import urlsplit
 
 from conftest import FIXTURES, load_json
 
@@ -217,3 +218,24 @@ def test_a_request_without_the_reading_keys_still_works_and_names_what_was_not_r
     assert out.decision.orders[0].pama == "appropriate"
     assert "Not available to this service, so not checked: radiology reports, medications, INR and platelet results." \
         in details(out)
+
+
+def test_why_this_advice_page_shows_the_report_sentence_escaped_and_unconfirmed(client):
+    body = request("reading-seed-003-mri-report-v6")
+    report = body["prefetch"]["radiologyReports"]["entry"][0]["resource"]
+    report["conclusion"] = "Acute T8 compression fracture with extensive bone marrow edema at T8 <b>bold</b>."
+    resp = client.post("/cds-services/vcf-order-select", json=body)
+    assert resp.status_code == 200
+    [card] = resp.get_json()["cards"]
+    url = urlsplit(card["links"][0]["url"])
+    page = client.get(f"{url.path}?{url.query}")
+    assert page.status_code == 200
+    markup = page.get_data(as_text=True)
+    assert "<q>Acute T8 compression fracture with extensive bone marrow edema at T8 &lt;b&gt;bold&lt;/b&gt;.</q>" \
+        in markup
+    assert "<em>(from report text, unconfirmed)</em>" in markup
+    assert "DiagnosticReport.conclusion" in markup
+    assert "report 7 days before the order" in markup
+    assert "the marrow edema read in DiagnosticReport.conclusion: from report text, unconfirmed" in markup
+    # Still nothing that names the patient or the report.
+    assert body["context"]["patientId"] not in markup and "dr-seed003-mri-t-spine" not in markup
