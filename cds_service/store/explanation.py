@@ -102,7 +102,7 @@ def order_evidence(knowledge: Knowledge, od: OrderDecision) -> dict[str, Any]:
 
 
 def _fact_row(e: Evidence, as_of: Any) -> dict[str, Any]:
-    row = {"facts": [], "system": e.system, "code": e.code, "display": _clip(e.display),
+    row: dict[str, Any] = {"facts": [], "system": e.system, "code": e.code, "display": _clip(e.display),
            "source": _element(e.resource), "unconfirmed": e.unconfirmed, "encounter": e.encounter,
            "days_before_order": (as_of - e.onset).days if e.onset is not None else None}
     if e.origin == "report":
