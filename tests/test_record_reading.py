@@ -239,3 +239,13 @@ def test_why_this_advice_page_shows_the_report_sentence_escaped_and_unconfirmed(
     assert "the marrow edema read in DiagnosticReport.conclusion: from report text, unconfirmed" in markup
     # Still nothing that names the patient or the report.
     assert body["context"]["patientId"] not in markup and "dr-seed003-mri-t-spine" not in markup
+
+
+def test_warm_up_reads_a_report_sentence_before_the_first_order(app):
+    from cds_service.decision.reading import reports
+    from cds_service.ops.server import warm_up
+
+    reports.clear_cache()
+    warm_up(app)
+    # A report was read (and the reader built) by the warm-up, not by the first order.
+    assert reports.cache_info()["size"] >= 1 and reports.cache_info()["misses"] >= 1

@@ -23,10 +23,11 @@ the sentence, unconfirmed by nature ("from report text, unconfirmed" on the card
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from types import MappingProxyType
+from typing import TypeVar
 
 from cds_service.decision.contract import Fact
 from cds_service.decision.knowledge import Knowledge, Procedure
@@ -57,7 +58,7 @@ MEDICATION_FACTS: Mapping[str, Fact] = MappingProxyType({
     "antiplatelet": Fact.ANTICOAGULATION,
     "aspirin": Fact.ANTICOAGULATION,
 })
-REPORT_TEXT = "from report text, unconfirmed"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,15 @@ class RecordText:
     medications: Sequence[Mapping] = ()
     observations: Sequence[Mapping] = ()
     unavailable: tuple[str, ...] = ()
+    # Readings already made for this call, by reference date: orders of one call share them.
+    memo: dict[tuple[str, date], object] = field(default_factory=dict, compare=False, repr=False)
+
+    def once(self, what: str, as_of: date, make: Callable[[], T]) -> T:
+        """``make()`` the first time for (``what``, ``as_of``) in this call, the same result after."""
+        key = (what, as_of)
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -174,7 +184,8 @@ def read_order(knowledge: Knowledge, text: RecordText, *, procedure: Procedure |
     same: tuple[ReportReading, ...] = ()
     skipped: tuple[SkippedContent, ...] = ()
     if REPORTS_KEY not in text.unavailable:
-        read = read_reports(text.reports, now=now, lookback_days=_lookback(k, REPORTS_KEY, 365), knowledge=k)
+        read = text.once("reports", as_of, lambda: read_reports(text.reports, now=now, knowledge=k,
+                                                                 lookback_days=_lookback(k, REPORTS_KEY, 365)))
         skipped = read.skipped
         fracture_levels: tuple[str, ...] = ()
         augmented_levels: tuple[str, ...] = ()
@@ -200,7 +211,8 @@ def read_order(knowledge: Knowledge, text: RecordText, *, procedure: Procedure |
     meds: tuple[MedicationFact, ...] = ()
     if not all(key in text.unavailable for key in MEDICATION_KEYS):
         referenced = {f"Medication/{m.get('id')}": m for m in text.medications if m.get("resourceType") == "Medication"}
-        meds = read_medications(text.medications, now=now, knowledge=k, medications=referenced)
+        meds = text.once("medications", as_of,
+                         lambda: read_medications(text.medications, now=now, knowledge=k, medications=referenced))
         for m in meds:
             fact = MEDICATION_FACTS.get(m.drug_class)
             if fact is None:
@@ -212,7 +224,8 @@ def read_order(knowledge: Knowledge, text: RecordText, *, procedure: Procedure |
                 unconfirmed=m.unconfirmed, onset=date.fromisoformat(m.date) if m.date else None, origin="medication"))
     labs: tuple[LabJudgement, ...] = ()
     if LABS_KEY not in text.unavailable and procedure is not None:
-        labs = out_of_range_for_procedure(read_labs(text.observations, now=now, knowledge=k), procedure.id, k)
+        values = text.once("labs", as_of, lambda: read_labs(text.observations, now=now, knowledge=k))
+        labs = out_of_range_for_procedure(values, procedure.id, k)
     return OrderReading(imaging, same, meds, labs, skipped, text.unavailable,
                         MappingProxyType({f: tuple(evs) for f, evs in evidence.items()}))
 
