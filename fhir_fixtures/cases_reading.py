@@ -130,6 +130,8 @@ def build(bc: ModuleType) -> None:
              text="Acute L1 osteoporotic compression fracture"),
         cond(f"c-{h}-pain", spid, icd="M54.50", sct="279039007", onset=bc.THREE_WEEKS_AGO),
     ]
+    synthea_codes = {str(c["code"]) for _, r in resources if r["resourceType"] in ("Condition", "Procedure")
+                     for c in r["code"].get("coding", ())} - {"64859006"}
     sr = sr_of(f"sr-{h}-kp", spid, "22514", enc, reasons=("42942008",))
     body = request(cid, patient, synthea_conds + added, [sr],
                    procedures=[r for _, r in resources if r["resourceType"] == "Procedure"])
@@ -148,7 +150,8 @@ def build(bc: ModuleType) -> None:
         "The alendronate order is active: osteoporosis therapy is on record (RxNorm 904419, shown as evidence), "
         "so there is no osteoporosis-therapy reminder and, with nothing else to check, no checklist card. No "
         "rating: V6 / V7 facts missing, the one info card asks for MRI edema or a worsening sign. The same "
-        "record without its MedicationRequests gets the reminder (tests/test_record_reading.py).")
+        "record without its MedicationRequests gets the reminder (tests/test_record_reading.py).",
+        codes_outside_section4={code: "in the Synthea record, copied unchanged" for code in sorted(synthea_codes)})
 
     # ---- INR 2.8 two days before a kyphoplasty -----------------------------------------
     cid = "reading-inr-2-8-kyphoplasty"

@@ -249,3 +249,24 @@ def test_warm_up_reads_a_report_sentence_before_the_first_order(app):
     warm_up(app)
     # A report was read (and the reader built) by the warm-up, not by the first order.
     assert reports.cache_info()["size"] >= 1 and reports.cache_info()["misses"] >= 1
+
+
+def test_a_drug_known_only_by_name_counts_and_is_marked_unconfirmed(knowledge, schemas):
+    body = request("reading-synthea-willia-alendronate-kyphoplasty")
+    [entry] = body["prefetch"]["medicationRequests"]["entry"]
+    entry["resource"]["medicationCodeableConcept"] = {"text": "Fosamax 70 mg weekly"}
+    out = run(knowledge, schemas, body)
+    assert "Osteoporosis therapy" not in details(out)
+    assert "Fosamax 70 mg weekly (drug name in the order, no listed RxNorm code: unconfirmed)" in details(out)
+
+
+def test_a_stopped_order_counts_only_while_recent_and_says_so(knowledge, schemas):
+    body = request("reading-synthea-willia-alendronate-kyphoplasty")
+    [entry] = body["prefetch"]["medicationRequests"]["entry"]
+    entry["resource"]["status"] = "stopped"
+    entry["resource"]["dispenseRequest"] = {"validityPeriod": {"start": "2025-06-01", "end": "2026-06-01"}}
+    out = run(knowledge, schemas, body)
+    text = details(out)
+    assert "Osteoporosis therapy" not in text and "(stopped " in text
+    entry["resource"]["dispenseRequest"]["validityPeriod"]["end"] = "2024-06-01"
+    assert "**Osteoporosis therapy**: none on record" in details(run(knowledge, schemas, body))

@@ -218,8 +218,12 @@ def read_order(knowledge: Knowledge, text: RecordText, *, procedure: Procedure |
             if fact is None:
                 continue
             ref = f"{m.resource_type}/{m.resource_id}" if m.resource_id else m.resource_type
+            # Only current or recent orders count; a recent one says so (status and date).
+            display = m.display if m.when == "current" else f"{m.display} ({m.status} {m.date})"
+            by_code = m.matched_by == "code"
             evidence.setdefault(fact, []).append(Evidence(
-                fact=fact, resource=f"{ref}#medication", system=m.system or "", code=m.code or "", display=m.display,
+                fact=fact, resource=f"{ref}#medication", system=(m.system or "") if by_code else "",
+                code=(m.code or "") if by_code else "", display=display,
                 valueset=next(c.valueSet for c in k.medications.classes if c.id == m.drug_class),
                 unconfirmed=m.unconfirmed, onset=date.fromisoformat(m.date) if m.date else None, origin="medication"))
     labs: tuple[LabJudgement, ...] = ()

@@ -417,6 +417,10 @@ class _Renderer:
                 g["display"] = g["display"] or (f"“{e.display}”" if e.display else None)
                 g["codes"].append(self.say("reportEvidence"))
                 g["date"] = e.onset
+            elif e.origin == "medication" and not e.code:
+                # Recognised by the drug's name, not by a listed RxNorm code.
+                g["display"] = g["display"] or e.display
+                g["codes"].append(self.say("medicationNameEvidence"))
             else:
                 g["display"] = g["display"] or e.display
                 g["codes"].append(self.code_text(e))
@@ -504,7 +508,7 @@ class _Renderer:
             notes.append(self.say("secondaryNote"))
         # Report text is marked where it is shown ("from report text, unconfirmed"), not a code.
         unconfirmed = sorted({self.code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
-                              for e in od.facts.all_evidence() if e.unconfirmed and e.origin != "report"})
+                              for e in od.facts.all_evidence() if e.unconfirmed and e.code and e.origin != "report"})
         if unconfirmed:
             shown = "; ".join(unconfirmed[:EVIDENCE_MAX]) + (f"; and {len(unconfirmed) - EVIDENCE_MAX} more"
                                                             if len(unconfirmed) > EVIDENCE_MAX else "")
