@@ -227,6 +227,6 @@ CARD_TEXT: Mapping[str, frozenset[str]] = MappingProxyType({
     "notReadRadiologyReports": _NONE,
     "notReadMedications": _NONE,
     "notReadCoagulationLabs": _NONE,
-    "reportEvidence": _NONE,
-    "medicationNameEvidence": _NONE,  # a drug recognised by its name, not a listed RxNorm code  # how report text evidence is marked: "from report text, unconfirmed"
+    "reportEvidence": _NONE,  # how report text evidence is marked: "from report text, unconfirmed"
+    "medicationNameEvidence": _NONE,  # a drug recognised by its name, not a listed RxNorm code
 })
