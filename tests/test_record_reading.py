@@ -270,3 +270,17 @@ def test_a_stopped_order_counts_only_while_recent_and_says_so(knowledge, schemas
     assert "Osteoporosis therapy" not in text and "(stopped " in text
     entry["resource"]["dispenseRequest"]["validityPeriod"]["end"] = "2024-06-01"
     assert "**Osteoporosis therapy**: none on record" in details(run(knowledge, schemas, body))
+
+
+def test_a_malformed_report_is_skipped_and_listed(knowledge, schemas):
+    body = request("reading-seed-003-mri-report-v6")
+    bad = copy.deepcopy(body["prefetch"]["radiologyReports"]["entry"][0])
+    bad["resource"]["id"] = "dr-broken"
+    bad["resource"]["effectiveDateTime"] = "last Tuesday"
+    body["prefetch"]["radiologyReports"]["entry"].append(bad)
+    out = run(knowledge, schemas, body)
+    skipped = out.rendered.response["extension"]["vcf-cds-hooks"]["skippedResources"]
+    [issue] = [s for s in skipped if s.get("resource_id") == "dr-broken"]
+    assert issue["location"] == "prefetch.radiologyReports.entry[1]"
+    assert issue["diagnostic"].startswith("not a valid FHIR R4B DiagnosticReport")
+    assert out.decision.orders[0].pama == "appropriate"  # the valid report is still read
