@@ -181,6 +181,7 @@ def test_complete_prefetch_answers_without_the_reading_keys_when_their_fetch_fai
 
 def test_complete_prefetch_never_fetches_null_or_undeclared_keys(knowledge, schemas):
     body = load_json(V1)  # procedures: null (the EHR ran the query and found nothing)
+    body["prefetch"].update(dict.fromkeys(READING))  # likewise the reports, medications and labs
     body["prefetch"]["patient"] = OUTCOME  # not a prefetch key of this service
     client = RecordingFhirClient({})
     prefetch = complete_prefetch(envelope_of(body, schemas, knowledge), find_service(knowledge, SELECT), client)
@@ -203,6 +204,7 @@ def test_complete_prefetch_without_a_client_or_a_server_fetches_nothing(knowledg
 def test_complete_prefetch_refuses_absurdly_nested_answers(knowledge, schemas):
     body = load_json(V1)
     del body["prefetch"]["conditions"]
+    body["prefetch"].update(dict.fromkeys(READING))
     nested: dict[str, Any] = {"resourceType": "Bundle"}
     for _ in range(200):
         nested = {"x": nested}
