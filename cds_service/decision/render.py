@@ -761,7 +761,7 @@ class _Renderer:
             items.append((self.say("checklistMriNext", region=region), self.say("checklistMriNextDetail", region=region)))
         treated = reading.imaging.edema_at_augmented_level if reading.imaging is not None else ()
         if treated:
-            levels = ", ".join(_unique(lv for f in treated for lv in f.levels)) or "a treated level"
+            levels = ", ".join(_unique(lv for f in treated for lv in f.levels))  # never empty: a level was matched
             items.append((self.say("checklistEdemaTreated"), self.say("checklistEdemaTreatedDetail", levels=levels)))
         for j in reading.labs:
             v = j.value
