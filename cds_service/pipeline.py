@@ -14,7 +14,6 @@ clinical code; which prefetched resources the decision reads is handed to
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -59,9 +58,6 @@ __all__ = [
     "render_response",
     "validate_response",
 ]
-
-
-log = logging.getLogger("cds_service")
 
 
 class InvalidResponse(RuntimeError):
@@ -111,10 +107,11 @@ def complete_prefetch(envelope: Envelope, service: ServiceDef, fhir_client: Fhir
     is not changed.
 
     The record-reading keys (radiology reports, medications, labs:
-    :data:`cds_service.protocol.request.READING_KEYS`) are fetched in a second call, with
-    ``queries`` (key -> query as a template, :func:`reading_queries`) in place of their
-    templates where given. The answer can do without them: when that call fails they stay
-    unavailable (the card names what was not read) and the failure is logged, not answered 412.
+    :data:`cds_service.protocol.request.READING_KEYS`) are fetched side by side with the
+    others, with ``queries`` (key -> query as a template, :func:`reading_queries`) in place
+    of their templates where given. The answer can do without them: one that cannot be
+    fetched stays unavailable (the card names what was not read) and the failure is logged,
+    not answered 412.
 
     Raises:
         RequestError: 412 from :meth:`FhirClient.fetch` (server not allowlisted, unreachable,
@@ -125,21 +122,11 @@ def complete_prefetch(envelope: Envelope, service: ServiceDef, fhir_client: Fhir
     missing = [key for key in service.prefetch if prefetch_unavailable(prefetch, key)]
     if fhir_client is None or not missing or not envelope.fhir_server:
         return prefetch
-    core = [key for key in missing if key not in READING_KEYS]
+    # Reports, medications and labs refine the advice; without them it is still given.
     optional = [key for key in missing if key in READING_KEYS]
-    fetched: dict[str, Any] = {}
-    if core:
-        fetched.update(fhir_client.fetch(fhir_server=envelope.fhir_server, access_token=envelope.access_token,
-                                         templates=service.prefetch, keys=core, context=envelope.context,
-                                         user_id=envelope.user_id))
-    if optional:
-        try:
-            fetched.update(fhir_client.fetch(fhir_server=envelope.fhir_server, access_token=envelope.access_token,
-                                             templates={**service.prefetch, **(queries or {})}, keys=optional,
-                                             context=envelope.context, user_id=envelope.user_id))
-        except RequestError as exc:
-            # Reports, medications and labs refine the advice; without them it is still given.
-            log.warning("optional prefetch %s not fetched (%s): answered without it", ", ".join(optional), exc.code)
+    fetched = fhir_client.fetch(fhir_server=envelope.fhir_server, access_token=envelope.access_token,
+                                templates={**service.prefetch, **(queries or {})}, keys=missing,
+                                context=envelope.context, user_id=envelope.user_id, optional=optional)
     for key, value in fetched.items():
         if nested_deeper_than(value, max_depth):
             raise RequestError(412, "too-long", f"prefetch '{key}' fetched from fhirServer is nested deeper "

@@ -136,10 +136,10 @@ def test_complete_prefetch_fetches_only_what_is_absent_or_an_operation_outcome(k
 
     prefetch = complete_prefetch(envelope, find_service(knowledge, SELECT), client)
 
-    # The record itself first; radiology reports, medications and labs in a call of their own.
-    [call, reading] = client.calls
-    assert call["keys"] == ["conditions", "procedures"]
-    assert reading["keys"] == READING
+    # One call, side by side; the radiology reports, medications and labs may fail alone.
+    [call] = client.calls
+    assert call["keys"] == ["conditions", "procedures", *READING]
+    assert call["optional"] == READING
     assert call["fhir_server"] == body["fhirServer"]
     assert call["templates"] == find_service(knowledge, SELECT).prefetch
     assert prefetch["conditions"] == full["conditions"] and prefetch["procedures"] == full["procedures"]
@@ -163,20 +163,17 @@ def test_complete_prefetch_runs_the_reading_queries_with_the_look_back_from_the_
     assert all("{{context.patientId}}" in templates[k] for k in READING)
 
 
-def test_complete_prefetch_answers_without_the_reading_keys_when_their_fetch_fails(knowledge, schemas):
-    class Failing(RecordingFhirClient):
+def test_reading_keys_the_client_could_not_fetch_stay_unavailable(knowledge, schemas):
+    class Partial(RecordingFhirClient):
+        # As FhirClient.fetch does with an optional key whose query failed: left out.
         def fetch(self, **kwargs: Any) -> dict[str, Any]:
-            if "radiologyReports" in kwargs["keys"]:
-                self.calls.append(kwargs)
-                raise RequestError(412, "timeout", "prefetch 'radiologyReports' could not be fetched")
-            return super().fetch(**kwargs)
+            self.calls.append(kwargs)
+            return {k: copy.deepcopy(self.answers[k]) for k in kwargs["keys"] if k != "radiologyReports"}
 
     envelope = envelope_of(load_json(V1), schemas, knowledge)
-    client = Failing({})
-    prefetch = complete_prefetch(envelope, find_service(knowledge, SELECT), client)
-    assert all(k not in prefetch for k in READING)
-    record = record_of(prefetch, envelope, knowledge)
-    assert record.unavailable == tuple(READING)
+    prefetch = complete_prefetch(envelope, find_service(knowledge, SELECT), Partial(dict.fromkeys(READING)))
+    assert "radiologyReports" not in prefetch
+    assert record_of(prefetch, envelope, knowledge).unavailable == ("radiologyReports",)
 
 
 def test_complete_prefetch_never_fetches_null_or_undeclared_keys(knowledge, schemas):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import base64
 import copy
 import itertools
+import json
 from urllib.parse import urlsplit
 
-from conftest import FIXTURES, load_json
+from conftest import FIXTURES, load_json, make_app
 
 from cds_service.decision.render import RenderOptions
 from cds_service.pipeline import evaluate
@@ -284,3 +285,14 @@ def test_a_malformed_report_is_skipped_and_listed(knowledge, schemas):
     assert issue["location"] == "prefetch.radiologyReports.entry[1]"
     assert issue["diagnostic"].startswith("not a valid FHIR R4B DiagnosticReport")
     assert out.decision.orders[0].pama == "appropriate"  # the valid report is still read
+
+
+def test_reading_keys_from_a_server_not_allowlisted_are_not_read_and_not_refused():
+    body = request("reading-seed-003-mri-report-v6")
+    for key in ("radiologyReports", "medicationRequests", "medicationStatements", "coagulationLabs"):
+        del body["prefetch"][key]
+    client = make_app(FHIR_ALLOWLIST="https://another-ehr.example.org/fhir").test_client()
+    resp = client.post("/cds-services/vcf-order-select", json=body)
+    assert resp.status_code == 200  # the record itself was sent: nothing required is missing
+    assert "Not available to this service, so not checked: radiology reports, medications, INR and platelet " \
+        "results." in json.dumps(resp.get_json())

@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urljoin
@@ -126,6 +126,7 @@ class FhirClient:
         keys: Sequence[str],
         context: Mapping[str, Any],
         user_id: str | None,
+        optional: Collection[str] = (),
     ) -> dict[str, Any]:
         """Fetch prefetch ``keys`` whose templates are in ``templates``.
 
@@ -136,10 +137,13 @@ class FhirClient:
             keys: the keys to fetch (absent from prefetch, or an OperationOutcome there).
             context: the hook ``context`` (for ``{{context.*}}`` tokens).
             user_id: ``context.userId`` (for the ``{{user*Id}}`` tokens).
+            optional: keys the answer can do without (the record reading's): when one of
+                them cannot be fetched (or its template filled, or the server is not
+                allowlisted) it is left out of the result and logged, never raised.
 
         Returns:
             key -> a FHIR resource: the resource read, or one ``searchset`` Bundle holding the
-            entries of every page read.
+            entries of every page read; an ``optional`` key that failed is absent.
 
         Raises:
             RequestError: 412 ``not-found`` when ``fhir_server`` is not on the allowlist or a
@@ -151,6 +155,8 @@ class FhirClient:
         if not self.policy.allowed(fhir_server):
             for key in keys:
                 observe_fhir_fetch(key, "not-allowed")
+            if all(key in optional for key in keys):
+                return {}
             raise RequestError(
                 412, "not-found",
                 "fhirServer is not on this service's allowlist of FHIR servers (VCF_CDS_FHIR_ALLOWLIST), "
@@ -166,12 +172,19 @@ class FhirClient:
             query = fill_template(templates[key], context, user_id)
             if query is None:
                 observe_fhir_fetch(key, "unfillable")
+                if key in optional:
+                    continue
                 raise RequestError(412, "not-found", f"prefetch '{key}' ({templates[key]}): a token of the "
                                    "template cannot be filled from this request's context", [f"prefetch.{key}"])
             queries[key] = query
         if len(queries) == 1:
-            return {key: self._fetch_one(key, templates[key], base, query, headers, deadline)
-                    for key, query in queries.items()}
+            [(key, query)] = queries.items()
+            try:
+                return {key: self._fetch_one(key, templates[key], base, query, headers, deadline)}
+            except RequestError:
+                if key in optional:
+                    return {}
+                raise
         # The queries are independent: running them side by side makes the wait the slowest
         # query, not the sum, against EHR servers that take 100 ms or more per search.
         # Each thread runs in a copy of this request's context, so its log lines keep the
@@ -182,7 +195,15 @@ class FhirClient:
         # Wait for all (each is bounded by the deadline) so nothing runs on after the answer,
         # and report the first failing key in template order, whichever failed first in time.
         wait(futures.values())
-        return {key: future.result() for key, future in futures.items()}
+        out: dict[str, Any] = {}
+        for key, future in futures.items():
+            try:
+                out[key] = future.result()
+            except RequestError:
+                if key not in optional:
+                    raise
+                # Already logged and counted by _fetch_one; the answer is given without it.
+        return out
 
     def _fetch_one(self, key: str, template: str, base: str, query: str, headers: dict[str, str],
                    deadline: float) -> dict[str, Any]:
