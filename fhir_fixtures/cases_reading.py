@@ -149,7 +149,8 @@ def build(bc: ModuleType) -> None:
         200, None, {f"ServiceRequest/{sr['id']}": None}, ["info"],
         "The alendronate order is active: osteoporosis therapy is on record (RxNorm 904419, shown as evidence), "
         "so there is no osteoporosis-therapy reminder and, with nothing else to check, no checklist card. No "
-        "rating: V6 / V7 facts missing, the one info card asks for MRI edema or a worsening sign. The same "
+        "rating: V6 / V7 facts missing, the one info card asks for MRI edema or a worsening sign and says the "
+        "radiology reports could not be read. The same "
         "record without its MedicationRequests gets the reminder (tests/test_record_reading.py).",
         codes_outside_section4={code: "in the Synthea record, copied unchanged" for code in sorted(synthea_codes)})
 

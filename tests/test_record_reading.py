@@ -138,6 +138,10 @@ def test_synthea_alendronate_record_gets_no_therapy_reminder(knowledge, schemas)
     assert "**Osteoporosis therapy**: none on record" in details(out)
     assert "Not available to this service, so not checked: radiology reports, medications, INR and platelet results." \
         in details(out)
+    # With the medications read and no reports: the card asking for MRI edema says it could not read them.
+    body = request("reading-synthea-willia-alendronate-kyphoplasty")
+    [card] = cards(run(knowledge, schemas, body))
+    assert "Radiology reports were not available to this service" in card["detail"]
 
 
 def test_synthea_mri_fixture_carries_the_medication_requests(knowledge, schemas):

@@ -227,6 +227,7 @@ CARD_TEXT: Mapping[str, frozenset[str]] = MappingProxyType({
     "notReadRadiologyReports": _NONE,
     "notReadMedications": _NONE,
     "notReadCoagulationLabs": _NONE,
+    "missingReportsNotRead": _NONE,
     "reportEvidence": _NONE,  # how report text evidence is marked: "from report text, unconfirmed"
     "medicationNameEvidence": _NONE,  # a drug recognised by its name, not a listed RxNorm code
 })

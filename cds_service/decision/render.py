@@ -544,6 +544,9 @@ class _Renderer:
             name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
             kind = CardKind.MISSING_FACTS
             detail = [self.lead(kind, procedure=name), "", self.say("recordOneOf"), *[f"- {o}" for o in options], ""]
+            if (od.reading is not None and "radiologyReports" in od.reading.unavailable
+                    and any(Fact.MARROW_EDEMA in gap for gap in choice.missing)):
+                detail += [self.say("missingReportsNotRead"), ""]  # the MRI may be on record, unread
             if choice.candidates:
                 detail += [self.say("candidateVariants"), *self.candidate_lines(choice.candidates), ""]
             detail += self.order_evidence(od, None)
