@@ -300,3 +300,17 @@ def test_reading_keys_from_a_server_not_allowlisted_are_not_read_and_not_refused
     assert resp.status_code == 200  # the record itself was sent: nothing required is missing
     assert "Not available to this service, so not checked: radiology reports, medications, INR and platelet " \
         "results." in json.dumps(resp.get_json())
+
+
+def test_edema_whose_level_cannot_be_tied_to_the_fracture_is_shown_for_confirmation(knowledge, schemas):
+    body = request("reading-seed-003-mri-report-v6")
+    body["prefetch"]["conditions"]["entry"][1]["resource"]["code"]["text"] = "Osteoporotic compression fracture"
+    report = body["prefetch"]["radiologyReports"]["entry"][0]["resource"]
+    report["conclusion"] = "Bone marrow edema is present in a mid-thoracic vertebral body."
+    out = run(knowledge, schemas, body)
+    [od] = out.decision.orders
+    assert od.pama is None  # not variant 6 on a guess
+    missing = next(c for c in cards(out) if "cannot be rated" in c["detail"])
+    assert "its level could not be tied to the current fracture" in missing["detail"]
+    assert "“Bone marrow edema is present in a mid-thoracic vertebral body.” (from report text, unconfirmed)" \
+        in missing["detail"]

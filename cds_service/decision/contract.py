@@ -228,6 +228,7 @@ CARD_TEXT: Mapping[str, frozenset[str]] = MappingProxyType({
     "notReadMedications": _NONE,
     "notReadCoagulationLabs": _NONE,
     "missingReportsNotRead": _NONE,
+    "missingEdemaLevelUnknown": _NONE,
     "reportEvidence": _NONE,  # how report text evidence is marked: "from report text, unconfirmed"
     "medicationNameEvidence": _NONE,  # a drug recognised by its name, not a listed RxNorm code
 })

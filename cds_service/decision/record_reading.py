@@ -95,6 +95,8 @@ class OrderReading:
     judgements out of range for the ordered procedure. ``skipped``: report attachments and
     reports not read (for ``skippedResources``). ``unavailable``: prefetch keys not read.
     ``evidence``: fact -> the evidence the reading adds to the record's facts.
+    ``unplaced``: marrow edema or cleft in a recent spine MRI whose level could not be tied to
+    a current fracture (evidence for the card asking to confirm it; not a fact).
     """
 
     imaging: ImagingFacts | None = None
@@ -104,6 +106,7 @@ class OrderReading:
     skipped: tuple[SkippedContent, ...] = ()
     unavailable: tuple[str, ...] = ()
     evidence: Mapping[str, tuple[Evidence, ...]] = field(default_factory=dict)
+    unplaced: tuple[Evidence, ...] = ()
 
     @property
     def no_spine_mri(self) -> bool:
@@ -181,6 +184,7 @@ def read_order(knowledge: Knowledge, text: RecordText, *, procedure: Procedure |
     now = reading_time(as_of)
     evidence: dict[str, list[Evidence]] = {}
     imaging = None
+    unplaced: tuple[Evidence, ...] = ()
     same: tuple[ReportReading, ...] = ()
     skipped: tuple[SkippedContent, ...] = ()
     if REPORTS_KEY not in text.unavailable:
@@ -200,6 +204,7 @@ def read_order(knowledge: Knowledge, text: RecordText, *, procedure: Procedure |
         by_id = {r.report_id: r for r in read.readings}
         for f in imaging.edema_or_cleft:
             evidence.setdefault(Fact.MARROW_EDEMA, []).append(_report_evidence(Fact.MARROW_EDEMA, f, by_id[f.report_id]))
+        unplaced = tuple(_report_evidence(Fact.MARROW_EDEMA, f, by_id[f.report_id]) for f in imaging.level_unknown)
         if imaging.incidental_fractures and not _recent_back_pain(facts, as_of, k.imaging.recentMriDays):
             for f in imaging.incidental_fractures:
                 evidence.setdefault(Fact.ASYMPTOMATIC, []).append(_report_evidence(Fact.ASYMPTOMATIC, f, by_id[f.report_id]))
@@ -231,7 +236,7 @@ def read_order(knowledge: Knowledge, text: RecordText, *, procedure: Procedure |
         values = text.once("labs", as_of, lambda: read_labs(text.observations, now=now, knowledge=k))
         labs = out_of_range_for_procedure(values, procedure.id, k)
     return OrderReading(imaging, same, meds, labs, skipped, text.unavailable,
-                        MappingProxyType({f: tuple(evs) for f, evs in evidence.items()}))
+                        MappingProxyType({f: tuple(evs) for f, evs in evidence.items()}), unplaced)
 
 
 def with_reading(knowledge: Knowledge, facts: FactSet, reading: OrderReading) -> FactSet:

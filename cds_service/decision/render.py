@@ -547,6 +547,9 @@ class _Renderer:
             if (od.reading is not None and "radiologyReports" in od.reading.unavailable
                     and any(Fact.MARROW_EDEMA in gap for gap in choice.missing)):
                 detail += [self.say("missingReportsNotRead"), ""]  # the MRI may be on record, unread
+            if od.reading is not None and od.reading.unplaced and any(Fact.MARROW_EDEMA in g for g in choice.missing):
+                detail += [self.say("missingEdemaLevelUnknown"),
+                           *self.evidence_block(((None, e) for e in od.reading.unplaced), heading=False), ""]
             if choice.candidates:
                 detail += [self.say("candidateVariants"), *self.candidate_lines(choice.candidates), ""]
             detail += self.order_evidence(od, None)
