@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime, time
 from types import MappingProxyType
 from typing import TypeVar
 
-from cds_service.decision.contract import Fact
+from cds_service.decision.contract import ComputedFact, Fact
 from cds_service.decision.knowledge import Knowledge, Procedure
 from cds_service.decision.reading.imaging import ImagingFacts, imaging_facts, same_study_recently
 from cds_service.decision.reading.labs import LabJudgement, out_of_range_for_procedure, read_labs
@@ -196,18 +196,19 @@ def read_order(knowledge: Knowledge, text: RecordText, *, procedure: Procedure |
         if any(r.findings for r in read.readings):
             by_ref = {f"Condition/{c.get('id')}": c for c in conditions}
             by_ref.update({f"Procedure/{p.get('id')}": p for p in procedures})
-            current = facts.evidence.get("vcf-current") or facts.evidence.get(Fact.VCF, ())
+            current = facts.evidence.get(ComputedFact.VCF_CURRENT) or facts.evidence.get(Fact.VCF, ())
             fracture_levels = _levels(k, by_ref, current)
             augmented_levels = _levels(k, by_ref, facts.evidence.get(Fact.AUGMENTATION_HISTORY, ()))
         imaging = imaging_facts(read.readings, now=now, fracture_levels=fracture_levels,
                                 augmented_levels=augmented_levels, knowledge=k)
-        by_id = {r.report_id: r for r in read.readings}
+        # The report each finding came from (by identity: reports need not have an id).
+        source = {id(f): r for r in read.readings for f in r.findings}
         for f in imaging.edema_or_cleft:
-            evidence.setdefault(Fact.MARROW_EDEMA, []).append(_report_evidence(Fact.MARROW_EDEMA, f, by_id[f.report_id]))
-        unplaced = tuple(_report_evidence(Fact.MARROW_EDEMA, f, by_id[f.report_id]) for f in imaging.level_unknown)
+            evidence.setdefault(Fact.MARROW_EDEMA, []).append(_report_evidence(Fact.MARROW_EDEMA, f, source[id(f)]))
+        unplaced = tuple(_report_evidence(Fact.MARROW_EDEMA, f, source[id(f)]) for f in imaging.level_unknown)
         if imaging.incidental_fractures and not _recent_back_pain(facts, as_of, k.imaging.recentMriDays):
             for f in imaging.incidental_fractures:
-                evidence.setdefault(Fact.ASYMPTOMATIC, []).append(_report_evidence(Fact.ASYMPTOMATIC, f, by_id[f.report_id]))
+                evidence.setdefault(Fact.ASYMPTOMATIC, []).append(_report_evidence(Fact.ASYMPTOMATIC, f, source[id(f)]))
         if procedure is not None and procedure.kind == "imaging":
             loinc = next((str(c["code"]) for c in (order.get("code") or {}).get("coding") or ()
                           if isinstance(c, Mapping) and c.get("system") == LOINC and isinstance(c.get("code"), str)), None)
