@@ -103,11 +103,14 @@ def complete_prefetch(envelope: Envelope, service: ServiceDef, fhir_client: Fhir
     return prefetch
 
 
-def decide_orders(knowledge: Knowledge, envelope: Envelope, record: PatientRecord) -> Decision:
+def decide_orders(knowledge: Knowledge, envelope: Envelope, record: PatientRecord, *,
+                  pama_official_only: bool = False) -> Decision:
     """The decision on the selected orders given the patient's record
-    (:func:`cds_service.decision.engine.decide`, on the resources' JSON as sent)."""
+    (:func:`cds_service.decision.engine.decide`, on the resources' JSON as sent).
+    ``pama_official_only``: PAMA ratings only for OFFICIAL cells (setting ``PAMA_OFFICIAL_ONLY``)."""
     return decide(knowledge, selections=_raw(envelope.selections), draft_orders=_raw(envelope.draft_orders),
-                  conditions=_raw(record.conditions), procedures=_raw(record.procedures))
+                  conditions=_raw(record.conditions), procedures=_raw(record.procedures),
+                  pama_official_only=pama_official_only)
 
 
 def render_response(knowledge: Knowledge, envelope: Envelope, record: PatientRecord, decision: Decision,
@@ -154,7 +157,7 @@ def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, servic
     prefetch = complete_prefetch(envelope, service, fhir_client, max_depth=max_depth)
     record = parse_record(prefetch, patient_id=envelope.patient_id, required=service.requiredPrefetch,
                           reads=partial(yields_facts, knowledge))
-    decision = decide_orders(knowledge, envelope, record)
+    decision = decide_orders(knowledge, envelope, record, pama_official_only=options.pama_official_only)
     rendered = render_response(knowledge, envelope, record, decision, options)
     validate_response(rendered)
     return Outcome(envelope, record, decision, rendered)

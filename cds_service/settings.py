@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=1024, description="413 above this request size")
     argonaut_system_actions: bool = Field(True, description="also send ratings under extension.systemActions")
     qcdsm: str = Field("vcf-cds-hooks", min_length=1, description="pama-rating-qcdsm-consulted value")
+    pama_official_only: bool = Field(False, description="send PAMA ratings only for cells of the ACR's own published "
+                                     "table (OFFICIAL); none for SEED or SECONDARY cells")
     max_json_depth: int = Field(100, ge=10, le=1000, description="400 for deeper JSON nesting")
     fhir_allowlist: str = Field("", description="comma-separated FHIR base URLs the service may fetch from; "
                                 "empty: never fetch, a request lacking prefetch gets 412")

@@ -28,6 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import build_synthea_requests  # noqa: E402
+import cases_cards  # noqa: E402
 
 REQUESTS = HERE / "requests"
 SHARED = build_synthea_requests.shared_dir()
@@ -396,12 +397,13 @@ def build():
         "lumbar (22514).",
         "seed 000 (kyphoplasty indications: 'NO neurological symptoms!'); decision-rules §2.1, "
         "LCD L34228 relative exclusions",
-        200, None, {f"ServiceRequest/{sr['id']}": None}, ["critical", "warning"],
-        "Critical card: neurologic red flags -> MRI without contrast first and urgent spine-"
-        "surgery consultation. Warning card: neurologic deficit is listed against augmentation "
-        "(seed 000; LCD L34228 relative exclusion). No rating: no ACR variant covers "
-        "augmentation in a patient with red flags, so the order must not appear in the rating "
-        "actions.")
+        200, None, {f"ServiceRequest/{sr['id']}": None}, ["critical"],
+        "One critical card (one card per situation, issue 12): neurologic deficit is a relative "
+        "exclusion for augmentation needing spine-surgery evaluation (LCD L34228, decision-rules "
+        "§6.2), with urgent suggestions: MRI without contrast covering the thoracic and lumbar "
+        "spine (the fracture level is not coded; seed 000's cord compression was at T10) and a "
+        "spine-surgery consultation. No rating: no ACR variant covers augmentation in a patient "
+        "with red flags, so the order must not appear in the rating actions.")
 
     # ---- seed 001 ---------------------------------------------------------------
     for cid, cpt, rating, indicators, notes, sugg in [
@@ -417,13 +419,13 @@ def build():
          "One warning card with suggestions to replace the order by CT thoracic spine without "
          "contrast (72128) and/or MRI thoracic spine without contrast (72146), both Usually "
          "appropriate.", ["72128", "72146"]),
-        ("seed-001-v3-mri-after-kyphoplasty", "72146", "appropriate", ["info"],
+        ("seed-001-v3-mri-after-kyphoplasty", "72146", "appropriate", [],
          "V3: MRI spine area of interest without IV contrast is Usually appropriate -> "
-         "appropriate. Plus one info card (rule §2.7, seed 002 Dansie et al.): after "
-         "vertebroplasty/kyphoplasty, persistent edema (22% moderate/severe at > 6 months), "
-         "new edema (19-21%) and height loss (18%) at the treated level are common and not by "
-         "themselves ongoing pathology; a new fracture at another level was the pain source in "
-         "20 of 30 patients. Evidence: Procedure 22514 (L2, 2024-11-14).", None),
+         "appropriate, silence. The post-augmentation card (rule §2.7, seed 002 Dansie et al.: "
+         "edema and height loss persist at the treated level) fires only when the MRI covers the "
+         "treated level (issue 12): this thoracic MRI does not image the L2 level treated by "
+         "22514 (lumbar kyphoplasty), so no card; cards-mri-after-kyphoplasty-same-level shows the "
+         "lumbar MRI that does.", None),
     ]:
         pid, enc, h, pat, conds, procs = story_001(cid)
         sr = service_request(f"sr-{h}-img", pid, cpt, enc, reasons=("161891005",))
@@ -473,14 +475,13 @@ def build():
     sr = service_request(f"sr-{h}-abl", pid, "20982", enc, reasons=("42942008",))
     add(cid, request(cid, pat, conds, [sr], procedures=[]),
         "Seed 003 story (no edema code); order percutaneous radiofrequency ablation (20982).",
-        "seed 003; decision-rules §1 V6/V7 (ablation UNA), §3.3",
-        200, None, {f"ServiceRequest/{sr['id']}": None}, ["info"],
-        "Same missing-edema situation: V6 cannot be chosen without the marrow-edema fact, so no "
-        "rating and one info card naming the missing fact. Note for clinicians: ablation is "
-        "Usually not appropriate in both V6 and V7 (it treats tumour, not a benign osteoporotic "
-        "fracture), so once edema can be coded this order would be rated not-appropriate; the "
-        "service must still not guess now. No osteoporosis-therapy reminder (not an "
-        "augmentation order).")
+        "seed 003; decision-rules §1 V6/V7 (ablation UNA), §6.10 (candidate variants that agree)",
+        200, "V6", {f"ServiceRequest/{sr['id']}": "not-appropriate"}, ["warning"],
+        "The record leaves V6 (needs marrow edema) and V7 (needs recent worsening) open, and both "
+        "rate ablation Usually not appropriate (it treats tumour, not a benign osteoporotic "
+        "fracture): the service rates it not-appropriate without asking for a fact that would not "
+        "change the rating (decision-rules §6.10). One warning card naming both variants. No "
+        "osteoporosis-therapy reminder (not an augmentation order).")
 
     # ---- seed 004 ---------------------------------------------------------------
     cid = "seed-004-v7-augmentation"
@@ -492,29 +493,31 @@ def build():
         "thoracic (22513).",
         "seed 004 (ACR V7, benign VCF with worsening pain, deformity or pulmonary dysfunction); "
         "decision-rules §1 V7, §2.3, §2.6",
-        200, "V7", {f"ServiceRequest/{sr['id']}": "appropriate"}, ["info", "info"],
+        200, "V7", {f"ServiceRequest/{sr['id']}": "appropriate"}, ["info"],
         "V7 (SEED 004, exact title UNCONFIRMED - the card/rating detail should say so): "
-        "percutaneous vertebral augmentation Usually appropriate -> appropriate. Info reminders: "
-        "(1) no MRI marrow edema on record - an MRI (STIR) confirming edema is usually needed "
-        "before augmentation, the fracture is now ~13 weeks old (§2.3); (2) no osteoporosis "
-        "therapy on record - start/optimise it with augmentation (§2.6). One card with both "
-        "points is also acceptable.",
-        acceptable_indicators=[["info", "info"], ["info"]])
+        "percutaneous vertebral augmentation Usually appropriate -> appropriate. One checklist "
+        "info card for the augmentation order (issue 12): (1) no MRI marrow edema on record - an "
+        "MRI (STIR) confirming edema is usually needed before augmentation, the fracture is now "
+        "~13 weeks old (§2.3); (2) no osteoporosis therapy on record - start/optimise it with "
+        "augmentation (§2.6). The card says the rating comes from teaching material, not the "
+        "ACR's published table.")
 
-    for cid, kind, what in [("seed-004-coagulopathy", "anticoag", "long-term anticoagulant use (Z79.01)"),
-                            ("seed-004-coagulopathy-d68", "coag", "coagulation defect (D68.9 / SNOMED 64779008)")]:
+    for cid, kind, what, indicator, bleeding in [
+            ("seed-004-coagulopathy", "anticoag", "long-term anticoagulant use (Z79.01)", "info",
+             "anticoagulant use: plan peri-procedural management, check INR and platelets (SIR consensus, "
+             "Patel IJ et al., J Vasc Interv Radiol 2019;30:1168-1184) - not 'a contraindication'"),
+            ("seed-004-coagulopathy-d68", "coag", "coagulation defect (D68.9 / SNOMED 64779008)", "warning",
+             "coagulopathy: uncorrected coagulopathy is a relative exclusion (LCD L34228), so the card "
+             "is a warning")]:
         pid, enc, h, pat, conds = story_004(cid, extra=(kind,))
         sr = service_request(f"sr-{h}-kp", pid, "22513", enc, reasons=("279039007",))
         add(cid, request(cid, pat, conds, [sr], procedures=[]),
             f"Seed 004 story plus {what}; order kyphoplasty thoracic (22513).",
             "seed 004; seed 000 (contraindications: coagulation disorders); decision-rules §2.2 "
             "(LCD L34228: uncorrected coagulopathy relative)",
-            200, "V7", {f"ServiceRequest/{sr['id']}": "appropriate"}, ["warning", "info", "info"],
-            "Rating stays appropriate (V7). Plus a warning card: coagulopathy / anticoagulation "
-            "is a contraindication to augmentation (seed 000; relative in LCD L34228) - correct "
-            "or hold before the procedure. Same info reminders as seed-004-v7-augmentation "
-            "(edema MRI, osteoporosis therapy), possibly as one card.",
-            acceptable_indicators=[["warning", "info", "info"], ["warning", "info"]])
+            200, "V7", {f"ServiceRequest/{sr['id']}": "appropriate"}, [indicator],
+            "Rating stays appropriate (V7). One checklist card for the augmentation order (issue 12, "
+            "decision-rules §6.6): edema MRI, osteoporosis therapy and " + bleeding + ".")
 
     # ---- V1 -----------------------------------------------------------------------
     cid = "v1-new-vcf-mri-with-contrast"
@@ -623,14 +626,12 @@ def build():
         "67F, bone metastases (C79.51), thoracic VCF on radiographs (M48.54XA), NO back pain "
         "coded and nothing saying she is asymptomatic; order MRI thoracic without and with "
         "contrast (72157).",
-        "decision-rules §1 V2 / V4 (SECONDARY), §3.3", 200, None,
-        {f"ServiceRequest/{sr['id']}": None}, [],
-        "Symptom status is UNKNOWN: the absence of a pain code is not evidence of no pain, and no "
-        "§4 code says 'asymptomatic' (SNOMED 84387000 is not confirmed, so it is not used). V2 "
-        "(symptomatic) and V4 (asymptomatic) cannot be told apart -> no rating, and at most one "
-        "info card naming the missing fact (is the fracture symptomatic?). Clinically both V2 and "
-        "V4 rate MRI without and with as Usually appropriate, but the service must not guess "
-        "(§3.3).",
+        "decision-rules §1 V2 / V4 (SECONDARY), §6.10 (candidate variants that agree)", 200, "V2",
+        {f"ServiceRequest/{sr['id']}": "appropriate"}, [],
+        "Symptom status is UNKNOWN: the absence of a pain code is not evidence of no pain. V2 "
+        "(symptomatic) and V4 (asymptomatic) cannot be told apart, but together they cover both "
+        "cases and both rate MRI without and with IV contrast Usually appropriate (SECONDARY), so "
+        "the order is rated appropriate without asking (decision-rules §6.10); silence.",
         acceptable_indicators=[[], ["info"]])
 
     cid = "v8-pathologic-augmentation"
@@ -643,10 +644,11 @@ def build():
         {f"ServiceRequest/{sr['id']}": "no-criteria-apply"}, [],
         "V8 is identified, but V8 only rates radiation oncology consultation (UA); augmentation "
         "is UNKNOWN in V8 -> rating no-criteria-apply (a variant applies but has no rating for "
-        "this procedure). No contrast/imaging card. An info card pointing to radiation oncology "
-        "consultation (V8 UA, SECONDARY) would be clinically sensible and is acceptable; no "
-        "order code for it exists in §4, so no suggestion action. The radiation-oncology "
-        "order case (v8-pathologic-radonc) was NOT built: §4 has no code for that consultation. "
+        "this procedure). No contrast/imaging card. Nothing is deleted (the cell is unknown to this "
+        "service, not unrated by the ACR; issue 12): one info card leads with 'Add radiation "
+        "oncology consultation' (V8 UA, SECONDARY, said in words) and its suggestion only creates "
+        "that consultation (SNOMED CT referral code from the service's value set). The radiation-"
+        "oncology order case (v8-pathologic-radonc) was NOT built: §4 has no code for that consultation. "
         "Augmentation orders also get the reminder that no MRI evidence of edema is on record "
         "(decision-rules §2.3); no osteoporosis-therapy reminder, the fracture being pathologic.",
         acceptable_indicators=[[], ["info"], ["info", "info"]])
@@ -762,8 +764,13 @@ def build():
                             "The order is in the §4 CT lumbar list (72133) but no variant applies."},
     })
 
+    cases_cards.add_cases(sys.modules[__name__])
+
     # ---- Synthea ------------------------------------------------------------------
     CASES.extend(build_synthea_requests.manifest_entries(write=True))
+
+    # ---- issue 12: which codes count for which fact, and time ------------------------
+    __import__("cases_facts").build(sys.modules[__name__])
 
     (HERE / "cases.json").write_text(json.dumps(CASES, indent=2, ensure_ascii=False) + "\n",
                                      encoding="utf-8")

@@ -144,13 +144,13 @@ def check_case(case, problems):
                 validate_resource(b, f"prefetch.{key}", failures)
     # codes
     hand_written = not (cid.startswith("synthea-") or cid.startswith("argonaut-"))
-    allowed_extra = DELIBERATE.get(cid, set())
+    allowed_extra = DELIBERATE.get(cid, set()) | set(case.get("codes_outside_section4", ()))
     for c in codings(body):
         system, code = c["system"], c["code"]
         if system == ICD_SYS:
             if not icd.is_valid_item(code):
                 problems.append(f"{cid}: ICD-10-CM {code} is not valid (simple_icd_10_cm)")
-            elif hand_written and not any(re.fullmatch(p, code) for p in SECTION4_ICD):
+            elif hand_written and code not in allowed_extra and not any(re.fullmatch(p, code) for p in SECTION4_ICD):
                 problems.append(f"{cid}: ICD-10-CM {code} is not in decision-rules §4")
         elif system == SCT_SYS and hand_written and code not in SECTION4_SCT | allowed_extra:
             problems.append(f"{cid}: SNOMED {code} is not in decision-rules §4")

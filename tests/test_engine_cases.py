@@ -120,15 +120,17 @@ def test_red_flag_suggests_only_what_is_not_already_ordered(knowledge, schemas):
     assert len(labels) == 2 and critical[0]["selectionBehavior"] == "any"
     resources = [s["actions"][0]["resource"] for s in critical[0]["suggestions"]]
     assert all(r["priority"] == "urgent" for r in resources)
-    assert resources[0]["code"]["coding"][0]["code"] == "72148"  # lumbar, like the selected order
-    # Add an MRI without contrast to the draft orders: only the consultation is still missing.
+    # The selected lumbar MRI without and with contrast includes the non-contrast study; the
+    # fracture level is not coded, so only the thoracic spine is still missing.
+    assert resources[0]["code"]["coding"][0]["code"] == "72146"
+    # Add a thoracic MRI without contrast to the draft orders: only the consultation is still missing.
     mri = copy.deepcopy(body["context"]["draftOrders"]["entry"][0])
     mri["resource"]["id"] = "sr-extra-mri-wo"
-    mri["resource"]["code"] = {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "72148"}]}
+    mri["resource"]["code"] = {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "72146"}]}
     body["context"]["draftOrders"]["entry"].append(mri)
     out = run(knowledge, schemas, body)
     critical = [c for c in out.rendered.response["cards"] if c["indicator"] == "critical"][0]
-    assert [s["label"] for s in critical["suggestions"]] == ["Order urgent: Surgical consultation"]
+    assert [s["label"] for s in critical["suggestions"]] == ["Order urgent: spine surgery consultation"]
 
 
 def _with_conditions(body, *codings_and_fields):
@@ -153,7 +155,8 @@ def test_traumatic_fracture_is_outside_the_criteria(knowledge, schemas):
     out = run(knowledge, schemas, body)
     assert out.decision.orders[0].choice.status == "excluded"
     assert out.decision.orders[0].pama is None
-    assert [c["summary"] for c in out.rendered.response["cards"]][0].startswith("Traumatic vertebral fracture")
+    (card,) = out.rendered.response["cards"]
+    assert card["summary"].startswith("Spine surgery evaluation") and "traumatic" in card["summary"]
 
 
 def test_malignancy_moves_the_same_patient_to_v2_with_secondary_provenance(knowledge, schemas):
@@ -166,7 +169,8 @@ def test_malignancy_moves_the_same_patient_to_v2_with_secondary_provenance(knowl
     out = run(knowledge, schemas, body)
     assert out.decision.orders[0].pama == "no-criteria-apply"
     (card,) = out.rendered.response["cards"]
-    assert "secondary (third-party) summary" in card["detail"]
+    assert "third-party summary of the ACR table" in card["detail"]
+    assert "suggestions" not in card  # the ACR rated it; this service lacks the cell: nothing replaced
 
 
 def test_acuity_from_onset_when_no_seventh_character(knowledge, schemas):
@@ -186,7 +190,8 @@ def test_may_be_appropriate_gets_one_info_card_and_finer_coding(knowledge, schem
     body["context"]["draftOrders"]["entry"][0]["resource"]["code"]["coding"][0]["code"] = "78306"
     out = run(knowledge, schemas, body)
     (card,) = out.rendered.response["cards"]
-    assert card["indicator"] == "info" and "May be appropriate" in card["summary"]
+    assert card["indicator"] == "info" and card["summary"].startswith("Consider CT thoracic spine WITHOUT contrast")
+    assert "**May be appropriate**" in card["detail"]
     codings = out.rendered.response["systemActions"][0]["resource"]["extension"][0]["valueCodeableConcept"]["coding"]
     assert [c["code"] for c in codings] == ["appropriate", "MBA"]
 

@@ -134,7 +134,7 @@ def test_configured_secret_makes_links_valid_across_deployments():
 
 def test_page_shows_the_order_rating_variant_facts_table_and_citation(client):
     body = load_json(FIXTURES / "requests" / "seed-001-v3-ct-with-contrast.json")
-    card = card_of_kind(client, "seed-001-v3-ct-with-contrast", "Usually not appropriate", body)
+    card = card_of_kind(client, "seed-001-v3-ct-with-contrast", "Use CT thoracic spine WITHOUT contrast", body)
     resp = open_page(client, card)
     page = page_text(resp)
     for phrase in [
@@ -191,7 +191,7 @@ def test_missing_facts_page_says_why_no_variant_and_what_to_record(client):
 
 
 def test_advisory_card_explains_its_own_order(client):
-    card = card_of_kind(client, "seed-004-coagulopathy", "Coagulopathy")
+    card = card_of_kind(client, "seed-004-coagulopathy", "Before vertebral augmentation")
     page = page_text(open_page(client, card))
     assert "This advice concerns every order" not in page
     assert "Variant V7" in page and "coagulopathy" in page

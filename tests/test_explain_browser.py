@@ -159,10 +159,12 @@ def test_contrast_formula_matches_wcag_reference_values():
 
 
 def test_seed_cases_without_cards_are_usually_appropriate_orders():
-    """A Usually appropriate order gets no card (its rating travels in systemActions), so two
-    seed cases have no card to link from; every other seed case is opened in the browser."""
+    """A Usually appropriate order gets no card (its rating travels in systemActions), so three
+    seed cases have no card to link from (the thoracic MRI after an L2 kyphoplasty does not image
+    the treated level: no post-augmentation card); every other seed case is opened in the browser."""
     silent = [c for c in SEED_CASES if c not in CARD_CASES]
-    assert {c["id"] for c in silent} == {"seed-001-v3-ct-without", "seed-001-v3-pain-from-reasoncode-only"}
+    assert {c["id"] for c in silent} == {"seed-001-v3-ct-without", "seed-001-v3-pain-from-reasoncode-only",
+                                         "seed-001-v3-mri-after-kyphoplasty"}
     assert all(set(c["expect"]["ratings"].values()) == {"appropriate"} for c in silent)
 
 

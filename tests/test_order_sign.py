@@ -56,7 +56,8 @@ def test_order_sign_rates_the_order_order_select_left_unselected(client):
     signed = client.post(SIGN_URL, json=as_order_sign(body)).get_json()
     assert ratings(signed) == {"sr-6ab1ee43-mri-wo": "appropriate", "sr-6ab1ee43-mri-wwo": "not-appropriate"}
     warning = [c for c in signed["cards"] if c["indicator"] == "warning"]
-    assert len(warning) == 1 and "Usually not appropriate" in warning[0]["summary"]
+    # 72148 is already among the draft orders: the advice is to drop 72158, not to add a second MRI.
+    assert len(warning) == 1 and warning[0]["summary"].startswith("Drop MRI lumbar spine without and with contrast")
 
 
 def test_order_sign_refuses_an_order_for_another_patient(client):

@@ -28,6 +28,12 @@ class Fact(StrEnum):
     OSTEOPOROTIC = "osteoporotic"
     OSTEOPOROSIS_THERAPY = "osteoporosis-therapy"
     AUGMENTATION_HISTORY = "augmentation-history"
+    VCF_FRAGILITY = "vcf-fragility"
+    OSTEOPOROSIS = "osteoporosis"
+    ASYMPTOMATIC = "asymptomatic"
+    BACK_PAIN = "back-pain"
+    COAGULOPATHY = "coagulopathy"
+    ANTICOAGULATION = "anticoagulation"
 
 
 FACT_USES: Mapping[Fact, str] = MappingProxyType({
@@ -35,11 +41,17 @@ FACT_USES: Mapping[Fact, str] = MappingProxyType({
     Fact.VCF_TRAUMATIC: "a traumatic fracture is outside the criteria (traumatic card)",
     Fact.NEURO_RED_FLAG: "neurologic red flags route imaging, raise the critical card and warn before augmentation",
     Fact.BLEEDING_RISK: "coagulopathy or anticoagulation warns before vertebral augmentation",
-    Fact.INFECTION: "spinal infection warns before vertebral augmentation",
+    Fact.INFECTION: "spinal infection is an absolute exclusion for vertebral augmentation (critical card, no rating)",
     Fact.MARROW_EDEMA: "without it, augmentation orders get the 'no MRI evidence of edema' reminder",
     Fact.OSTEOPOROTIC: "an osteoporotic fracture without therapy gets the osteoporosis-therapy reminder",
     Fact.OSTEOPOROSIS_THERAPY: "its absence gives augmentation orders the osteoporosis-therapy reminder",
     Fact.AUGMENTATION_HISTORY: "an MRI after vertebral augmentation gets the post-augmentation note",
+    Fact.VCF_FRAGILITY: "a traumatic code read as a fragility fracture stays in the criteria, with a card saying so",
+    Fact.OSTEOPOROSIS: "the fragility-fracture card shows the osteoporosis it was read from",
+    Fact.ASYMPTOMATIC: "augmentation for an asymptomatic fracture gets a warning",
+    Fact.BACK_PAIN: "with no fracture level coded, its region places suggested imaging",
+    Fact.COAGULOPATHY: "a coagulopathy makes the augmentation checklist a warning (relative exclusion)",
+    Fact.ANTICOAGULATION: "anticoagulant use adds peri-procedural management to the augmentation checklist",
 })
 
 
@@ -49,6 +61,7 @@ class ComputedFact(StrEnum):
 
     VCF_NEW = "vcf-new"
     VCF_PRIOR = "vcf-prior"
+    VCF_CURRENT = "vcf-current"
 
 
 class Advisory(StrEnum):
@@ -60,8 +73,11 @@ class Advisory(StrEnum):
     AUGMENT_INFECTION = "augment-infection"
     AUGMENT_NO_EDEMA = "augment-no-edema"
     AUGMENT_NO_THERAPY = "augment-no-therapy"
+    AUGMENT_ASYMPTOMATIC = "augment-asymptomatic"
     POST_AUGMENTATION_MRI = "post-augmentation-mri"
     STEER_IR = "steer-ir"
+    REGION_MISMATCH = "region-mismatch"
+    FRAGILITY_READING = "fragility-reading"
 
 
 class CardKind(StrEnum):
@@ -76,6 +92,7 @@ class CardKind(StrEnum):
     MISSING_FACTS = "missing-facts"
     CONFLICT = "conflict"
     TRAUMATIC = "traumatic"
+    AUGMENT_CHECKLIST = "augment-checklist"
 
 
 CARD_KINDS: tuple[str, ...] = (*CardKind, *Advisory)
@@ -92,6 +109,9 @@ PAMA_RATINGS: tuple[str, ...] = get_args(PamaRating)
 # A variant applies but its table does not rate the ordered procedure.
 NO_CRITERIA_APPLY: PamaRating = "no-criteria-apply"
 APPROPRIATE: PamaRating = "appropriate"
+NOT_APPROPRIATE: PamaRating = "not-appropriate"
+# Rating provenance (decision-rules.md §1): the setting PAMA_OFFICIAL_ONLY sends only these.
+OFFICIAL = "OFFICIAL"
 
 # Variants with this ``routing`` (``acr/*.json``) rate imaging when a neurologic red flag has
 # taken the patient out of the routine VCF pathway (decision-rules.md §2.1).
@@ -104,50 +124,90 @@ AUGMENTATION: Literal["augmentation"] = "augmentation"
 MRI_MODALITY = "MR"
 
 # ---- card wording (cards.json) -----------------------------------------------------------
-# Which {placeholders} each text may use: render.py fills exactly these. Every card about an
-# order may name the ordered procedure; the red-flag card is about the whole call.
-_ORDER = frozenset({"procedure"})
+# Which {placeholders} each text may use: render.py fills exactly these.
 _NONE: frozenset[str] = frozenset()
+_WHERE = frozenset({"order", "fracture"})  # regions named by the order and by the fracture codes
+_F = frozenset
 CARD_PLACEHOLDERS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = MappingProxyType({
     # kind: (summary, detail)
-    CardKind.RED_FLAG: (_NONE, _NONE),
-    CardKind.NOT_APPROPRIATE: (_ORDER, _ORDER | {"category"}),
-    CardKind.MAY_BE_APPROPRIATE: (_ORDER, _ORDER | {"category"}),
-    CardKind.NO_CRITERIA: (_ORDER, _ORDER),
-    CardKind.MISSING_FACTS: (_ORDER | {"missing"}, _ORDER),
-    CardKind.CONFLICT: (_ORDER, _ORDER),
-    CardKind.TRAUMATIC: (_ORDER, _ORDER),
-    Advisory.STEER_IR: (_ORDER, _ORDER | {"augmentation"}),
-    **{a: (_ORDER, _ORDER) for a in Advisory if a is not Advisory.STEER_IR},
+    CardKind.RED_FLAG: (_F({"actions"}), _NONE),
+    CardKind.NOT_APPROPRIATE: (_F({"alternative", "reason"}), _F({"ordered", "category"})),
+    CardKind.MAY_BE_APPROPRIATE: (_F({"alternative", "ordered", "scenario"}), _F({"ordered", "category"})),
+    CardKind.NO_CRITERIA: (_F({"ordered"}), _F({"ordered"})),
+    CardKind.MISSING_FACTS: (_F({"missing", "procedure"}), _F({"procedure"})),
+    CardKind.CONFLICT: (_F({"procedure"}), _F({"procedure"})),
+    CardKind.TRAUMATIC: (_F({"procedure"}), _F({"procedure"})),
+    CardKind.AUGMENT_CHECKLIST: (_F({"items"}), _NONE),
+    Advisory.STEER_IR: (_F({"procedure", "augmentation"}), _F({"procedure", "augmentation"})),
+    Advisory.AUGMENT_BLEEDING: (_F({"items"}), _NONE),  # the checklist card when a coagulopathy makes it a warning
+    Advisory.REGION_MISMATCH: (_WHERE, _WHERE),
+    Advisory.AUGMENT_ASYMPTOMATIC: (_WHERE, _WHERE),
+    Advisory.FRAGILITY_READING: (_WHERE, _WHERE),
+    # Said inside other cards: augment-neuro by the red-flag card, the two reminders as checklist items.
+    **{a: (_NONE, _NONE) for a in (Advisory.AUGMENT_NEURO, Advisory.AUGMENT_INFECTION, Advisory.AUGMENT_NO_EDEMA,
+                                   Advisory.AUGMENT_NO_THERAPY, Advisory.POST_AUGMENTATION_MRI)},
 })
 # Phrases the cards share (cards.json ``text``) and their placeholders.
 CARD_TEXT: Mapping[str, frozenset[str]] = MappingProxyType({
+    # summaries other than a kind's own
+    "useInsteadShort": _F({"alternative", "ordered"}),  # not-appropriate, when the reason would not fit
+    "useInsteadMayShort": _F({"alternative", "ordered"}),
+    "notAppropriate": _F({"ordered", "scenario"}),  # nothing to suggest
+    "mayBeAppropriate": _F({"ordered", "scenario"}),
+    "removeDuplicate": _F({"ordered", "alternative"}),  # the better-rated study is already a draft order
+    "noRatingAdd": _F({"alternative", "scenario"}),  # a consultation to add beside an order kept as it is
     "missingFactsShort": _NONE,  # the missing-facts summary when the list would not fit
+    "redFlagCovered": _NONE,  # every red-flag order already drafted
+    "redFlagActionsShort": _NONE,
+    "reasonContrast": _F({"scenario"}),
+    "reasonGeneric": _F({"ordered", "scenario"}),
+    "reasonRatedHigher": _F({"ordered", "scenario"}),
+    "irReferralShort": _NONE,
+    "spineSurgeryConsultation": _NONE,
+    # detail paragraphs
+    "neverReplacedLead": _F({"ordered", "why"}),
+    "wholeSpineNote": _NONE,
+    "redFlagRegionUnknown": _NONE,
+    "redFlagRegionThoracic": _NONE,
+    "redFlagRegionLumbar": _NONE,
+    "checklistAnticoag": _NONE,
+    "checklistAnticoagDetail": _NONE,
+    "checklistCoag": _NONE,
+    "checklistCoagDetail": _NONE,
     "recordOneOf": _NONE,
     "candidateVariants": _NONE,
+    "variantsAgree": _F({"variants"}),
     "evidenceHeading": _NONE,
-    "redFlagEvidenceHeading": _NONE,
-    "redFlagRouting": frozenset({"topic", "title"}),
-    "urgentOrderLabel": frozenset({"procedure"}),
-    "urgentOrderAction": frozenset({"procedure"}),
-    "variantHeading": frozenset({"variant", "title"}),
-    "variantHeadingUnconfirmed": frozenset({"variant", "title"}),
-    "topicLine": frozenset({"topic", "revised"}),
+    "evidenceMore": _F({"n"}),
+    "evidenceMoreLink": _F({"n", "url"}),
+    "orderReason": _NONE,
+    "redFlagRouting": _F({"topic", "title"}),
+    "variantHeading": _F({"variant", "title"}),
+    "variantHeadingUnconfirmed": _F({"variant", "title"}),
+    "topicLine": _F({"topic", "revised"}),
     "orderedHeading": _NONE,
     "alternativesHeading": _NONE,
-    "ratingScore": frozenset({"score"}),
-    "ratingRadiation": frozenset({"rrl"}),
-    "ratingRadiationNote": frozenset({"rrl", "note"}),
-    "ratingSource": frozenset({"provenance"}),
-    "sourceLine": frozenset({"citation", "url"}),
-    "sourceLineUnconfirmed": frozenset({"citation", "url"}),
+    "ratingScore": _F({"score"}),
+    "ratingRadiation": _F({"rrl"}),
+    "ratingRadiationNote": _F({"rrl", "note"}),
+    "ratingSource": _F({"provenance"}),
+    "provenanceOFFICIAL": _NONE,  # where a rating comes from, in words (ratingSource)
+    "provenanceSEED": _NONE,
+    "provenanceSECONDARY": _NONE,
+    "seedNote": _NONE,
     "secondaryNote": _NONE,
-    "unconfirmedNote": frozenset({"items"}),
-    "unconfirmedCode": frozenset({"code"}),
-    "replaceLabel": frozenset({"procedure"}),
-    "replaceRemove": frozenset({"order"}),
-    "replaceOrder": frozenset({"procedure", "category"}),
-    "referralLabel": frozenset({"referral"}),
-    "ratingAction": frozenset({"rating"}),
+    "sourceLine": _F({"citation", "url"}),
+    "sourceLineUnconfirmed": _F({"citation", "url"}),
+    "unconfirmedNote": _F({"items"}),
+    # suggestions and actions
+    "urgentOrderLabel": _F({"procedure"}),
+    "urgentOrderAction": _F({"procedure"}),
+    "replaceLabel": _F({"procedure"}),
+    "replaceRemove": _F({"order"}),
+    "replaceOrder": _F({"procedure", "category"}),
+    "referralLabel": _F({"referral"}),
+    "removeLabel": _F({"procedure"}),
+    "withdrawLabel": _NONE,
+    "ratingAction": _F({"rating"}),
     "explainLink": _NONE,
 })

@@ -15,6 +15,8 @@ from cds_service.decision.contract import (
     AUGMENTATION,
     MRI_MODALITY,
     NO_CRITERIA_APPLY,
+    NOT_APPROPRIATE,
+    OFFICIAL,
     USUALLY_APPROPRIATE,
     Advisory,
     Fact,
@@ -51,8 +53,10 @@ class OrderDecision:
     the order itself is out of scope (no procedure). ``rating`` is the ACR cell for the
     ordered procedure in the chosen variant; ``pama`` the Argonaut rating code, None when no
     rating can be determined (the order then SHALL NOT appear in rating actions,
-    decision-rules.md §5). ``alternatives`` are the variant's Usually appropriate procedures
-    other than the one ordered, in table order.
+    decision-rules.md §5), also when the order misses the fractured region or the site sends
+    only OFFICIAL ratings. ``alternatives`` are the variant's Usually appropriate procedures
+    other than the one ordered, in table order. ``fracture_regions`` are the spine regions
+    the record's fracture codes name (M48.5-, S22.0-, S32.0-).
     """
 
     ref: str
@@ -64,6 +68,7 @@ class OrderDecision:
     pama: PamaRating | None
     alternatives: tuple[Rating, ...]
     advisories: tuple[Advisory, ...]
+    fracture_regions: tuple[Region, ...] = ()
 
     @property
     def variant(self) -> Variant | None:
@@ -112,12 +117,57 @@ def _rating(variant: Variant | None, oc: OrderClass) -> Rating | None:
     return variant.rating_for(oc.procedure.id)
 
 
+def fracture_regions(knowledge: Knowledge, facts: FactSet) -> tuple[Region, ...]:
+    """Regions named by the record's vertebral fracture codes (decision-rules.md §6.8)."""
+    term = knowledge.terminology
+    evs = [e for f in (*knowledge.acuity.vcfFacts, Fact.VCF_TRAUMATIC) for e in facts.evidence.get(f, ())]
+    return tuple(r for r in knowledge.regions if r.fractureValueSet is not None
+                 and any(term.valuesets[r.fractureValueSet].contains(e.system, e.code) for e in evs))
+
+
+def region_mismatch(oc: OrderClass, fractured: Sequence[Region]) -> bool:
+    """The order names a region and the record names fractured regions, none of them covered."""
+    return oc.region is not None and bool(fractured) and not any(r.id in oc.region.covers for r in fractured)
+
+
+def _agreement(choice: VariantChoice, oc: OrderClass, facts: FactSet) -> VariantChoice | None:
+    """Rate when every variant the facts leave open rates the order alike (decision-rules.md
+    §6.10: V2/V4 MRI without and with contrast UA, V6/V7 ablation UNA).
+
+    Variants that all fit (``conflict``) agree on any rating. Open variants (``missing``)
+    agree on a Usually not appropriate rating outright; on any other rating only when they
+    cover every case: each one's missing facts are excluded by all the others (V2 needs back
+    pain, which V4 excludes; V4 needs 'asymptomatic', which V2 excludes). Otherwise the
+    patient might fit none of them and an 'appropriate' would be a guess (V6 needs marrow
+    edema, V7 recent worsening: a fracture with neither is in neither).
+    """
+    if choice.status == "conflict":
+        pool, exhaustive = choice.candidates, True
+    elif choice.status == "missing" and len(choice.open) > 1:
+        pool = choice.open
+        exhaustive = all(f in other.criteria.none for v in pool for other in pool if other is not v
+                         for f in v.criteria.all if f not in facts)
+    else:
+        return None
+    ratings = [_rating(v, oc) for v in pool]
+    categories = {r.category for r in ratings if r is not None}
+    if None in ratings or len(categories) != 1:
+        return None
+    if categories != {"UNA"} and not exhaustive:
+        return None
+    return VariantChoice("agreed", variant=pool[0], candidates=tuple(pool))
+
+
 def _advisories(knowledge: Knowledge, oc: OrderClass, facts: FactSet, choice: VariantChoice,
-                rating: Rating | None) -> tuple[Advisory, ...]:
+                rating: Rating | None, mismatch: bool = False) -> tuple[Advisory, ...]:
     p = oc.procedure
     if p is None:
         return ()
     out: list[Advisory] = []
+    if mismatch:
+        out.append(Advisory.REGION_MISMATCH)
+    if Fact.VCF_FRAGILITY in facts:
+        out.append(Advisory.FRAGILITY_READING)
     if p.category == AUGMENTATION:
         out += _augmentation_advisories(facts, choice)
     if p.modality == MRI_MODALITY and Fact.AUGMENTATION_HISTORY in facts:
@@ -128,14 +178,17 @@ def _advisories(knowledge: Knowledge, oc: OrderClass, facts: FactSet, choice: Va
 
 
 def _augmentation_advisories(facts: FactSet, choice: VariantChoice) -> list[Advisory]:
-    """Contraindications to vertebral augmentation on record, then reminders of what the
-    routine pathway needs first (decision-rules.md §2.2, §2.3, §2.6)."""
-    out = [advisory for fact, advisory in ((Fact.BLEEDING_RISK, Advisory.AUGMENT_BLEEDING),
+    """Contraindications to vertebral augmentation on record (infection first: an absolute
+    exclusion), then reminders of what the routine pathway needs first (decision-rules.md
+    §2.2, §2.3, §2.6, §6.5, §6.9)."""
+    out = [advisory for fact, advisory in ((Fact.INFECTION, Advisory.AUGMENT_INFECTION),
+                                           (Fact.BLEEDING_RISK, Advisory.AUGMENT_BLEEDING),
                                            (Fact.NEURO_RED_FLAG, Advisory.AUGMENT_NEURO),
-                                           (Fact.INFECTION, Advisory.AUGMENT_INFECTION)) if fact in facts]
-    # Reminders belong to the routine pathway; a red flag has already taken the patient
-    # out of it (decision-rules.md §2.1), and the critical card says what to do instead.
-    if Fact.NEURO_RED_FLAG in facts:
+                                           (Fact.ASYMPTOMATIC, Advisory.AUGMENT_ASYMPTOMATIC)) if fact in facts]
+    # Reminders belong to the routine pathway; a red flag or an infection has already taken
+    # the patient out of it (decision-rules.md §2.1, §6.5), and the critical card says what
+    # to do instead.
+    if Fact.NEURO_RED_FLAG in facts or Fact.INFECTION in facts:
         return out
     named_missing = any(Fact.MARROW_EDEMA in gap for gap in choice.missing)
     if Fact.MARROW_EDEMA not in facts and not named_missing:
@@ -156,8 +209,14 @@ def _steer_to_ir(knowledge: Knowledge, p: Procedure, v: Variant | None, rating: 
 
 
 def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Mapping],
-                 procedures: Sequence[Mapping], as_of: date | None = None) -> OrderDecision:
-    """Decide one order (raw FHIR ServiceRequest JSON) against the patient's record."""
+                 procedures: Sequence[Mapping], as_of: date | None = None,
+                 pama_official_only: bool = False) -> OrderDecision:
+    """Decide one order (raw FHIR ServiceRequest JSON) against the patient's record.
+
+    ``pama_official_only``: send a PAMA rating only for a cell the ACR's own published table
+    gives (provenance OFFICIAL); SEED and SECONDARY cells, and 'no criteria apply', are then
+    not sent (setting ``PAMA_OFFICIAL_ONLY``).
+    """
     ref = f"{raw.get('resourceType', 'ServiceRequest')}/{raw.get('id')}"
     # Only orders still being placed are rated; a revoked, completed or entered-in-error
     # request is not a decision the clinician is making now.
@@ -167,29 +226,45 @@ def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Map
     if oc.procedure is None:
         return OrderDecision(ref, raw, oc, facts, None, None, None, (), ())
     choice = choose_variant(knowledge, facts, oc.procedure.kind)
+    choice = _agreement(choice, oc, facts) or choice
+    if oc.procedure.category == AUGMENTATION and Fact.INFECTION in facts:
+        # Active infection is an absolute exclusion for augmentation (LCD L34228;
+        # decision-rules.md §6.5): no ACR cell applies, so no rating beside the critical card.
+        choice = VariantChoice("contraindicated")
     rating = _rating(choice.variant, oc)
     pama: PamaRating | None = None
     if rating is not None:
         pama = knowledge.pama_for(rating.category)
     elif choice.variant is not None:
         pama = NO_CRITERIA_APPLY
+    fractured = fracture_regions(knowledge, facts)
+    mismatch = region_mismatch(oc, fractured)
+    if mismatch and pama != NOT_APPROPRIATE:
+        # An order that misses the fractured region is not the study or treatment the
+        # variant rates (decision-rules.md §6.8): no 'appropriate', a warning instead.
+        pama = None
+    if pama_official_only and (rating is None or rating.provenance != OFFICIAL):
+        pama = None
     alternatives: tuple[Rating, ...] = ()
     if choice.variant is not None:
         alternatives = tuple(r for r in choice.variant.ratings
                              if r.category == USUALLY_APPROPRIATE and r.procedure != oc.procedure.id)
     return OrderDecision(ref, raw, oc, facts, choice, rating, pama, alternatives,
-                         _advisories(knowledge, oc, facts, choice, rating))
+                         _advisories(knowledge, oc, facts, choice, rating, mismatch), fractured)
 
 
 def decide(knowledge: Knowledge, *, selections: Iterable[Mapping], draft_orders: Iterable[Mapping],
-           conditions: Sequence[Mapping], procedures: Sequence[Mapping], as_of: date | None = None) -> Decision:
+           conditions: Sequence[Mapping], procedures: Sequence[Mapping], as_of: date | None = None,
+           pama_official_only: bool = False) -> Decision:
     """Decide every selected order (raw JSON dicts, in selection order).
 
     ``draft_orders`` (all of them, selected or not) tell the red-flag escalation what is
     already being ordered. ``as_of`` overrides each order's reference date (tests, replays).
+    ``pama_official_only``: see :func:`decide_order`.
     """
     drafts = list(draft_orders)
-    orders = tuple(decide_order(knowledge, raw, conditions=conditions, procedures=procedures, as_of=as_of)
+    orders = tuple(decide_order(knowledge, raw, conditions=conditions, procedures=procedures, as_of=as_of,
+                                pama_official_only=pama_official_only)
                    for raw in selections)
     red: dict[tuple, Evidence] = {}
     for od in orders:
@@ -203,5 +278,7 @@ def decide(knowledge: Knowledge, *, selections: Iterable[Mapping], draft_orders:
         for pid in (knowledge.preferred.redFlagImaging, knowledge.preferred.redFlagConsultation):
             if pid not in present_ids:
                 missing.append(knowledge.procedures[pid])
-        region = next((od.order_class.region for od in orders if od.order_class.region is not None), None)
+        # Only an imaging order's region says where to image (an augmentation code names a region too).
+        region = next((od.order_class.region for od in orders if od.order_class.region is not None
+                       and od.order_class.procedure is not None and od.order_class.procedure.kind == "imaging"), None)
     return Decision(orders, tuple(red.values()), tuple(missing), region)

@@ -102,6 +102,25 @@ class FactKind(_Strict):
     askWhenMissing: bool = True
 
 
+class QualifiedFact(_Strict):
+    """A fact made of the evidence of one base fact (``of``) that passes a test.
+
+    ``requires``: some of these base facts must hold (e.g. osteoporosis for a fragility
+    fracture, a spine problem for an unspecific neurologic symptom). ``recentWithinDays``:
+    only evidence with onset at most that many days before the order, stated on the order's
+    reasonCode, or an encounter diagnosis of the order's encounter counts (decision-rules.md
+    §6.2, §6.3). ``rule`` cites the source, or says the figure is a product decision.
+    """
+
+    id: str
+    label: str
+    of: str
+    requires: tuple[str, ...] = ()
+    recentWithinDays: int | None = Field(None, gt=0)
+    rule: str
+    askWhenMissing: bool = True
+
+
 class DerivedFact(_Strict):
     """A fact that holds when any of its underlying facts holds."""
 
@@ -116,6 +135,8 @@ class Acuity(_Strict):
     initialCharacters: tuple[str, ...]
     subsequentCharacters: tuple[str, ...]
     newWithinDays: int = Field(gt=0)
+    sequelaCharacters: tuple[str, ...] = ()
+    currentWithinDays: int = Field(gt=0)
     vcfFacts: tuple[str, ...]
     priorFacts: tuple[str, ...]
     labels: dict[str, Text]
@@ -124,6 +145,7 @@ class Acuity(_Strict):
 class FactsFile(_Strict):
     description: str
     facts: tuple[FactKind, ...]
+    qualified: tuple[QualifiedFact, ...] = ()
     derived: tuple[DerivedFact, ...]
     acuity: Acuity
 
@@ -141,9 +163,15 @@ class Procedure(_Strict):
 
 
 class Region(_Strict):
+    """A spine region: ``valueSet`` holds the order codes naming it; ``fractureValueSet`` the
+    fracture codes naming it (M48.5-, S22.0-, S32.0-); ``covers`` the fracture regions an
+    order for this region images or treats (decision-rules.md §6.8)."""
+
     id: str
     display: str
     valueSet: str
+    fractureValueSet: str | None = None
+    covers: tuple[str, ...] = ()
 
 
 class PreferredReferral(_Strict):
@@ -253,6 +281,40 @@ class ServicesFile(_Strict):
     services: tuple[ServiceDef, ...]
 
 
+class NeverReplaced(_Strict):
+    """Orders no suggestion deletes or replaces: by procedure id or procedure category;
+    ``why`` holds the clinician-facing reason for each id or category."""
+
+    procedures: tuple[str, ...]
+    categories: tuple[str, ...]
+    why: dict[str, str]
+    sources: str
+
+
+class RecordRegion(_Strict):
+    region: str
+    valueSet: str
+
+
+class RedFlagImaging(_Strict):
+    """Regions the urgent red-flag MRI must cover, by fracture region (or 'unknown')."""
+
+    byRegion: dict[str, tuple[str, ...]]
+    sources: str
+
+
+class SuggestionRules(_Strict):
+    """What suggestions may do (cards.json ``suggestionRules``)."""
+
+    description: str
+    neverReplaced: NeverReplaced
+    recordRegions: tuple[RecordRegion, ...]
+    regionExpansion: dict[str, tuple[str, ...]]
+    redFlagImaging: RedFlagImaging
+    wholeSpineRegion: str
+    scenario: dict[str, str]
+
+
 class CardText(_Strict):
     """What one kind of card says: ``summary``, the first paragraph of ``detail``, and for
     an advisory the facts whose evidence it lists. Warning and critical cards offer the
@@ -289,6 +351,7 @@ class CardsFile(_Strict):
     overrideReasons: OverrideReasons
     kinds: dict[str, CardText]
     text: dict[str, Text]
+    suggestionRules: SuggestionRules
 
 
 # The hooks whose context fhir_input can read (CDS Hooks library: order-select, order-sign).
@@ -307,6 +370,7 @@ class Knowledge:
     version: str
     terminology: Terminology
     facts: Mapping[str, FactKind]
+    qualified: Mapping[str, QualifiedFact]
     derived: Mapping[str, DerivedFact]
     acuity: Acuity
     procedures: Mapping[str, Procedure]
@@ -327,13 +391,15 @@ class Knowledge:
     def askable(self, fact_id: str) -> bool:
         """Whether a card may ask the clinician to record this fact when it is missing
         (a diagnosis such as malignancy defines the patient; it is never 'missing')."""
-        f = self.facts.get(fact_id) or self.derived.get(fact_id)
+        f = self.facts.get(fact_id) or self.qualified.get(fact_id) or self.derived.get(fact_id)
         return f.askWhenMissing if f is not None else True
 
     def fact_label(self, fact_id: str) -> str:
         """How a fact is named to the clinician (the id itself if the knowledge has no label)."""
         if fact_id in self.facts:
             return self.facts[fact_id].label
+        if fact_id in self.qualified:
+            return self.qualified[fact_id].label
         if fact_id in self.derived:
             return self.derived[fact_id].label
         return self.acuity.labels.get(fact_id, fact_id)
@@ -511,7 +577,7 @@ def _load_facts(root: Path, valuesets: Mapping[str, ValueSetDef]) -> FactsFile:
 
 
 def _check_fact_ids(rel: str, ff: FactsFile) -> None:
-    ids = [*(f.id for f in ff.facts), *(d.id for d in ff.derived)]
+    ids = [*(f.id for f in ff.facts), *(q.id for q in ff.qualified), *(d.id for d in ff.derived)]
     for fid in ids:
         if fid in COMPUTED_FACTS:
             raise KnowledgeError(rel, f"fact '{fid}'", "this id is reserved for the built-in acuity fact")
@@ -519,14 +585,20 @@ def _check_fact_ids(rel: str, ff: FactsFile) -> None:
 
 
 def _check_fact_references(rel: str, ff: FactsFile) -> None:
-    """Derived facts and the acuity rule name base facts (not derived ones)."""
+    """Qualified facts name base facts; derived facts and the acuity rule name base or
+    qualified facts (not derived ones)."""
     base = {f.id for f in ff.facts}
+    qualified = {q.id for q in ff.qualified}
+    for q in ff.qualified:
+        for a in (q.of, *q.requires):
+            if a not in base:
+                raise KnowledgeError(rel, f"qualified '{q.id}'", f"unknown base fact '{a}'")
     for d in ff.derived:
         for a in d.anyOf:
-            if a not in base:
+            if a not in base | qualified:
                 raise KnowledgeError(rel, f"derived '{d.id}'", f"unknown fact '{a}'")
     for a in ff.acuity.vcfFacts + ff.acuity.priorFacts:
-        if a not in base:
+        if a not in base | qualified:
             raise KnowledgeError(rel, "acuity", f"unknown fact '{a}'")
 
 
@@ -541,16 +613,17 @@ def _check_acuity_labels(rel: str, ff: FactsFile) -> None:
 
 
 def _check_facts_the_code_reads(rel: str, ff: FactsFile) -> None:
-    """Every fact the code names (contract.Fact) is defined, as a fact or a derived fact."""
-    defined = {f.id for f in ff.facts} | {d.id for d in ff.derived}
+    """Every fact the code names (contract.Fact) is defined, as a fact, a qualified or a derived fact."""
+    defined = {f.id for f in ff.facts} | {q.id for q in ff.qualified} | {d.id for d in ff.derived}
     for fact in Fact:
         if fact not in defined:
             raise KnowledgeError(rel, f"fact '{fact}'", f"not defined, but the service reads it: {FACT_USES[fact]}")
 
 
 def _fact_ids(ff: FactsFile) -> frozenset[str]:
-    """Every fact a criterion may name: base, derived and the computed acuity facts."""
-    return frozenset({f.id for f in ff.facts} | {d.id for d in ff.derived} | COMPUTED_FACTS)
+    """Every fact a criterion may name: base, qualified, derived and the computed acuity facts."""
+    return frozenset({f.id for f in ff.facts} | {q.id for q in ff.qualified} | {d.id for d in ff.derived}
+                     | COMPUTED_FACTS)
 
 
 def _fact_index(ff: FactsFile) -> dict[tuple[str, str], tuple[str, ...]]:
@@ -575,6 +648,10 @@ def _load_procedures(root: Path, valuesets: Mapping[str, ValueSetDef]) -> Proced
         _need_valueset(valuesets, rel, f"procedure '{proc.id}'", proc.valueSet)
     for r in pf.regions:
         _need_valueset(valuesets, rel, f"region '{r.id}'", r.valueSet)
+        _need_valueset(valuesets, rel, f"region '{r.id}'", r.fractureValueSet)
+        for c in r.covers:
+            if c not in {x.id for x in pf.regions}:
+                raise KnowledgeError(rel, f"region '{r.id}'", f"covers unknown region '{c}'")
     _check_preferred(rel, pf)
     if not any(p.modality == MRI_MODALITY for p in pf.procedures):
         raise KnowledgeError(rel, "procedures", f"no procedure has modality '{MRI_MODALITY}', which the service "
@@ -732,6 +809,30 @@ def _load_cards(root: Path, topics: Iterable[Topic], fact_ids: frozenset[str]) -
     return cf
 
 
+def _check_suggestion_rules(cf: CardsFile, pf: ProceduresFile, valuesets: Mapping[str, ValueSetDef]) -> None:
+    """``cards.json`` ``suggestionRules``: procedures, value sets and regions it names exist."""
+    rel = "cards.json"
+    procedures = {p.id for p in pf.procedures}
+    region_ids = {r.id for r in pf.regions}
+    sr = cf.suggestionRules
+    for pid in sr.neverReplaced.procedures:
+        if pid not in procedures:
+            raise KnowledgeError(rel, "suggestionRules.neverReplaced", f"unknown procedure '{pid}'")
+    for key in (*sr.neverReplaced.procedures, *sr.neverReplaced.categories):
+        if key not in sr.neverReplaced.why:
+            raise KnowledgeError(rel, "suggestionRules.neverReplaced.why", f"no reason given for '{key}'")
+    for rr in sr.recordRegions:
+        _need_valueset(valuesets, rel, f"suggestionRules.recordRegions '{rr.region}'", rr.valueSet)
+    named = [sr.wholeSpineRegion, *(rr.region for rr in sr.recordRegions)]
+    named += [x for v in sr.regionExpansion.values() for x in v]
+    named += [x for k, v in sr.redFlagImaging.byRegion.items() for x in (*v, k) if x != "unknown"]
+    for reg in named:
+        if reg not in region_ids:
+            raise KnowledgeError(rel, "suggestionRules", f"unknown region '{reg}'")
+    if "unknown" not in sr.redFlagImaging.byRegion:
+        raise KnowledgeError(rel, "suggestionRules.redFlagImaging.byRegion", "no entry for 'unknown'")
+
+
 def _check_card_kinds(rel: str, cf: CardsFile, fact_ids: frozenset[str]) -> None:
     for kind in CARD_KINDS:
         if kind not in cf.kinds:
@@ -800,11 +901,13 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     acr = _load_topics(root, _fact_ids(ff), pf, categories)
     sf = _load_services(root)
     cf = _load_cards(root, acr.topics, _fact_ids(ff))
+    _check_suggestion_rules(cf, pf, valuesets)
     return Knowledge(
         directory=root,
         version=version,
         terminology=Terminology.build(valuesets),
         facts=MappingProxyType({f.id: f for f in ff.facts}),
+        qualified=MappingProxyType({q.id: q for q in ff.qualified}),
         derived=MappingProxyType({d.id: d for d in ff.derived}),
         acuity=ff.acuity,
         procedures=MappingProxyType({p.id: p for p in pf.procedures}),

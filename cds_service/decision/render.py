@@ -1,14 +1,24 @@
 """Decision -> CDS Hooks 2.0 response: cards, suggestions and rating systemActions.
 
-Pure. Wording comes from ``data/cards.json``; ids come from an injected generator so a
-response can be compared whole in tests (style.md, after cds-hooks/sandbox-cds-services).
-Ratings follow the Argonaut "CDS Hooks for PAMA" extensions (decision-rules.md §5); cards
-follow CDS Hooks 2.0 §Card Attributes (summary < 140 characters, selectionBehavior with
-suggestions, delete actions by resourceId, no empty strings, arrays or objects).
+Pure. Wording and suggestion rules come from ``data/cards.json``; ids come from an injected
+generator so a response can be compared whole in tests (style.md, after
+cds-hooks/sandbox-cds-services). Ratings follow the Argonaut "CDS Hooks for PAMA"
+extensions; cards follow CDS Hooks 2.0 §Card Attributes (summary < 140 characters,
+selectionBehavior with suggestions, delete actions by resourceId, no empty strings, arrays
+or objects).
+
+Cards a clinician reads in seconds: the summary leads with the action; one card per
+situation (the red-flag card also carries the augmentation exclusion; one checklist card per
+augmentation order); evidence is one line per resource, capped; every text taken from the
+record is escaped for CommonMark before it goes into ``detail``. Suggestions never remove
+care the service cannot judge: an order whose ACR cell it does not hold, a consultation or a
+bone density study is never deleted, and nothing already among the draft orders is
+suggested again (issue 12).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +27,9 @@ from typing import Any
 
 from cds_service.decision.contract import (
     APPROPRIATE,
+    AUGMENTATION,
     MAY_BE_APPROPRIATE,
+    MRI_MODALITY,
     USUALLY_APPROPRIATE,
     USUALLY_NOT_APPROPRIATE,
     Advisory,
@@ -25,9 +37,9 @@ from cds_service.decision.contract import (
     ComputedFact,
     Fact,
 )
-from cds_service.decision.engine import Decision, OrderDecision
+from cds_service.decision.engine import Decision, OrderClass, OrderDecision, classify_order
 from cds_service.decision.knowledge import Knowledge, Procedure, Rating, Region, Variant
-from cds_service.decision.scenario import Evidence, VariantChoice
+from cds_service.decision.scenario import Evidence, FactSet
 from cds_service.decision.terminology import CPT, LOINC, SNOMED, SYSTEM_NAMES
 
 PAMA_BASE = "http://fhir.org/argonaut/Extension/"
@@ -40,10 +52,34 @@ PAMA_RATING_DISPLAY: Mapping[str, str] = MappingProxyType({
     "appropriate": "Appropriate", "not-appropriate": "Not appropriate", "no-criteria-apply": "No criteria apply"})
 SUMMARY_MAX = 139
 ORDER_CODE_SYSTEMS = (CPT, LOINC, SNOMED)
+EVIDENCE_MAX = 8  # evidence lines per card; the rest is "and N more" (a 5 MB record must not make 150 MB of cards)
+# Advisories whose warning card already speaks for an order the service cannot rate.
+WARNING_ADVISORIES = (Advisory.REGION_MISMATCH, Advisory.AUGMENT_ASYMPTOMATIC, Advisory.AUGMENT_INFECTION)
+# Placeholder for the card's own "Why this advice?" URL, known only once the card has its uuid.
+_MORE_LINK = "\x00more-link\x00"
+# The ASCII punctuation CommonMark lets a backslash escape (spec §2.4) that can open inline
+# markup anywhere in a line: links, images, emphasis, code, raw HTML, entities, tables
+# (parentheses are inert once brackets are escaped: no "](" can form a link).
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]#+!<>|~&])")
+# ...and what opens a block only at the start: a list item ("-", "1." / "1)"), a heading, a quote.
+_MD_BLOCK_START = re.compile(r"^(\d{1,9})([.)])|^([-=])")
+_WS = re.compile(r"\s+")
 
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
+
+
+def md_escape(text: object) -> str:
+    """Text from the record made inert for a CommonMark / GFM renderer.
+
+    Every markup character is backslash-escaped (CommonMark 0.31 §2.4: any ASCII
+    punctuation may be escaped and then renders as itself) and line breaks collapse to one
+    space, so a Condition display such as ``[x](javascript:alert(1))``, ``![i](http://..)``
+    or ``<img src=x onerror=...>`` arrives as plain text and cannot start a block.
+    """
+    flat = _MD_SPECIAL.sub(r"\\\1", _WS.sub(" ", str(text)).strip())
+    return _MD_BLOCK_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", flat)
 
 
 @dataclass(frozen=True)
@@ -56,6 +92,8 @@ class RenderOptions:
 
     argonaut_copy: bool = True
     qcdsm: str = "vcf-cds-hooks"
+    # Read by the pipeline, which passes it to the decision (setting PAMA_OFFICIAL_ONLY).
+    pama_official_only: bool = False
     new_id: Callable[[], str] = field(default=new_uuid)
     explain_url: Callable[[str], str] | None = None
 
@@ -77,6 +115,36 @@ def _summary(text: str) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
+def _code_text(e: Evidence) -> str:
+    system = SYSTEM_NAMES.get(e.system, e.system)
+    return f"{system} {md_escape(e.code)}" + (" (unconfirmed code)" if e.unconfirmed else "")
+
+
+def _lower_first(name: str) -> str:
+    """'Radiation oncology consultation' -> 'radiation oncology consultation'; 'MRI ...' stays."""
+    return name[:1].lower() + name[1:] if name[1:2].islower() else name
+
+
+def _unique(items: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(items))
+
+
+def _unique_evidence(evs: Iterable[Evidence]) -> list[Evidence]:
+    return list({(e.system, e.code): e for e in evs}.values())
+
+
+@dataclass
+class _Plan:
+    """Suggestions toward better-rated procedures: ``items`` (CDS Hooks suggestions),
+    ``first`` (name and procedure of the first one), ``drafted`` (name of an alternative
+    already among the draft orders), ``whole_spine`` (imaging region unknown)."""
+
+    items: list[dict] = field(default_factory=list)
+    first: tuple[str, Procedure] | None = None
+    drafted: tuple[str, Procedure] | None = None
+    whole_spine: bool = False
+
+
 class _Renderer:
     def __init__(self, knowledge: Knowledge, decision: Decision, drafts_by_ref: Mapping[str, Mapping],
                  patient_id: str, options: RenderOptions):
@@ -86,10 +154,14 @@ class _Renderer:
         self.patient_id = patient_id
         self.o = options
         self.text = knowledge.cards.text
+        self.rules = knowledge.cards.suggestionRules
+        self.regions = {r.id: r for r in knowledge.regions}
         self.cards: list[dict] = []
         self.kinds: dict[str, str] = {}
         self.order_position: int | None = None
         self.card_orders: dict[str, int] = {}
+        self._draft_classes: dict[str, OrderClass] = {ref: classify_order(knowledge, raw)
+                                                      for ref, raw in drafts_by_ref.items()}
         self.consult_ids: dict[int, str] = {}
 
     # ---- wording (cards.json; placeholders checked at load) ---------------------------
@@ -103,14 +175,6 @@ class _Renderer:
     def lead(self, kind: str, **fields: object) -> str:
         """The first paragraph of a card's detail."""
         return self.k.cards.kinds[kind].detail.format(**fields)
-
-    def code_text(self, e: Evidence) -> str:
-        system = SYSTEM_NAMES.get(e.system, e.system)
-        label = f"{system} {e.code}" + (f" {e.display}" if e.display else "")
-        return self.say("unconfirmedCode", code=label) if e.unconfirmed else label
-
-    def evidence_line(self, e: Evidence, label: str | None = None) -> str:
-        return f"- {label + ': ' if label else ''}{self.code_text(e)} ({e.resource})"
 
     # ---- building blocks -------------------------------------------------------------
     def source(self, variant: Variant | None) -> dict:
@@ -138,12 +202,84 @@ class _Renderer:
             c["overrideReasons"] = [{"system": reasons["system"], "code": r["code"], "display": r["display"]}
                                     for r in reasons["codes"]]
         if self.o.explain_url is not None:
-            c["links"] = [{"label": self.say("explainLink"), "url": self.o.explain_url(c["uuid"]), "type": "absolute"}]
+            url = self.o.explain_url(c["uuid"])
+            c["links"] = [{"label": self.say("explainLink"), "url": url, "type": "absolute"}]
+            c["detail"] = c["detail"].replace(_MORE_LINK, url)
         self.cards.append(c)
         self.kinds[c["uuid"]] = str(kind)
         if self.order_position is not None:
             self.card_orders[c["uuid"]] = self.order_position
 
+    # ---- regions --------------------------------------------------------------------------
+    def record_regions(self, evidence: Iterable[Evidence]) -> list[str]:
+        """Spine regions the record codes name (cards.json ``recordRegions``), in record order."""
+        out: list[str] = []
+        for e in evidence:
+            for rr in self.rules.recordRegions:
+                if self.k.terminology.valuesets[rr.valueSet].contains(e.system, e.code):
+                    out.append(rr.region)
+        return _unique(out)
+
+    @staticmethod
+    def fracture_regions(od: OrderDecision) -> list[str]:
+        """The regions the engine read from the fracture codes (``OrderDecision.fracture_regions``)."""
+        return [r.id for r in od.fracture_regions]
+
+    def pain_regions(self, facts: FactSet) -> list[str]:
+        return self.record_regions(facts.evidence.get(Fact.BACK_PAIN, ()))
+
+    def expand(self, regions: Iterable[str]) -> list[Region]:
+        """Record regions -> orderable imaging regions (thoracolumbar: thoracic and lumbar)."""
+        ids = [x for r in regions for x in self.rules.regionExpansion.get(r, (r,))]
+        return [self.regions[i] for i in _unique(ids)]
+
+    def target_regions(self, od: OrderDecision) -> list[Region]:
+        """Where replacement imaging looks: the order's own region, else the fracture's, else
+        the back pain's; [] when unknown (the suggestion then covers the whole spine)."""
+        if od.order_class.region is not None:
+            return [od.order_class.region]
+        return self.expand(self.fracture_regions(od) or self.pain_regions(od.facts))
+
+    def plain_name(self, proc: Procedure, regions: Sequence[Region] = (), emphasize: bool = False) -> str:
+        """A procedure as a clinician names it: 'MRI lumbar spine without contrast', not the
+        ACR's 'MRI spine area of interest without IV contrast'. ``emphasize`` capitalises
+        WITHOUT / WITH, the word a contrast advice turns on."""
+        name = proc.display
+        where = [r.display for r in regions]
+        if where and all(w.endswith(" spine") for w in where):
+            place = " and ".join(w.removesuffix(" spine") for w in where) + " spine"
+        else:
+            place = " and ".join(where) or "spine"
+        name = name.replace("spine area of interest", place).replace(" IV contrast", " contrast")
+        if emphasize:
+            name = re.sub(r"\b(without|with)\b", lambda m: m.group(1).upper(), name)
+        return name
+
+    # ---- what the draft orders already hold ---------------------------------------------
+    def drafted(self, proc: Procedure, region: Region | None, exclude: str | None = None) -> bool:
+        """Whether a draft order (other than ``exclude``) already orders ``proc`` in ``region``
+        (an order naming no region, or the complete spine, covers every region)."""
+        for ref, oc in self._draft_classes.items():
+            if ref == exclude or oc.procedure is None or oc.procedure.id != proc.id:
+                continue
+            if proc.kind == "treatment" or region is None or oc.region is None or oc.region.id in (region.id, self.rules.wholeSpineRegion):
+                return True
+        return False
+
+    def mri_covered_regions(self) -> set[str] | None:
+        """Regions a draft MRI whose sequences include non-contrast ones already images (an
+        MRI without and with contrast includes the non-contrast study); None = all of them."""
+        covered: set[str] = set()
+        for oc in self._draft_classes.values():
+            p = oc.procedure
+            if p is None or p.modality != MRI_MODALITY or p.contrast not in ("without", "without-and-with"):
+                continue
+            if oc.region is None or oc.region.id == self.rules.wholeSpineRegion:
+                return None
+            covered.add(oc.region.id)
+        return covered
+
+    # ---- orders a suggestion creates ----------------------------------------------------------
     def order_coding(self, procedure: Procedure, region: Region | None) -> dict | None:
         """The code a suggestion orders: first code of the procedure's value set in the same
         region; with no region, a code that names no region (e.g. LOINC 'MR spine')."""
@@ -175,7 +311,8 @@ class _Renderer:
             coding = self.order_coding(procedure, region)
             if coding is None:
                 return None
-            sr["code"] = {"coding": [{k: v for k, v in coding.items() if v}], "text": procedure.display}
+            sr["code"] = {"coding": [{k: v for k, v in coding.items() if v}],
+                          "text": self.plain_name(procedure, [region] if region else ())}
         if urgent:
             sr["priority"] = "urgent"
         sr["subject"] = (template or {}).get("subject") or {"reference": f"Patient/{self.patient_id}"}
@@ -184,7 +321,7 @@ class _Renderer:
                 sr[key] = template[key]
         if reasons and not sr.get("reasonCode"):
             sr["reasonCode"] = [{"coding": [{"system": e.system, "code": e.code, **({"display": e.display} if e.display else {})}]}
-                                for e in reasons]
+                                for e in _unique_evidence(reasons)]
         return sr
 
     def suggestion(self, label: str, actions: list[dict], recommended: bool = False) -> dict:
@@ -194,37 +331,108 @@ class _Renderer:
             s["isRecommended"] = True
         return s
 
-    def replace_suggestions(self, od: OrderDecision, ratings: Iterable[Rating], recommend_first: bool = True) -> list[dict]:
-        out: list[dict] = []
+    def never_replaced(self, proc: Procedure) -> str | None:
+        """Why ``proc`` is never deleted or replaced (cards.json ``neverReplaced``), else None."""
+        nr = self.rules.neverReplaced
+        if proc.id in nr.procedures:
+            return nr.why[proc.id]
+        if proc.category is not None and proc.category in nr.categories:
+            return nr.why[proc.category]
+        return None
+
+    # ---- suggestions -----------------------------------------------------------------------
+    def created_name(self, proc: Procedure, regions: Sequence[Region], short: bool = False) -> str:
+        """The name of what a suggestion orders (``short``: for a summary)."""
+        if proc.id == self.k.preferred.augmentation:
+            return self.text["irReferralShort"] if short else self.k.preferred.augmentationText
+        return self.plain_name(proc, regions if proc.kind == "imaging" else (), emphasize=True)
+
+    def alternative_suggestions(self, od: OrderDecision, ratings: Iterable[Rating], *, replace: bool) -> _Plan:
+        """Suggestions toward the variant's better-rated procedures.
+
+        ``replace``: each suggestion deletes the order and creates the alternative; only for
+        an order whose cell is known (Usually not appropriate / May be appropriate) and that
+        is not a consultation or bone density study. Otherwise suggestions only add, and
+        only consultations or the IR referral: adding a second imaging study beside one the
+        service cannot judge is not advice. An alternative already among the draft orders is
+        never suggested again: if one is, removing this order is the only suggestion.
+        """
         ordered = od.order_class.procedure
-        for r in ratings:
+        assert ordered is not None
+        plan = _Plan()
+        regions = self.target_regions(od)
+        # Same modality first: "use MRI WITHOUT contrast" is the advice for an MRI with contrast.
+        alts = sorted(ratings, key=lambda r: self.k.procedures[r.procedure].modality != ordered.modality)
+        delete = {"type": "delete", "description": self.say("replaceRemove", order=od.ref), "resourceId": od.ref}
+        for r in alts:
             proc = self.k.procedures[r.procedure]
-            if ordered is None or proc.kind != ordered.kind:
+            if proc.kind != ordered.kind or (not replace and proc.kind != "treatment"):
                 continue
-            new = self.new_order(od.raw, proc, od.order_class.region,
-                                 reasons=od.facts.evidence.get(Fact.VCF, ()))
-            if new is None:
+            where: list[Region | None] = list(regions) if proc.kind == "imaging" and regions else [None]
+            name = self.created_name(proc, regions)
+            if all(self.drafted(proc, reg, exclude=od.ref) for reg in where):
+                plan.drafted = plan.drafted or (name, proc)
                 continue
-            name = new["code"]["coding"][0].get("display") if "coding" in new["code"] else new["code"]["text"]
-            out.append(self.suggestion(self.say("replaceLabel", procedure=name), [
-                {"type": "delete", "description": self.say("replaceRemove", order=od.ref), "resourceId": od.ref},
-                {"type": "create", "description": self.say("replaceOrder", procedure=proc.display,
-                                                           category=self.k.category_display(r.category)),
-                 "resource": new}], recommended=recommend_first and not out))
-        return out
+            creates = [o for reg in where
+                       if (o := self.new_order(od.raw, proc, reg, reasons=od.facts.evidence.get(Fact.VCF, ()))) is not None]
+            if not creates:
+                continue
+            if proc.kind == "imaging" and not regions:
+                plan.whole_spine = True
+            order_text = self.say("replaceOrder", procedure=name, category=self.k.category_display(r.category))
+            actions = [{"type": "create", "description": order_text, "resource": o} for o in creates]
+            if replace:
+                plan.items.append(self.suggestion(self.say("replaceLabel", procedure=name), [delete, *actions],
+                                                  recommended=not plan.items))
+            else:
+                plan.items.append(self.suggestion(self.say("referralLabel", referral=_lower_first(name)), actions))
+            plan.first = plan.first or (name, proc)
+        if replace and plan.drafted:
+            plan.items = [self.suggestion(self.say("removeLabel", procedure=plan.drafted[0]), [delete],
+                                          recommended=True)]
+            plan.first, plan.whole_spine = None, False
+        return plan
 
     # ---- detail text --------------------------------------------------------------------
-    def evidence_lines(self, od: OrderDecision, variant: Variant | None) -> list[str]:
-        facts = []
-        wanted = set(variant.criteria.all) if variant else set()
-        for fact, evs in od.facts.evidence.items():
-            if fact in self.k.derived or (wanted and fact not in wanted and fact in tuple(ComputedFact)):
-                continue
-            for e in evs:
-                facts.append(self.evidence_line(e, self.k.fact_label(fact)))
-        return list(dict.fromkeys(facts))
+    def evidence_block(self, labelled: Iterable[tuple[str | None, Evidence]], heading: bool = True) -> list[str]:
+        """One line per resource with all its codes and the facts they show, at most
+        EVIDENCE_MAX lines, then "and N more" (with the card's page link when there is one)."""
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for label, e in labelled:
+            # A resource's codings are one concept; an order's reasonCodes are separate ones.
+            key = (e.resource, (e.display or e.code) if e.resource.endswith("#reasonCode") else "")
+            g = groups.setdefault(key, {"display": None, "codes": [], "labels": []})
+            g["display"] = g["display"] or e.display
+            g["codes"].append(_code_text(e))
+            if label:
+                g["labels"].append(label)
+        if not groups:
+            return []
+        lines = [self.say("evidenceHeading")] if heading else []
+        for (resource, _), g in list(groups.items())[:EVIDENCE_MAX]:
+            ref, _, part = resource.partition("#")
+            where = self.say("orderReason") if part == "reasonCode" else md_escape(ref)
+            line = "- " + (f"{md_escape(g['display'])} " if g["display"] else "") + f"({'; '.join(_unique(g['codes']))})"
+            if g["labels"]:
+                line += ": " + ", ".join(_unique(g["labels"]))
+            lines.append(f"{line} — {where}")
+        more = len(groups) - EVIDENCE_MAX
+        if more > 0:
+            more_key = "evidenceMoreLink" if self.o.explain_url is not None else "evidenceMore"
+            lines.append(self.say(more_key, n=more, url=_MORE_LINK))
+        return lines
 
-    def rating_line(self, r: Rating) -> str:
+    def order_evidence(self, od: OrderDecision, variant: Variant | None) -> list[str]:
+        wanted = set(variant.criteria.all) if variant else set()
+        return self.evidence_block(
+            (self.k.fact_label(fact), e) for fact, evs in od.facts.evidence.items()
+            if not (fact in self.k.derived or (wanted and fact not in wanted and fact in tuple(ComputedFact)))
+            for e in evs)
+
+    def provenance_words(self, r: Rating) -> str:
+        return self.say(f"provenance{r.provenance}")
+
+    def rating_line(self, r: Rating, regions: Sequence[Region] = ()) -> str:
         proc = self.k.procedures[r.procedure]
         parts = [self.k.category_display(r.category)]
         if r.score is not None:
@@ -233,37 +441,61 @@ class _Renderer:
             parts.append(self.say("ratingRadiationNote", rrl=r.rrl, note=r.rrlNote))
         elif r.rrl:
             parts.append(self.say("ratingRadiation", rrl=r.rrl))
-        parts.append(self.say("ratingSource", provenance=r.provenance))
-        return f"- {proc.display}: " + "; ".join(parts)
+        parts.append(self.say("ratingSource", provenance=self.provenance_words(r)))
+        return f"- {self.plain_name(proc, regions if proc.kind == 'imaging' else ())}: " + "; ".join(parts)
 
-    def variant_detail(self, od: OrderDecision, variant: Variant, lead: str, extra: Sequence[Rating] = ()) -> str:
+    def variant_heading(self, variant: Variant) -> list[str]:
         topic = self.k.variant_topic[variant.id]
         heading = "variantHeading" if variant.titleConfirmed else "variantHeadingUnconfirmed"
-        lines = [lead, "", self.say(heading, variant=variant.id, title=variant.title),
-                 self.say("topicLine", topic=topic.title, revised=topic.revised), ""]
-        ev = self.evidence_lines(od, variant)
+        return [self.say(heading, variant=variant.id, title=variant.title),
+                self.say("topicLine", topic=topic.title, revised=topic.revised)]
+
+    def source_line(self, variant: Variant) -> str:
+        topic = self.k.variant_topic[variant.id]
+        return self.say("sourceLine" if topic.urlConfirmed else "sourceLineUnconfirmed", citation=topic.citation,
+                        url=topic.url)
+
+    def variant_detail(self, od: OrderDecision, variant: Variant, lead: Sequence[str],
+                       alternatives: Sequence[Rating] = (), notes: Sequence[str] = ()) -> str:
+        own = [od.order_class.region] if od.order_class.region else []
+        lines = [*lead, "", *self.variant_heading(variant), ""]
+        if od.choice is not None and od.choice.status == "agreed":
+            lines += [self.say("variantsAgree", variants=" or ".join(c.id for c in od.choice.candidates)), ""]
+        ev = self.order_evidence(od, variant)
         if ev:
-            lines += [self.say("evidenceHeading"), *ev, ""]
+            lines += [*ev, ""]
         if od.rating is not None:
-            lines += [self.say("orderedHeading"), self.rating_line(od.rating), ""]
-        alts = list(extra) or list(od.alternatives)
+            lines += [self.say("orderedHeading"), self.rating_line(od.rating, own), ""]
+        alts = list(alternatives) or list(od.alternatives)
         if alts:
-            lines += [self.say("alternativesHeading"), *[self.rating_line(r) for r in alts], ""]
-        notes = self.provenance_notes(od, [od.rating, *alts] if od.rating else alts)
-        if notes:
-            lines += notes
-        lines.append(self.say("sourceLine" if topic.urlConfirmed else "sourceLineUnconfirmed",
-                              citation=topic.citation, url=topic.url))
+            regions = self.target_regions(od)
+            lines += [self.say("alternativesHeading"), *[self.rating_line(r, regions) for r in alts], ""]
+        for n in [*notes, *self.provenance_notes(od, [od.rating, *alts])]:
+            lines += [n, ""]
+        lines.append(self.source_line(variant))
         return "\n".join(lines).strip()
 
     def provenance_notes(self, od: OrderDecision, ratings: Sequence[Rating | None]) -> list[str]:
+        """Where the ratings on a card come from, in words (SEED and SECONDARY cells), and the
+        record codes whose meaning is unconfirmed."""
         notes = []
-        if any(r is not None and r.provenance == "SECONDARY" for r in ratings):
+        provenances = {r.provenance for r in ratings if r is not None}
+        if "SEED" in provenances:
+            notes.append(self.say("seedNote"))
+        if "SECONDARY" in provenances:
             notes.append(self.say("secondaryNote"))
-        unconfirmed = sorted({self.code_text(e) for e in od.facts.all_evidence() if e.unconfirmed})
+        unconfirmed = sorted({_code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
+                              for e in od.facts.all_evidence() if e.unconfirmed})
         if unconfirmed:
-            notes.append(self.say("unconfirmedNote", items="; ".join(unconfirmed)))
-        return [*notes, ""] if notes else []
+            shown = "; ".join(unconfirmed[:EVIDENCE_MAX]) + (f"; and {len(unconfirmed) - EVIDENCE_MAX} more"
+                                                            if len(unconfirmed) > EVIDENCE_MAX else "")
+            notes.append(self.say("unconfirmedNote", items=shown))
+        return notes
+
+    def scenario(self, od: OrderDecision, variant: Variant) -> str:
+        """The scenario in a few words; when several variants agree on the rating, all of them."""
+        agreeing = od.choice.candidates if od.choice is not None and od.choice.status == "agreed" else ()
+        return " or ".join(_unique(self.rules.scenario.get(c.id, c.title) for c in (agreeing or (variant,))))
 
     @staticmethod
     def candidate_lines(variants: Iterable[Variant]) -> list[str]:
@@ -276,97 +508,252 @@ class _Renderer:
         if proc is None or choice is None:
             return
         v = od.variant
-        if choice.status in ("selected", "red-flag") and v is not None and od.rating is not None:
-            self.rated_card(od, proc, v, od.rating)
+        if choice.status in ("selected", "red-flag", "agreed") and v is not None and od.rating is not None:
+            if od.rating.category == USUALLY_NOT_APPROPRIATE:
+                self.rated_card(od, v, CardKind.NOT_APPROPRIATE)
+            elif od.rating.category in MAY_BE_APPROPRIATE:
+                self.rated_card(od, v, CardKind.MAY_BE_APPROPRIATE)
+            # Usually appropriate: silence (the rating travels in systemActions); no alert fatigue.
         elif choice.status == "selected" and v is not None:
-            self.card(CardKind.NO_CRITERIA, self.summary(CardKind.NO_CRITERIA, procedure=proc.display),
-                      self.variant_detail(od, v, self.lead(CardKind.NO_CRITERIA, procedure=proc.display)),
-                      v, self.replace_suggestions(od, od.alternatives))
+            self.no_rating_card(od, v)
         elif choice.status == "missing" and choice.missing:
-            self.missing_facts_card(od, proc, choice)
+            options = [" and ".join(self.k.fact_label(f) for f in gap) for gap in choice.missing]
+            name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
+            kind = CardKind.MISSING_FACTS
+            detail = [self.lead(kind, procedure=name), "", self.say("recordOneOf"), *[f"- {o}" for o in options], ""]
+            if choice.candidates:
+                detail += [self.say("candidateVariants"), *self.candidate_lines(choice.candidates), ""]
+            detail += self.order_evidence(od, None)
+            summary = self.summary(kind, missing=" or ".join(options), procedure=name)
+            if len(summary) > SUMMARY_MAX:
+                summary = self.say("missingFactsShort")
+            self.card(kind, summary, "\n".join(detail).strip(), None)
         elif choice.status == "conflict":
-            detail = [self.lead(CardKind.CONFLICT, procedure=proc.display), "",
-                      *self.candidate_lines(choice.candidates), "", *self.evidence_lines(od, None)]
-            self.card(CardKind.CONFLICT, self.summary(CardKind.CONFLICT, procedure=proc.display),
-                      "\n".join(detail).strip(), None)
+            name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
+            detail = [self.lead(CardKind.CONFLICT, procedure=name), "", *self.candidate_lines(choice.candidates), "",
+                      *self.order_evidence(od, None)]
+            self.card(CardKind.CONFLICT, self.summary(CardKind.CONFLICT, procedure=name), "\n".join(detail).strip(), None)
         elif choice.status == "excluded":
-            detail = [self.lead(CardKind.TRAUMATIC, procedure=proc.display), "", *self.evidence_lines(od, None)]
-            self.card(CardKind.TRAUMATIC, self.summary(CardKind.TRAUMATIC, procedure=proc.display),
-                      "\n".join(detail).strip(), None)
-        self.advisory_cards(od, proc)
+            name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
+            detail = [self.lead(CardKind.TRAUMATIC, procedure=name), "", *self.order_evidence(od, None)]
+            self.card(CardKind.TRAUMATIC, self.summary(CardKind.TRAUMATIC, procedure=name), "\n".join(detail).strip(),
+                      None)
+        self.advisory_cards(od)
 
-    def rated_card(self, od: OrderDecision, proc: Procedure, v: Variant, r: Rating) -> None:
-        """Usually not appropriate: a warning; may be appropriate: an info card; usually
-        appropriate: silence (the rating travels in systemActions; no alert fatigue)."""
-        if r.category == USUALLY_NOT_APPROPRIATE:
-            kind = CardKind.NOT_APPROPRIATE
-        elif r.category in MAY_BE_APPROPRIATE:
-            kind = CardKind.MAY_BE_APPROPRIATE
+    def rated_card(self, od: OrderDecision, v: Variant, kind: CardKind) -> None:
+        """A Usually not appropriate / May be appropriate order: action first (use X instead,
+        or remove it when X is already ordered), ratings and evidence in the detail."""
+        proc, r = od.order_class.procedure, od.rating
+        assert proc is not None and r is not None
+        own = [od.order_class.region] if od.order_class.region else []
+        ordered = self.plain_name(proc, own)
+        why_kept = self.never_replaced(proc)
+        plan = self.alternative_suggestions(od, od.alternatives, replace=why_kept is None)
+        scenario = self.scenario(od, v)
+        una = r.category == USUALLY_NOT_APPROPRIATE
+        alt_proc = plan.first[1] if plan.first else (plan.drafted[1] if plan.drafted else None)
+        if alt_proc is not None and alt_proc.modality == proc.modality and alt_proc.contrast != proc.contrast \
+                and proc.contrast in ("with", "without-and-with"):
+            reason = self.say("reasonContrast", scenario=scenario)
         else:
+            reason = self.say("reasonGeneric" if una else "reasonRatedHigher", ordered=ordered, scenario=scenario)
+        alt = self.created_name(plan.first[1], self.target_regions(od), short=True) if plan.first else ""
+        if why_kept is not None and plan.first:
+            summary = self.say("noRatingAdd", alternative=_lower_first(alt), scenario=scenario)
+        elif plan.drafted and why_kept is None:
+            summary = self.say("removeDuplicate", ordered=ordered, alternative=plan.drafted[0])
+        elif plan.first and una:
+            summary = self.summary(kind, alternative=alt, reason=reason)
+        elif plan.first:
+            summary = self.summary(kind, alternative=alt, ordered=_lower_first(ordered), scenario=scenario)
+        else:
+            summary = self.say("notAppropriate" if una else "mayBeAppropriate", ordered=ordered, scenario=scenario)
+        if len(summary) > SUMMARY_MAX and plan.first:  # long names: keep the action, shorten the reason
+            summary = self.say("useInsteadShort" if una else "useInsteadMayShort",
+                alternative=alt, ordered=_lower_first(ordered))
+
+        lead = [self.lead(kind, ordered=ordered, category=self.k.category_display(r.category))]
+        if why_kept is not None:
+            lead.append(self.say("neverReplacedLead", ordered=ordered, why=why_kept))
+        notes = [self.say("wholeSpineNote")] if plan.whole_spine else []
+        self.card(kind, summary, self.variant_detail(od, v, lead, notes=notes), v, plan.items)
+
+    def no_rating_card(self, od: OrderDecision, v: Variant) -> None:
+        """The variant applies but this service does not hold the cell for the ordered
+        procedure (UNKNOWN): the ACR did rate it, so nothing is deleted; at most a usually
+        appropriate consultation is added. A bone density study gets no card at all."""
+        proc = od.order_class.procedure
+        assert proc is not None
+        if proc.id in self.rules.neverReplaced.procedures:
             return
-        fields = {"procedure": proc.display, "category": self.k.category_display(r.category)}
-        self.card(kind, self.summary(kind, **fields), self.variant_detail(od, v, self.lead(kind, **fields)),
-                  v, self.replace_suggestions(od, od.alternatives))
+        own = [od.order_class.region] if od.order_class.region else []
+        ordered = self.plain_name(proc, own)
+        plan = self.alternative_suggestions(od, od.alternatives, replace=False)
+        if plan.first:
+            alt = self.created_name(plan.first[1], (), short=True)
+            summary = self.say("noRatingAdd", alternative=_lower_first(alt), scenario=self.scenario(od, v))
+        elif any(a in od.advisories for a in WARNING_ADVISORIES):
+            return  # the warning about this order says what matters; no second card with nothing to do
+        else:
+            summary = self.summary(CardKind.NO_CRITERIA, ordered=ordered)
+        lead = [self.lead(CardKind.NO_CRITERIA, ordered=ordered)]
+        self.card(CardKind.NO_CRITERIA, summary, self.variant_detail(od, v, lead), v, plan.items, behavior="any")
 
-    def missing_facts_card(self, od: OrderDecision, proc: Procedure, choice: VariantChoice) -> None:
-        options = [" and ".join(self.k.fact_label(f) for f in gap) for gap in choice.missing]
-        kind = CardKind.MISSING_FACTS
-        detail = [self.lead(kind, procedure=proc.display), "", self.say("recordOneOf"), *[f"- {o}" for o in options], ""]
-        if choice.candidates:
-            detail += [self.say("candidateVariants"), *self.candidate_lines(choice.candidates), ""]
-        detail += self.evidence_lines(od, None)
-        summary = self.summary(kind, missing=" or ".join(options), procedure=proc.display)
-        if len(summary) > SUMMARY_MAX:
-            summary = self.say("missingFactsShort")
-        self.card(kind, summary, "\n".join(detail).strip(), None)
-
-    def advisory_cards(self, od: OrderDecision, proc: Procedure) -> None:
-        """One card per advisory, listing the evidence of the facts cards.json names for it."""
-        for adv in od.advisories:
-            if adv == Advisory.STEER_IR:
-                self.steer_to_ir_card(od, proc)
-                continue
-            name = proc.display
-            spec = self.k.cards.kinds[adv]
-            lines = [self.lead(adv, procedure=name)]
-            ev = [self.evidence_line(e, self.k.fact_label(f)) for f in spec.evidence for e in od.facts.evidence.get(f, ())]
-            if ev:
-                lines += ["", self.say("evidenceHeading"), *dict.fromkeys(ev)]
-            self.card(adv, self.summary(adv, procedure=name), "\n".join(lines), od.variant)
-
-    def steer_to_ir_card(self, od: OrderDecision, proc: Procedure) -> None:
+    def advisory_cards(self, od: OrderDecision) -> None:
         v = od.variant
-        assert v is not None  # steer-ir is advised only within a variant
+        advisories = set(od.advisories)
+        if Advisory.AUGMENT_INFECTION in advisories:
+            lines = [self.lead(Advisory.AUGMENT_INFECTION), "",
+                     *self.evidence_block((self.k.fact_label(Fact.INFECTION), e) for e in od.facts.evidence.get(Fact.INFECTION, ()))]
+            # An absolute exclusion (CMS LCD L34228): withdrawing the order is the action offered.
+            withdraw = self.suggestion(self.say("withdrawLabel"), [
+                {"type": "delete", "description": self.say("replaceRemove", order=od.ref), "resourceId": od.ref}])
+            self.card(Advisory.AUGMENT_INFECTION, self.summary(Advisory.AUGMENT_INFECTION), "\n".join(lines).strip(), v,
+                      [withdraw])
+        for adv in (Advisory.REGION_MISMATCH, Advisory.AUGMENT_ASYMPTOMATIC, Advisory.FRAGILITY_READING):
+            if adv in advisories:
+                self.fact_card(od, adv)
+        checklist = [a for a in (Advisory.AUGMENT_NO_EDEMA, Advisory.AUGMENT_NO_THERAPY, Advisory.AUGMENT_BLEEDING)
+                     if a in advisories]
+        if checklist:
+            self.checklist_card(od, checklist)
+        # "augment-neuro" is carried by the red-flag card: one card per situation.
+        if Advisory.POST_AUGMENTATION_MRI in advisories and self.mri_covers_treated_level(od):
+            evs = od.facts.evidence.get(Fact.AUGMENTATION_HISTORY, ())
+            lines = [self.lead(Advisory.POST_AUGMENTATION_MRI), "",
+                     *self.evidence_block((self.k.fact_label(Fact.AUGMENTATION_HISTORY), e) for e in evs)]
+            self.card(Advisory.POST_AUGMENTATION_MRI, self.summary(Advisory.POST_AUGMENTATION_MRI),
+                      "\n".join(lines).strip(), v)
+        if Advisory.STEER_IR in advisories:
+            self.steer_ir_card(od)
+
+    def fact_card(self, od: OrderDecision, kind: Advisory) -> None:
+        """A card about how the record was read (region mismatch, asymptomatic fracture,
+        fragility reading): its text, then the evidence of the facts cards.json names for it."""
+        where = {"order": od.order_class.region.display if od.order_class.region else "",
+                 "fracture": " and ".join(r.display for r in od.fracture_regions)}
+        facts = self.k.cards.kinds[kind].evidence
+        lines = [self.lead(kind, **where), "",
+                 *self.evidence_block((self.k.fact_label(f), e) for f in facts for e in od.facts.evidence.get(f, ()))]
+        self.card(kind, self.summary(kind, **where), "\n".join(lines).strip(), od.variant)
+
+    def checklist_card(self, od: OrderDecision, advisories: Sequence[str]) -> None:
+        """One card per augmentation order: MRI evidence, osteoporosis therapy, bleeding.
+        Warning when a coagulopathy is on record (relative exclusion, CMS LCD L34228); an
+        anticoagulant alone asks for peri-procedural management (SIR), not a contraindication."""
+        facts = od.facts
+        items: list[tuple[str, str]] = []
+        for adv in (Advisory.AUGMENT_NO_EDEMA, Advisory.AUGMENT_NO_THERAPY):
+            if adv in advisories:
+                items.append((self.summary(adv), self.lead(adv)))
+        coag = Advisory.AUGMENT_BLEEDING in advisories and Fact.COAGULOPATHY in facts
+        if coag:
+            items.append((self.say("checklistCoag"), self.say("checklistCoagDetail")))
+        if Advisory.AUGMENT_BLEEDING in advisories and Fact.ANTICOAGULATION in facts:
+            items.append((self.say("checklistAnticoag"), self.say("checklistAnticoagDetail")))
+        if not items:
+            return
+        # One indicator per card kind (the feedback report counts by kind): with a
+        # coagulopathy the checklist is the bleeding advisory's warning, else an info card.
+        kind = Advisory.AUGMENT_BLEEDING if coag else CardKind.AUGMENT_CHECKLIST
+        summary = self.summary(kind, items="; ".join(i for i, _ in items))
+        if len(summary) > SUMMARY_MAX:
+            summary = self.summary(kind, items=", ".join(i.split(",")[0].split(" (")[0] for i, _ in items))
+        lines = [self.lead(kind), *[f"- {d}" for _, d in items], ""]
+        lines += self.evidence_block((self.k.fact_label(f), e) for f in (Fact.COAGULOPATHY, Fact.ANTICOAGULATION)
+                                     for e in facts.evidence.get(f, ()))
+        v = od.variant
+        if v is not None and od.rating is not None:
+            lines += ["", *self.variant_heading(v), "", self.say("orderedHeading"),
+                      self.rating_line(od.rating, [od.order_class.region] if od.order_class.region else ())]
+            for n in self.provenance_notes(od, [od.rating]):
+                lines += ["", n]
+            lines += ["", self.source_line(v)]
+        self.card(kind, summary, "\n".join(lines).strip(), v)
+
+    def mri_covers_treated_level(self, od: OrderDecision) -> bool:
+        """Whether the MRI images the level of the prior augmentation (unknown level, or an
+        MRI naming no region or the complete spine: assume it does)."""
+        treated = self.expand(self.record_regions(od.facts.evidence.get(Fact.AUGMENTATION_HISTORY, ())))
+        region = od.order_class.region
+        if not treated or region is None or region.id == self.rules.wholeSpineRegion:
+            return True
+        return region.id in {r.id for r in treated} or any(region.id in self.rules.regionExpansion.get(r.id, ())
+                                                            for r in treated)
+
+    def steer_ir_card(self, od: OrderDecision) -> None:
+        v, proc = od.variant, od.order_class.procedure
+        assert v is not None and proc is not None  # steer-ir is advised only within a variant
         aug = self.k.procedures[self.k.preferred.augmentation]
+        if self.drafted(aug, None):
+            return
         new = self.new_order(od.raw, aug, None, reasons=od.facts.evidence.get(Fact.VCF, ()))
         rating = v.rating_for(aug.id)
         referral = self.k.preferred.augmentationText
-        sug = [self.suggestion(self.say("referralLabel", referral=referral), [
+        sug = [self.suggestion(self.say("referralLabel", referral=_lower_first(referral)), [
             {"type": "create", "description": referral, "resource": new}], recommended=True)]
-        fields = {"procedure": proc.display, "augmentation": aug.display}
+        fields = {"procedure": self.plain_name(proc), "augmentation": aug.display}
+        lead = [self.lead(Advisory.STEER_IR, **fields)]
         self.card(Advisory.STEER_IR, self.summary(Advisory.STEER_IR, **fields),
-                  self.variant_detail(od, v, self.lead(Advisory.STEER_IR, **fields), [rating] if rating else []),
-                  v, sug)
+                  self.variant_detail(od, v, lead, [rating] if rating else []), v, sug)
 
     def red_flag_card(self) -> None:
+        """One critical card for neurologic red flags: urgent MRI without contrast covering
+        the fractured levels (unless a draft MRI already does) and urgent spine surgery
+        consultation; with an augmentation order it also says why augmentation waits."""
         d = self.d
         if not d.red_flags:
             return
         template = next(iter(self.drafts.values()), None) if self.drafts else None
-        suggestions = []
-        for proc in d.red_flag_missing:
-            new = self.new_order(template, proc, d.red_flag_region if proc.kind == "imaging" else None,
-                                 urgent=True, reasons=d.red_flags)
-            if new is None:
-                continue
-            suggestions.append(self.suggestion(self.say("urgentOrderLabel", procedure=proc.display), [
-                {"type": "create", "description": self.say("urgentOrderAction", procedure=proc.display), "resource": new}]))
-        lines = [self.lead(CardKind.RED_FLAG), "", self.say("redFlagEvidenceHeading"),
-                 *dict.fromkeys(self.evidence_line(e) for e in d.red_flags)]
+        # The level of the fracture decides; back pain only when no fracture is on record.
+        has_fracture = any(f in od.facts for od in d.orders for f in (*self.k.acuity.vcfFacts, Fact.VCF_TRAUMATIC))
+        known = _unique(r for od in d.orders
+                        for r in (self.fracture_regions(od) if has_fracture else self.pain_regions(od.facts)))
+        by_region = self.rules.redFlagImaging.byRegion
+        needed = _unique(x for r in (known or ["unknown"]) for x in by_region.get(r, by_region["unknown"]))
+        covered = self.mri_covered_regions()
+        missing = [] if covered is None else [self.regions[r] for r in needed if r not in covered]
+        suggestions, actions = [], []
+        mri = self.k.procedures[self.k.preferred.redFlagImaging]
+        if missing:
+            creates = [o for reg in missing if (o := self.new_order(template, mri, reg, urgent=True,
+                                                                    reasons=d.red_flags)) is not None]
+            name = self.plain_name(mri, missing, emphasize=True)
+            if creates:
+                suggestions.append(self.suggestion(self.say("urgentOrderLabel", procedure=name), [
+                    {"type": "create", "description": self.say("urgentOrderAction", procedure=self.plain_name(mri, [reg])),
+                     "resource": o}
+                    for reg, o in zip(missing, creates, strict=False)]))
+                actions.append(name)
+        consult = self.k.procedures[self.k.preferred.redFlagConsultation]
+        if consult in d.red_flag_missing:
+            new = self.new_order(template, consult, None, urgent=True, reasons=d.red_flags)
+            if new is not None:
+                consult_name = self.say("spineSurgeryConsultation")
+                suggestions.append(self.suggestion(self.say("urgentOrderLabel", procedure=consult_name), [
+                    {"type": "create", "description": self.say("urgentOrderAction", procedure=consult.display),
+                     "resource": new}]))
+                actions.append(consult_name)
+        augmentation = any(od.order_class.procedure is not None and od.order_class.procedure.category == AUGMENTATION
+                           for od in d.orders)
+        if augmentation:  # the augmentation exclusion and the red flag are one situation: one card
+            summary = self.summary(Advisory.AUGMENT_NEURO)
+        elif actions:
+            summary = self.summary(CardKind.RED_FLAG, actions=" and ".join(actions))
+            if len(summary) > SUMMARY_MAX:
+                summary = self.summary(CardKind.RED_FLAG, actions=self.say("redFlagActionsShort"))
+        else:
+            summary = self.say("redFlagCovered")
+        key = "unknown" if not known else ("lumbar" if set(known) == {"lumbar"} else "thoracic")
+        region_note = self.say({"unknown": "redFlagRegionUnknown", "lumbar": "redFlagRegionLumbar",
+                                "thoracic": "redFlagRegionThoracic"}[key])
+        lines = [self.lead(Advisory.AUGMENT_NEURO), ""] if augmentation else []
+        lines += [self.lead(CardKind.RED_FLAG), "", region_note, ""]
+        lines += self.evidence_block((None, e) for e in d.red_flags)
         routed = next((od.variant for od in d.orders if od.variant is not None and od.variant.routing), None)
         if routed is not None:
             lines += ["", self.say("redFlagRouting", topic=self.k.variant_topic[routed.id].title, title=routed.title)]
-        self.card(CardKind.RED_FLAG, self.summary(CardKind.RED_FLAG), "\n".join(lines), routed, suggestions, behavior="any")
+        self.card(CardKind.RED_FLAG, summary, "\n".join(lines).strip(), routed, suggestions, behavior="any")
 
     # ---- ratings --------------------------------------------------------------------------
     def rating_action(self, od: OrderDecision, position: int) -> dict:

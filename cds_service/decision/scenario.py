@@ -25,7 +25,10 @@ EXCLUDED_PROCEDURE_STATUS = frozenset({"entered-in-error", "not-done", "preparat
 @dataclass(frozen=True)
 class Evidence:
     """Why a fact holds: ``resource`` is ``Type/id`` (``Type/id#reasonCode`` for an order's
-    reason), ``code`` the matched (system, code, display), ``valueset`` the matching set."""
+    reason), ``code`` the matched (system, code, display), ``valueset`` the matching set.
+    ``origin`` is the element it came from; ``current_encounter`` is True for a Condition
+    that is an encounter diagnosis of the order's encounter; ``onset`` (Conditions) or the
+    performed date (Procedures) dates it."""
 
     fact: str
     resource: str
@@ -36,6 +39,8 @@ class Evidence:
     unconfirmed: bool = False
     encounter: Literal["initial", "subsequent"] | None = None
     onset: date | None = None
+    origin: Literal["condition", "procedure", "reasonCode"] = "condition"
+    current_encounter: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,22 @@ def _encounter(knowledge: Knowledge, system: str, code: str) -> Literal["initial
 
 
 _FACT_ORIGIN = {"Condition": "condition", "Procedure": "procedure"}
+ENCOUNTER_DIAGNOSIS = "encounter-diagnosis"  # FHIR R4 condition-category code
+
+
+def _reference_tail(ref: object) -> str | None:
+    """``Encounter/x`` from ``Encounter/x``, ``https://ehr/fhir/Encounter/x`` or ``.../_history/2``."""
+    if not isinstance(ref, dict) or not isinstance(ref.get("reference"), str):
+        return None
+    parts = ref["reference"].split("/_history/")[0].rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 else None
+
+
+def _is_encounter_diagnosis_of(raw: Mapping, encounter: str | None) -> bool:
+    """A Condition categorised ``encounter-diagnosis`` whose ``encounter`` is the order's."""
+    if encounter is None or _reference_tail(raw.get("encounter")) != encounter:
+        return False
+    return any(c["code"] == ENCOUNTER_DIAGNOSIS for cat in raw.get("category") or () for c in _codings(cat))
 
 
 def yields_facts(knowledge: Knowledge, resource_type: str, raw: Mapping) -> bool:
@@ -139,13 +160,18 @@ def extract_facts(
 
     ``conditions`` / ``procedures`` / ``order`` are raw FHIR R4 JSON dicts. ``as_of`` is the
     reference date for onset-based acuity (``reference_date``). Returns a :class:`FactSet`
-    including derived facts and ``vcf-new`` / ``vcf-prior`` (decision-rules.md §3.2).
+    with, in this order: base facts (value sets), qualified facts (a base fact's evidence
+    that passes a context or recency test: fragility fracture, new neurologic symptom,
+    recent worsening; decision-rules.md §6.2-§6.4), derived facts, and ``vcf-new`` /
+    ``vcf-prior`` / ``vcf-current`` (§3.2, §6.3).
     """
     found: dict[str, list[Evidence]] = {}
+    order_encounter = _reference_tail(order.get("encounter"))
     for raw in conditions:
         if is_active_condition(raw):
             onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
-            _add_facts(knowledge, found, "condition", f"Condition/{raw.get('id')}", raw.get("code"), onset)
+            _add_facts(knowledge, found, "condition", f"Condition/{raw.get('id')}", raw.get("code"), onset,
+                       current=_is_encounter_diagnosis_of(raw, order_encounter))
     for raw in procedures:
         if raw.get("status") not in EXCLUDED_PROCEDURE_STATUS:
             performed = _to_date(raw.get("performedDateTime")) or _to_date((raw.get("performedPeriod") or {}).get("start"))
@@ -155,6 +181,14 @@ def extract_facts(
         _add_facts(knowledge, found, "reasonCode", order_ref, reason, None)
 
     facts = {k: tuple(v) for k, v in found.items()}
+    base = dict(facts)
+    for q in knowledge.qualified.values():
+        if q.requires and not any(base.get(r) for r in q.requires):
+            continue
+        evs = tuple(e for e in base.get(q.of, ())
+                    if q.recentWithinDays is None or _is_recent(e, as_of, q.recentWithinDays))
+        if evs:
+            facts[q.id] = evs
     for d in knowledge.derived.values():
         evs = tuple(e for a in d.anyOf for e in facts.get(a, ()))
         if evs:
@@ -164,12 +198,41 @@ def extract_facts(
         facts[ComputedFact.VCF_NEW.value] = new
     if prior:
         facts[ComputedFact.VCF_PRIOR.value] = prior
+    current = _current(knowledge, facts, as_of)
+    if current:
+        facts[ComputedFact.VCF_CURRENT.value] = current
     return FactSet(MappingProxyType(facts))
 
 
-def _add_facts(knowledge: Knowledge, found: dict[str, list[Evidence]], origin: str, resource: str,
-               concept: object, onset: date | None) -> None:
-    """Add the facts ``concept``'s codings yield from ``origin`` (facts.json ``from``)."""
+def _is_recent(e: Evidence, as_of: date, within_days: int) -> bool:
+    """Stated now (the order's reasonCode, an encounter diagnosis of the order's encounter)
+    or with onset at most ``within_days`` before ``as_of``; no onset is not recent."""
+    if e.origin == "reasonCode" or e.current_encounter:
+        return True
+    return e.onset is not None and (as_of - e.onset).days <= within_days
+
+
+def _current(knowledge: Knowledge, facts: Mapping[str, tuple[Evidence, ...]], as_of: date) -> tuple[Evidence, ...]:
+    """VCF evidence of a current fracture: not a sequela (7th character S) and, when the
+    onset is known, not older than ``acuity.currentWithinDays`` (decision-rules.md §6.3)."""
+    acu = knowledge.acuity
+    out = []
+    for f in acu.vcfFacts:
+        for e in facts.get(f, ()):
+            bare = e.code.replace(".", "").upper()
+            if e.system == ICD10CM and len(bare) == 7 and bare[-1] in acu.sequelaCharacters:
+                continue
+            if e.onset is not None and (as_of - e.onset).days > acu.currentWithinDays:
+                continue
+            out.append(e)
+    return tuple(out)
+
+
+def _add_facts(knowledge: Knowledge, found: dict[str, list[Evidence]],
+               origin: Literal["condition", "procedure", "reasonCode"], resource: str, concept: object,
+               onset: date | None, current: bool = False) -> None:
+    """Add the facts ``concept``'s codings yield from ``origin`` (facts.json ``from``);
+    ``current``: the resource is an encounter diagnosis of the order's encounter."""
     term = knowledge.terminology
     for c in _codings(concept):
         system, code = c.get("system") or "", c["code"]
@@ -180,7 +243,8 @@ def _add_facts(knowledge: Knowledge, found: dict[str, list[Evidence]], origin: s
                     fact=fact, resource=resource, system=system, code=code,
                     display=c.get("display") or (concept_def.display if concept_def else None),
                     valueset=vs, unconfirmed=bool(concept_def and concept_def.unconfirmed),
-                    encounter=_encounter(knowledge, system, code), onset=onset))
+                    encounter=_encounter(knowledge, system, code), onset=onset, origin=origin,
+                    current_encounter=current))
 
 
 def _acuity(knowledge: Knowledge, facts: Mapping[str, tuple[Evidence, ...]], as_of: date):
@@ -204,15 +268,20 @@ class VariantChoice:
 
     ``status``: ``selected`` (``variant`` set), ``red-flag`` (neurologic red flag; ``variant``
     is the routing variant for imaging, None for treatment), ``excluded`` (traumatic fracture,
-    outside the criteria), ``missing`` (``missing`` lists alternatives of missing facts),
-    ``conflict`` (``candidates`` lists the variants that all fit), ``out-of-scope``
-    (nothing in the record concerns a vertebral fracture or a red flag).
+    outside the criteria), ``missing`` (``missing`` lists alternatives of missing facts,
+    ``open`` every variant still possible), ``conflict`` (``candidates`` lists the variants
+    that all fit), ``out-of-scope`` (nothing in the record concerns a vertebral fracture or a
+    red flag). The engine adds ``agreed`` (``candidates`` all rate the order alike, ``variant``
+    is the first of them) and ``contraindicated`` (an absolute exclusion of the ordered
+    procedure, e.g. infection for augmentation: no rating).
     """
 
-    status: Literal["selected", "red-flag", "excluded", "missing", "conflict", "out-of-scope"]
+    status: Literal["selected", "red-flag", "excluded", "missing", "conflict", "out-of-scope", "agreed",
+                    "contraindicated"]
     variant: Variant | None = None
     candidates: tuple[Variant, ...] = ()
     missing: tuple[tuple[str, ...], ...] = ()
+    open: tuple[Variant, ...] = ()
 
 
 def _fits(v: Variant, facts: FactSet) -> bool:
@@ -230,7 +299,8 @@ def choose_variant(knowledge: Knowledge, facts: FactSet, order_kind: str) -> Var
         routed = [v for v in knowledge.variants.values()
                   if v.routing == RED_FLAG_ROUTING and v.orderKind == order_kind and _fits(v, facts)]
         return VariantChoice("red-flag", variant=routed[0] if routed else None)
-    if Fact.VCF_TRAUMATIC in facts:
+    # A traumatic code read as a fragility fracture stays in the criteria (ICD-10-CM I.C.13.d.2).
+    if Fact.VCF_TRAUMATIC in facts and Fact.VCF_FRAGILITY not in facts:
         return VariantChoice("excluded")
     if not (Fact.VCF in facts or ComputedFact.VCF_PRIOR in facts):
         return VariantChoice("out-of-scope")
@@ -248,4 +318,4 @@ def choose_variant(knowledge: Knowledge, facts: FactSet, order_kind: str) -> Var
     fewest = min(len(g) for g in gaps)
     missing = tuple(dict.fromkeys(g for g in gaps if len(g) == fewest))
     return VariantChoice("missing", candidates=tuple(v for v, g in zip(open_variants, gaps, strict=False) if len(g) == fewest),
-                         missing=missing)
+                         missing=missing, open=tuple(open_variants))

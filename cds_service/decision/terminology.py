@@ -5,8 +5,10 @@ Implements the subset of FHIR R4 ``ValueSet.compose`` the knowledge uses
 enumerated ``concept`` lists, and for ICD-10-CM the ``concept is-a <code>`` filter.
 ICD-10-CM is a strict code hierarchy in which every descendant code extends its
 parent's characters (M80.08 -> M80.08XA), so ``is-a`` is evaluated as a prefix test
-without a terminology server. No other system may use filters: SNOMED CT
-subsumption needs the full hierarchy, which this service does not ship.
+without a terminology server. An ICD-10-CM block (``C00-C14``) is-a filter means every
+code whose 3-character category lies in the block, as the tabular list nests categories in
+blocks. No other system may use filters: SNOMED CT subsumption needs the full hierarchy,
+which this service does not ship.
 """
 
 from __future__ import annotations
@@ -75,11 +77,23 @@ class ValueSetDef:
         return None
 
 
+def is_a(root: str, code: str) -> bool:
+    """ICD-10-CM subsumption without a hierarchy: ``code`` extends ``root`` (M80.08 ->
+    M80.08XA), or ``root`` is a block ``Xnn-Xnn`` and the category of ``code`` lies in it
+    (C50.912 is-a C50; C34.90 is-a C30-C39). Both normalized (upper case, dots kept).
+    Categories with a letter (C4A, C7A, D3A) sort after the digits of their decade, so a
+    block spanning that position (C76-C80) contains them: list such categories on purpose."""
+    if "-" in root:
+        first, last = root.split("-", 1)
+        return first <= code[:3] <= last
+    return code.startswith(root)
+
+
 def _match(concepts: Iterable[Concept], system: str, code: str) -> Concept | None:
     for c in concepts:
         if c.system != system:
             continue
-        if c.code == code or (c.is_a and code.startswith(c.code)):
+        if c.code == code or (c.is_a and is_a(c.code, code)):
             return c
     return None
 
@@ -129,7 +143,7 @@ class Terminology:
         code = normalize_code(system, code)
         found = list(self._exact.get((system, code), ()))
         if system == ICD10CM:
-            found.extend(vs for root, vs in self._roots if code.startswith(root) and vs not in found)
+            found.extend(vs for root, vs in self._roots if is_a(root, code) and vs not in found)
         result = tuple(vs for vs in found if self.valuesets[vs].contains(system, code) is not None)
         if len(self._memo) >= _MEMO_MAX:
             self._memo.clear()

@@ -39,7 +39,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     try:
         out = evaluate(knowledge, load_request_schemas(), body, service_id=args.service,
-                       options=RenderOptions(argonaut_copy=settings.argonaut_system_actions, qcdsm=settings.qcdsm),
+                       options=RenderOptions(argonaut_copy=settings.argonaut_system_actions, qcdsm=settings.qcdsm,
+                                             pama_official_only=settings.pama_official_only),
                        fhir_client=FhirClient(settings.fetch_policy()), **settings.request_limits)
     except RequestError as exc:
         if args.json:

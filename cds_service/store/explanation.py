@@ -333,6 +333,12 @@ def _scenario_text(row: Mapping[str, Any], in_scope: bool, variant: Variant | No
                 "Recording one of the following would allow a rating.")
     if status == "conflict":
         return "The record fits more than one ACR variant, so the order was not rated."
+    if status == "agreed" and variant is not None and topic is not None:
+        return (f"The record leaves more than one ACR variant of {topic.title} open, and each rates this order "
+                f"alike, so it was rated; shown: variant {variant.id}.")
+    if status == "contraindicated":
+        return ("An absolute exclusion for the ordered procedure is on record (spinal infection before "
+                "vertebral augmentation, CMS LCD L34228): no variant rates it and the order was not rated.")
     return ("Nothing in the record concerns a vertebral fracture or a neurologic red flag: these criteria do "
             "not apply and the order was not rated.")
 

@@ -102,5 +102,6 @@ def new_osteoporotic_vcf_with_back_pain() -> list[dict]:
 
 
 def worsening_osteoporotic_vcf() -> list[dict]:
-    """ACR VCF variant V7: osteoporotic fracture with back pain and worsening kyphosis."""
-    return [*new_osteoporotic_vcf_with_back_pain(), condition(KYPHOSIS)]
+    """ACR VCF variant V7: osteoporotic fracture with back pain and worsening kyphosis (recent:
+    worsening means new or progressive, decision-rules.md §6.3)."""
+    return [*new_osteoporotic_vcf_with_back_pain(), condition(KYPHOSIS, onset=AS_OF - timedelta(days=14))]

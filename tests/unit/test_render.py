@@ -54,7 +54,7 @@ def test_an_inappropriate_order_gets_one_warning_card_offering_the_usual_studies
     out = rendered(knowledge, [order(MRI_LUMBAR_WITH, id="o1")], new_osteoporotic_vcf_with_back_pain())
     (card,) = out.response["cards"]
     assert card["indicator"] == "warning"
-    assert card["summary"].startswith("MRI spine area of interest with IV contrast: Usually not appropriate")
+    assert card["summary"].startswith("Use MRI lumbar spine WITHOUT contrast: contrast adds nothing")
     assert "**ACR variant V1**" in card["detail"]
     assert card["selectionBehavior"] == "at-most-one"
     assert [s.get("isRecommended", False) for s in card["suggestions"]] == [True, False]
@@ -94,33 +94,34 @@ def test_a_neurologic_red_flag_comes_first_as_a_critical_card_with_urgent_orders
     assert out.card_kinds[red["uuid"]] == "red-flag"
     assert red["uuid"] not in out.card_orders  # about the whole call, not one order
     assert red["indicator"] == "critical" and red["selectionBehavior"] == "any"
+    # The fracture code names no level: the MRI covers the thoracic and the lumbar spine.
     assert [s["label"] for s in red["suggestions"]] == [
-        "Order urgent: MRI spine area of interest without IV contrast", "Order urgent: Surgical consultation"]
+        "Order urgent: MRI thoracic and lumbar spine WITHOUT contrast", "Order urgent: spine surgery consultation"]
     created = [s["actions"][0]["resource"] for s in red["suggestions"]]
     assert all(r["priority"] == "urgent" for r in created)
-    assert "(Condition/c-ce)" in red["detail"]
+    assert "Condition/c-ce" in red["detail"]
     assert "overrideReasons" in red
 
 
 def test_a_missing_fact_is_asked_for_in_plain_words(knowledge):
     out = rendered(knowledge, [order(MRI_LUMBAR_WITHOUT)], [condition(OSTEOPOROTIC_VCF_INITIAL)])
     (card,) = out.response["cards"]
-    assert card["summary"] == "No ACR rating: record back pain to rate this order"
+    assert card["summary"] == "Record back pain to get an ACR rating for this order"
     assert "- back pain" in card["detail"]
     assert "systemActions" not in out.response
 
 
-def test_an_augmentation_warning_lists_the_evidence_and_offers_override_reasons(knowledge):
+def test_an_augmentation_order_gets_one_checklist_card_with_the_bleeding_evidence(knowledge):
     record = [*worsening_osteoporotic_vcf(), condition(ANTICOAGULANT_USE, id="c-ac")]
     out = rendered(knowledge, [order(KYPHOPLASTY_LUMBAR)], record)
-    kinds = [out.card_kinds[c["uuid"]] for c in out.response["cards"]]
-    assert kinds == ["augment-bleeding", "augment-no-edema", "augment-no-therapy"]
-    bleeding = out.response["cards"][0]
-    assert bleeding["indicator"] == "warning" and "overrideReasons" in bleeding
-    assert "**Evidence in the record**" in bleeding["detail"]
-    assert "- coagulopathy or anticoagulation: ICD-10-CM Z79.01" in bleeding["detail"]
-    assert bleeding["detail"].endswith("(Condition/c-ac)")
-    assert all("overrideReasons" not in c for c in out.response["cards"][1:])
+    checklist = [c for c in out.response["cards"] if out.card_kinds[c["uuid"]] == "augment-checklist"]
+    assert len(checklist) == 1
+    (card,) = checklist
+    # Anticoagulant use asks for peri-procedural management (SIR), not a contraindication: info.
+    assert card["indicator"] == "info" and "overrideReasons" not in card
+    assert "check INR and platelets" in card["summary"]
+    assert "**Evidence in the record**" in card["detail"]
+    assert "(ICD-10-CM Z79.01): long-term anticoagulant use — Condition/c-ac" in card["detail"]
 
 
 def test_a_surgical_referral_is_steered_to_an_ir_referral_for_augmentation(knowledge):
@@ -175,18 +176,23 @@ def test_the_wording_is_the_knowledge_s(knowledge):
     """A site rewords a card in cards.json: the card says it, with the procedure filled in."""
     kinds = dict(knowledge.cards.kinds)
     kinds["not-appropriate"] = kinds["not-appropriate"].model_copy(
-        update={"summary": "Reconsider {procedure}", "indicator": "critical"})
+        update={"summary": "Reconsider: {alternative}", "indicator": "critical"})
     reworded = dataclasses.replace(knowledge, cards=knowledge.cards.model_copy(update={"kinds": kinds}))
     (card,) = rendered(reworded, [order(MRI_LUMBAR_WITH)], new_osteoporotic_vcf_with_back_pain()).response["cards"]
-    assert card["summary"] == "Reconsider MRI spine area of interest with IV contrast"
+    assert card["summary"] == "Reconsider: MRI lumbar spine WITHOUT contrast"
     assert card["indicator"] == "critical"
 
 
 def test_a_summary_too_long_for_cds_hooks_is_shortened(knowledge):
     kinds = dict(knowledge.cards.kinds)
-    kinds["not-appropriate"] = kinds["not-appropriate"].model_copy(update={"summary": "{procedure}: " + "x" * 200})
+    kinds["not-appropriate"] = kinds["not-appropriate"].model_copy(update={"summary": "{alternative}: " + "x" * 200})
     long = dataclasses.replace(knowledge, cards=knowledge.cards.model_copy(update={"kinds": kinds}))
     (card,) = rendered(long, [order(MRI_LUMBAR_WITH)], new_osteoporotic_vcf_with_back_pain()).response["cards"]
+    # The action stays, the reason is shortened (cards.json useInsteadShort).
+    assert len(card["summary"]) <= SUMMARY_MAX and card["summary"].startswith("Use MRI lumbar spine WITHOUT contrast")
+    texts = dict(knowledge.cards.text, useInsteadShort="{alternative}: " + "y" * 200)
+    longer = dataclasses.replace(long, cards=long.cards.model_copy(update={"text": texts}))
+    (card,) = rendered(longer, [order(MRI_LUMBAR_WITH)], new_osteoporotic_vcf_with_back_pain()).response["cards"]
     assert len(card["summary"]) == SUMMARY_MAX and card["summary"].endswith("…")
 
 

@@ -87,3 +87,25 @@ def test_bundled_worsening_signs_leave_out_flatback_and_other_non_kyphotic_defor
     assert "vcf-worsening-signs" in term.memberships(ICD10CM, "M40.204")  # kyphosis, lumbar
     assert term.memberships(ICD10CM, "M40.35") == ()  # flatback syndrome
     assert term.memberships(ICD10CM, "M40.45") == ()  # postural lordosis
+
+
+def test_an_icd10cm_block_covers_every_code_of_its_categories():
+    """C30-C39 (malignant neoplasms of respiratory and intrathoracic organs) covers lung cancer
+    C34.90 and C39.9, not C40.0; a category root C50 covers C50.912 but not C51.9."""
+    cancers = _vs("cancers", Concept(ICD10CM, "C30-C39", None, is_a=True), Concept(ICD10CM, "C50", None, is_a=True))
+    term = Terminology.build({"cancers": cancers})
+    assert term.memberships(ICD10CM, "C34.90") == ("cancers",)
+    assert term.memberships(ICD10CM, "C39.9") == ("cancers",)
+    assert term.memberships(ICD10CM, "c50.912") == ("cancers",)
+    assert term.memberships(ICD10CM, "C40.0") == ()
+    assert term.memberships(ICD10CM, "C51.9") == ()
+
+
+def test_bundled_malignancy_is_c00_to_c96_without_c44():
+    from cds_service.decision.knowledge import load_knowledge
+
+    term = load_knowledge().terminology
+    for code in ("C00.0", "C34.90", "C43.9", "C4A.9", "C50.912", "C61", "C7A.00", "C7B.00", "C79.51", "C90.00", "C96.9"):
+        assert "malignancy" in term.memberships(ICD10CM, code), code
+    for code in ("C44.91", "C44.311", "D03.9", "D46.9", "Z85.828"):
+        assert "malignancy" not in term.memberships(ICD10CM, code), code

@@ -21,8 +21,8 @@ def chosen(knowledge, order_kind, *fact_ids):
     ("imaging", ("vcf", "vcf-new", "vcf-prior", "back-pain"), "V3"),
     ("imaging", ("vcf", "asymptomatic", "malignancy-any"), "V4"),
     ("treatment", ("vcf", "osteoporotic", "asymptomatic"), "V5"),
-    ("treatment", ("vcf", "osteoporotic", "back-pain", "marrow-edema"), "V6"),
-    ("treatment", ("vcf", "osteoporotic", "back-pain", "worsening"), "V7"),
+    ("treatment", ("vcf", "vcf-current", "osteoporotic", "back-pain", "marrow-edema"), "V6"),
+    ("treatment", ("vcf", "vcf-current", "osteoporotic", "back-pain", "worsening"), "V7"),
     ("treatment", ("vcf", "malignancy-any", "back-pain"), "V8"),
 ])
 def test_the_facts_of_each_acr_variant_select_it(knowledge, order_kind, fact_ids, variant):
@@ -65,7 +65,7 @@ def test_a_new_fracture_without_back_pain_asks_for_back_pain(knowledge):
 
 
 def test_an_osteoporotic_fracture_with_pain_asks_for_edema_or_worsening(knowledge):
-    choice = chosen(knowledge, "treatment", "vcf", "osteoporotic", "back-pain")
+    choice = chosen(knowledge, "treatment", "vcf", "vcf-current", "osteoporotic", "back-pain")
     assert choice.status == "missing"
     assert choice.missing == (("marrow-edema",), ("worsening",))
     assert [v.id for v in choice.candidates] == ["V6", "V7"]
@@ -80,7 +80,8 @@ def test_when_only_facts_no_card_may_ask_for_are_missing_nothing_is_asked(knowle
 
 
 def test_a_record_that_fits_two_variants_is_a_conflict(knowledge):
-    choice = chosen(knowledge, "treatment", "vcf", "osteoporotic", "back-pain", "marrow-edema", "worsening")
+    choice = chosen(knowledge, "treatment", "vcf", "vcf-current", "osteoporotic", "back-pain", "marrow-edema",
+                     "worsening")
     assert choice.status == "conflict"
     assert [v.id for v in choice.candidates] == ["V6", "V7"]
     assert choice.variant is None
