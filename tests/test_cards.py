@@ -186,6 +186,7 @@ def test_post_augmentation_mri_card_only_when_the_mri_covers_the_treated_level(k
     ("seed-001-v3-ct-with-contrast", "teaching material that describes the ACR table"),
     ("seed-004-v7-augmentation", "teaching material that describes the ACR table"),
     ("v8-pathologic-augmentation", "third-party summary of the ACR table"),
+    ("facts-asymptomatic-fracture-kyphoplasty", "third-party summary of the ACR table"),  # V5 medical management
 ])
 def test_cards_built_on_seed_or_secondary_ratings_say_where_the_rating_comes_from(knowledge, schemas, case_id, words):
     card = cards(knowledge, schemas, case_id)[0]
@@ -241,7 +242,8 @@ def test_record_text_arrives_inert_in_commonmark(knowledge, schemas):
 
 @pytest.mark.parametrize(("raw", "escaped"), [
     ("[x](javascript:alert(1))", r"\[x\](javascript:alert(1))"),
-    ("![i](https://e.example/i.png)", r"\!\[i\](https://e.example/i.png)"),
+    ("![i](https://e.example/i.png)", r"\!\[i\](https\://e.example/i.png)"),
+    ("see www.e.example", r"see www\.e.example"),
     ("<b>bold</b> & *em*", r"\<b\>bold\</b\> \& \*em\*"),
     ("1. first\n# heading", r"1\. first \# heading"),
     ("- dash", r"\- dash"),

@@ -199,6 +199,7 @@ CARD_TEXT: Mapping[str, frozenset[str]] = MappingProxyType({
     "sourceLine": _F({"citation", "url"}),
     "sourceLineUnconfirmed": _F({"citation", "url"}),
     "unconfirmedNote": _F({"items"}),
+    "unconfirmedCode": _F({"code"}),
     # suggestions and actions
     "urgentOrderLabel": _F({"procedure"}),
     "urgentOrderAction": _F({"procedure"}),

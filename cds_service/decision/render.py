@@ -55,6 +55,9 @@ ORDER_CODE_SYSTEMS = (CPT, LOINC, SNOMED)
 EVIDENCE_MAX = 8  # evidence lines per card; the rest is "and N more" (a 5 MB record must not make 150 MB of cards)
 # Advisories whose warning card already speaks for an order the service cannot rate.
 WARNING_ADVISORIES = (Advisory.REGION_MISMATCH, Advisory.AUGMENT_ASYMPTOMATIC, Advisory.AUGMENT_INFECTION)
+# Advisory cards whose text leans on a rating of the variant (asymptomatic: "medical management
+# is Usually appropriate"), so they say where the rating comes from.
+RATING_CITING_ADVISORIES = (Advisory.AUGMENT_ASYMPTOMATIC,)
 # Placeholder for the card's own "Why this advice?" URL, known only once the card has its uuid.
 _MORE_LINK = "\x00more-link\x00"
 # The ASCII punctuation CommonMark lets a backslash escape (spec §2.4) that can open inline
@@ -64,6 +67,9 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]#+!<>|~&])")
 # ...and what opens a block only at the start: a list item ("-", "1." / "1)"), a heading, a quote.
 _MD_BLOCK_START = re.compile(r"^(\d{1,9})([.)])|^([-=])")
 _WS = re.compile(r"\s+")
+# GFM's extended autolinks (cmark-gfm) start at "://" or "www.": escaping that ':' or '.' keeps
+# a URL in record text from becoming a link.
+_AUTOLINK = re.compile(r"(?i):(?=//)|(?<=www)\.")
 
 
 def new_uuid() -> str:
@@ -76,9 +82,11 @@ def md_escape(text: object) -> str:
     Every markup character is backslash-escaped (CommonMark 0.31 §2.4: any ASCII
     punctuation may be escaped and then renders as itself) and line breaks collapse to one
     space, so a Condition display such as ``[x](javascript:alert(1))``, ``![i](http://..)``
-    or ``<img src=x onerror=...>`` arrives as plain text and cannot start a block.
+    or ``<img src=x onerror=...>`` arrives as plain text and cannot start a block; "://" and
+    "www." are escaped too, so GFM's extended autolinks do not turn a URL into a link.
     """
     flat = _MD_SPECIAL.sub(r"\\\1", _WS.sub(" ", str(text)).strip())
+    flat = _AUTOLINK.sub(lambda m: "\\" + m[0], flat)
     return _MD_BLOCK_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", flat)
 
 
@@ -113,11 +121,6 @@ class Rendered:
 
 def _summary(text: str) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
-
-
-def _code_text(e: Evidence) -> str:
-    system = SYSTEM_NAMES.get(e.system, e.system)
-    return f"{system} {md_escape(e.code)}" + (" (unconfirmed code)" if e.unconfirmed else "")
 
 
 def _lower_first(name: str) -> str:
@@ -175,6 +178,11 @@ class _Renderer:
     def lead(self, kind: str, **fields: object) -> str:
         """The first paragraph of a card's detail."""
         return self.k.cards.kinds[kind].detail.format(**fields)
+
+    def code_text(self, e: Evidence) -> str:
+        """'ICD-10-CM M48.56XA', marked when the code's meaning is not confirmed."""
+        label = f"{SYSTEM_NAMES.get(e.system, e.system)} {md_escape(e.code)}"
+        return self.say("unconfirmedCode", code=label) if e.unconfirmed else label
 
     # ---- building blocks -------------------------------------------------------------
     def source(self, variant: Variant | None) -> dict:
@@ -403,7 +411,7 @@ class _Renderer:
             key = (e.resource, (e.display or e.code) if e.resource.endswith("#reasonCode") else "")
             g = groups.setdefault(key, {"display": None, "codes": [], "labels": []})
             g["display"] = g["display"] or e.display
-            g["codes"].append(_code_text(e))
+            g["codes"].append(self.code_text(e))
             if label:
                 g["labels"].append(label)
         if not groups:
@@ -484,7 +492,7 @@ class _Renderer:
             notes.append(self.say("seedNote"))
         if "SECONDARY" in provenances:
             notes.append(self.say("secondaryNote"))
-        unconfirmed = sorted({_code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
+        unconfirmed = sorted({self.code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
                               for e in od.facts.all_evidence() if e.unconfirmed})
         if unconfirmed:
             shown = "; ".join(unconfirmed[:EVIDENCE_MAX]) + (f"; and {len(unconfirmed) - EVIDENCE_MAX} more"
@@ -635,7 +643,17 @@ class _Renderer:
         facts = self.k.cards.kinds[kind].evidence
         lines = [self.lead(kind, **where), "",
                  *self.evidence_block((self.k.fact_label(f), e) for f in facts for e in od.facts.evidence.get(f, ()))]
-        self.card(kind, self.summary(kind, **where), "\n".join(lines).strip(), od.variant)
+        # A card that leans on the variant's ratings (e.g. "medical management is Usually
+        # appropriate") says where those ratings come from when it is not the ACR's own table.
+        v = od.variant
+        cites = v is not None and kind in RATING_CITING_ADVISORIES
+        notes = self.provenance_notes(od, [od.rating, *od.alternatives]) if cites else []
+        if v is not None and notes:
+            lines += ["", *self.variant_heading(v)]
+            for n in notes:
+                lines += ["", n]
+            lines += ["", self.source_line(v)]
+        self.card(kind, self.summary(kind, **where), "\n".join(lines).strip(), v)
 
     def checklist_card(self, od: OrderDecision, advisories: Sequence[str]) -> None:
         """One card per augmentation order: MRI evidence, osteoporosis therapy, bleeding.
@@ -731,7 +749,7 @@ class _Renderer:
             if new is not None:
                 consult_name = self.say("spineSurgeryConsultation")
                 suggestions.append(self.suggestion(self.say("urgentOrderLabel", procedure=consult_name), [
-                    {"type": "create", "description": self.say("urgentOrderAction", procedure=consult.display),
+                    {"type": "create", "description": self.say("urgentOrderAction", procedure=_lower_first(consult.display)),
                      "resource": new}]))
                 actions.append(consult_name)
         augmentation = any(od.order_class.procedure is not None and od.order_class.procedure.category == AUGMENTATION
