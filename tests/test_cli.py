@@ -236,3 +236,10 @@ def test_token_refuses_what_it_cannot_sign_in_one_line(tmp_path, capsys):
     other.write_text(json.dumps({"keys": []}), encoding="utf-8")
     assert main(["token", "--key", str(SANDBOX_KEY), "--iss", SANDBOX_ISS, "--jwks", str(other), "http://127.0.0.1/x"]) == 2
     assert "cannot read the JWK Set" in capsys.readouterr().err
+
+
+def test_a_file_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VCF_CDS_DATA_DIR", str(tmp_path / "var"))
+    assert main(["report", "-o", str(tmp_path / "no-such-dir" / "report.html"), "--format", "html"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vcf-cds: ") and "No such file or directory" in err and "Traceback" not in err

@@ -399,6 +399,10 @@ def _run(argv: Sequence[str] | None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         status: int = args.func(args)
+    except BrokenPipeError:
+        raise  # main() ends quietly
+    except OSError as exc:  # a file or directory named by an option or a setting cannot be read
+        return _error(str(exc))
     except Exception as exc:
         if isinstance(exc, _configuration_errors()):
             return _error(str(exc))
