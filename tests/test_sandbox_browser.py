@@ -163,6 +163,7 @@ def test_discovery_lists_both_services(sandbox, stack):
     page.get_by_text("Configure CDS Services").click()
     for service in ("vcf-order-select", "vcf-order-sign"):
         page.get_by_role("dialog").get_by_text(f"{stack.discovery}/{service}", exact=True).wait_for()
+    page.wait_for_timeout(1000)  # the dialog fades in
     discovery = [e for e in sandbox.exchanges if e["method"] == "GET" and e["url"] == stack.discovery]
     assert discovery and discovery[0]["status"] == 200  # signed by the sandbox, accepted with auth on
     _shot(page, "discovery")
