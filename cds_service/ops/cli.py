@@ -394,9 +394,11 @@ def _run(argv: Sequence[str] | None) -> int:
     if args.command != "serve":  # serve configures its own JSON logging
         import logging
 
-        # Quiet by default: Alembic and the store log each migration step at INFO.
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Quiet by default: Alembic logs each migration step at INFO. Its logger gets the level
+        # too, for a process whose logging was configured before (basicConfig then does nothing).
+        level = logging.INFO if args.verbose else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("alembic").setLevel(level)
     try:
         status: int = args.func(args)
     except BrokenPipeError:
