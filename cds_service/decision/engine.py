@@ -27,6 +27,7 @@ from cds_service.decision.scenario import (
     Evidence,
     FactSet,
     VariantChoice,
+    RecordFacts,
     choose_variant,
     extract_facts,
     reference_date,
@@ -210,19 +211,21 @@ def _steer_to_ir(knowledge: Knowledge, p: Procedure, v: Variant | None, rating: 
 
 def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Mapping],
                  procedures: Sequence[Mapping], as_of: date | None = None,
-                 pama_official_only: bool = False) -> OrderDecision:
+                 pama_official_only: bool = False, record: RecordFacts | None = None) -> OrderDecision:
     """Decide one order (raw FHIR ServiceRequest JSON) against the patient's record.
 
     ``pama_official_only``: send a PAMA rating only for a cell the ACR's own published table
     gives (provenance OFFICIAL); SEED and SECONDARY cells, and 'no criteria apply', are then
-    not sent (setting ``PAMA_OFFICIAL_ONLY``).
+    not sent (setting ``PAMA_OFFICIAL_ONLY``). ``record``: ``conditions`` and ``procedures``
+    already read (:class:`~cds_service.decision.scenario.RecordFacts`), shared by the
+    orders of one request.
     """
     ref = f"{raw.get('resourceType', 'ServiceRequest')}/{raw.get('id')}"
     # Only orders still being placed are rated; a revoked, completed or entered-in-error
     # request is not a decision the clinician is making now.
     oc = classify_order(knowledge, raw) if raw.get("status", "draft") in RATED_STATUSES else OrderClass(None, None, None)
     facts = extract_facts(knowledge, conditions=conditions, procedures=procedures, order=raw,
-                          as_of=as_of or reference_date(raw))
+                          as_of=as_of or reference_date(raw), record=record)
     if oc.procedure is None:
         return OrderDecision(ref, raw, oc, facts, None, None, None, (), ())
     choice = choose_variant(knowledge, facts, oc.procedure.kind)
@@ -263,8 +266,11 @@ def decide(knowledge: Knowledge, *, selections: Iterable[Mapping], draft_orders:
     ``pama_official_only``: see :func:`decide_order`.
     """
     drafts = list(draft_orders)
+    # The record is read once for all orders: with 50 orders over thousands of Conditions,
+    # reading it per order was most of a call's cost.
+    record = RecordFacts(knowledge, conditions=conditions, procedures=procedures)
     orders = tuple(decide_order(knowledge, raw, conditions=conditions, procedures=procedures, as_of=as_of,
-                                pama_official_only=pama_official_only)
+                                pama_official_only=pama_official_only, record=record)
                    for raw in selections)
     red: dict[tuple, Evidence] = {}
     for od in orders:
