@@ -32,6 +32,7 @@ from cds_service.protocol.request import (
     MAX_DRAFT_ORDERS,
     MAX_JSON_DEPTH,
     MAX_PREFETCH_ENTRIES,
+    MAX_RECORD_READ,
     Envelope,
     PatientRecord,
     RequestSchemas,
@@ -138,13 +139,15 @@ def validate_response(rendered: Rendered) -> None:
 
 def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, service_id: str,
              options: RenderOptions, max_depth: int = MAX_JSON_DEPTH, max_draft_orders: int = MAX_DRAFT_ORDERS,
-             max_prefetch_entries: int = MAX_PREFETCH_ENTRIES, fhir_client: FhirClient | None = None) -> Outcome:
+             max_prefetch_entries: int = MAX_PREFETCH_ENTRIES, max_record_read: int = MAX_RECORD_READ,
+             fhir_client: FhirClient | None = None) -> Outcome:
     """Evaluate a request body (decoded JSON) for service ``service_id``: every step above, in turn.
 
     With ``fhir_client``, prefetch the request lacks is fetched from its ``fhirServer``
     using the service's prefetch templates. Only the prefetched Conditions and Procedures the
     decision reads (a code in a fact value set, :func:`cds_service.decision.scenario.yields_facts`)
-    are validated and kept. The service's ``requiredPrefetch`` keys must then be available.
+    are validated and kept, at most ``max_record_read`` per prefetch key (the rest are listed
+    under ``skippedResources``). The service's ``requiredPrefetch`` keys must then be available.
 
     Raises:
         RequestError: 404 unknown service; 400/413 from :func:`parse_envelope` (which applies
@@ -156,7 +159,7 @@ def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, servic
                               max_draft_orders=max_draft_orders, max_prefetch_entries=max_prefetch_entries)
     prefetch = complete_prefetch(envelope, service, fhir_client, max_depth=max_depth)
     record = parse_record(prefetch, patient_id=envelope.patient_id, required=service.requiredPrefetch,
-                          reads=partial(yields_facts, knowledge))
+                          reads=partial(yields_facts, knowledge), max_read=max_record_read)
     decision = decide_orders(knowledge, envelope, record, pama_official_only=options.pama_official_only)
     rendered = render_response(knowledge, envelope, record, decision, options)
     validate_response(rendered)

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(365, ge=1, description="vcf-cds purge deletes audit records and feedback older than this")
     max_draft_orders: int = Field(50, ge=1, le=10_000, description="413 for more context.draftOrders entries")
     max_prefetch_entries: int = Field(5000, ge=1, le=1_000_000, description="413 for more Bundle entries in all of prefetch")
+    max_record_read: int = Field(200, ge=1, le=1_000_000, description="prefetched Conditions (and, apart, Procedures) "
+                                 "with a code the decision reads, read per request; the rest are listed under "
+                                 "skippedResources")
     auth: bool = Field(True, description="verify the CDS Client's bearer JWT (on|off); off only for local use")
     trusted_issuers: Path | None = Field(None, description="JSON file of trusted issuers; required while auth is on")
     public_base_url: str | None = Field(None, description="base URL clients call (behind a proxy); the JWT aud is checked against it")
@@ -123,7 +126,7 @@ class Settings(BaseSettings):
     def request_limits(self) -> dict[str, int]:
         """The parser limits, as keyword arguments of :func:`cds_service.pipeline.evaluate`."""
         return {"max_depth": self.max_json_depth, "max_draft_orders": self.max_draft_orders,
-                "max_prefetch_entries": self.max_prefetch_entries}
+                "max_prefetch_entries": self.max_prefetch_entries, "max_record_read": self.max_record_read}
 
     @property
     def cors_origin_list(self) -> list[str]:

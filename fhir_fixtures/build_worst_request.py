@@ -8,11 +8,15 @@ cost of one call has a bound:
 - 50 draft orders, all selected: the spine imaging and treatment CPT codes of
   ``build_cases.py`` in turn, each with two reasonCodes, authored on 50 different days (so
   no two orders share a reference date);
-- 4,900 Conditions, every one with a code the decision reads (each ICD-10-CM code of
+- 4,800 Conditions, every one with a code the decision reads (each ICD-10-CM code of
   ``build_cases.ICD_TEXT`` with its SNOMED CT twin where ``build_cases`` has one, in
   turn), active, onsets spread over ten years, a long ``code.text`` and a long note, some of
   them encounter diagnoses of the orders' encounter;
-- 100 completed Procedures, half of them vertebral augmentation (a fact), half radiographs.
+- 200 completed Procedures, every one a vertebral augmentation (a fact the decision reads),
+  thoracic and lumbar in turn.
+
+Prefetch then holds 5,000 Bundle entries (``MAX_PREFETCH_ENTRIES``), each one a resource the
+decision reads; the body is about 7.4 MB.
 
 The benchmark and the tests build it in memory (:func:`build`); the file (7.4 MB, not in git)
 is for sending it by hand. Deterministic (no clock, no randomness); run from anywhere:
@@ -34,8 +38,8 @@ import build_cases as bc  # noqa: E402
 OUT = HERE / "bench" / "worst-request.json"
 CASE_ID = "bench-worst-request"
 N_ORDERS = 50
-N_CONDITIONS = 4900
-N_PROCEDURES = 100
+N_CONDITIONS = 4800
+N_PROCEDURES = 200
 # ICD-10-CM code -> its SNOMED CT twin among build_cases.SCT_TEXT (same clinical idea).
 _SCT_TWIN = {"M48.56XA": "42942008", "M48.54XA": "42942008", "M81.0": "64859006", "C79.51": "94222008",
              "M54.50": "279039007", "M40.204": "414564002", "R06.00": "267036007", "D68.9": "64779008",
@@ -63,14 +67,8 @@ def build() -> dict:
             c["category"][0]["coding"][0].update(code="encounter-diagnosis", display="Encounter Diagnosis")
             c["encounter"] = {"reference": f"Encounter/{enc}"}
         conds.append(c)
-    procs = []
-    for n in range(N_PROCEDURES):
-        cpt = ("22513", "22514")[n % 2] if n % 4 < 2 else None
-        if cpt:
-            procs.append(bc.procedure(f"pr-{h}-{n:03d}", pid, cpt, bc.CPT_TEXT[cpt], _day(400 + 11 * n)))
-        else:
-            procs.append(bc.procedure(f"pr-{h}-{n:03d}", pid, "72100", "Radiologic examination, spine, "
-                                      "lumbosacral; 2 or 3 views", _day(30 + 11 * n), body_site_text=_LONG))
+    procs = [bc.procedure(f"pr-{h}-{n:03d}", pid, cpt, bc.CPT_TEXT[cpt], _day(400 + 11 * n), body_site_text=_LONG)
+             for n in range(N_PROCEDURES) for cpt in [("22513", "22514")[n % 2]]]
     orders = []
     for n in range(N_ORDERS):
         sr = bc.service_request(f"sr-{h}-{n:02d}", pid, _ORDER_CPT[n % len(_ORDER_CPT)], enc,

@@ -121,9 +121,11 @@ def _rating(variant: Variant | None, oc: OrderClass) -> Rating | None:
 def fracture_regions(knowledge: Knowledge, facts: FactSet) -> tuple[Region, ...]:
     """Regions named by the record's vertebral fracture codes (decision-rules.md §6.8)."""
     term = knowledge.terminology
-    evs = [e for f in (*knowledge.acuity.vcfFacts, Fact.VCF_TRAUMATIC) for e in facts.evidence.get(f, ())]
+    # Each distinct code once: a long record repeats a few codes thousands of times.
+    codes = {(e.system, e.code) for f in (*knowledge.acuity.vcfFacts, Fact.VCF_TRAUMATIC)
+             for e in facts.evidence.get(f, ())}
     return tuple(r for r in knowledge.regions if r.fractureValueSet is not None
-                 and any(term.valuesets[r.fractureValueSet].contains(e.system, e.code) for e in evs))
+                 and any(term.valuesets[r.fractureValueSet].contains(system, code) for system, code in codes))
 
 
 def region_mismatch(oc: OrderClass, fractured: Sequence[Region]) -> bool:

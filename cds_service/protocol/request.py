@@ -44,6 +44,7 @@ __all__ = [
     "MAX_DRAFT_ORDERS",
     "MAX_JSON_DEPTH",
     "MAX_PREFETCH_ENTRIES",
+    "MAX_RECORD_READ",
     "PREFETCH_CONDITIONS",
     "PREFETCH_PROCEDURES",
     "PatientRecord",
@@ -65,6 +66,10 @@ MAX_JSON_DEPTH = 100
 # resources. Counted before any schema or model runs, since those are what large input costs.
 MAX_DRAFT_ORDERS = 50
 MAX_PREFETCH_ENTRIES = 5000
+# Validating a prefetched resource as FHIR R4B costs about 0.2 ms, and the decision's work
+# grows with the resources it reads: this bounds both, per prefetch key. A record rarely
+# holds more than a few dozen resources with a code the decision reads.
+MAX_RECORD_READ = 200
 
 _DIAGNOSTIC_MAX = 300
 
@@ -354,6 +359,7 @@ def parse_record(
     patient_id: str,
     required: Sequence[str] = (),
     reads: ReadsResource | None = None,
+    max_read: int = MAX_RECORD_READ,
 ) -> PatientRecord:
     """Read the patient's Conditions and Procedures from ``prefetch`` (CDS Hooks 2.0 "Prefetch
     Template": each value ``null``, a Bundle, a single resource or an OperationOutcome).
@@ -370,6 +376,9 @@ def parse_record(
         reads: tells which prefetched resources the decision reads; the others are passed
             over: not validated, not returned, not listed in ``issues`` unless they belong
             to another patient. None: every resource is validated and returned.
+        max_read: resources validated per key, at most (those ``reads`` passes over do not
+            count); the resources of that key past them are not read, and one issue
+            names how many, from which entry on (setting ``MAX_RECORD_READ``).
 
     Raises:
         RequestError: 412 ``required`` when a ``required`` key is absent, an
@@ -377,7 +386,7 @@ def parse_record(
     """
     issues: list[InputIssue] = []
     found: dict[str, tuple[InputResource, ...] | None] = {
-        key: _prefetched(prefetch, key, resource_type, patient_id, issues, reads)
+        key: _prefetched(prefetch, key, resource_type, patient_id, issues, reads, max_read)
         for key, resource_type in RECORD_KEYS.items()
     }
     for key in required:
@@ -590,6 +599,7 @@ def _prefetched(
     patient_id: str,
     issues: list[InputIssue],
     reads: ReadsResource | None = None,
+    max_read: int = MAX_RECORD_READ,
 ) -> tuple[InputResource, ...] | None:
     """Resources of ``expected_type`` under prefetch ``key``; None when unavailable.
 
@@ -642,11 +652,29 @@ def _prefetched(
         return None
 
     found: list[InputResource] = []
+    tried = 0
+    not_read: list[str] = []
     for candidate_where, raw in candidates:
+        if tried >= max_read and _would_validate(raw, expected_type, reads):
+            not_read.append(candidate_where)
+            continue
+        tried += _would_validate(raw, expected_type, reads)
         item = _prefetched_resource(candidate_where, raw, expected_type, patient_id, issues, reads)
         if item is not None:
             found.append(item)
+    if not_read:
+        # One issue for the lot: thousands of entries would make the response as large as the request.
+        issues.append(InputIssue(
+            not_read[0], expected_type, None,
+            f"{len(not_read)} {expected_type} resources from here on not read ({not_read[0]} to {not_read[-1]}): "
+            f"this service reads at most {max_read} per request (setting MAX_RECORD_READ)"))
     return tuple(found)
+
+
+def _would_validate(raw: Any, expected_type: str, reads: ReadsResource | None) -> bool:
+    """Whether :func:`_prefetched_resource` would validate ``raw`` (what ``max_read`` counts)."""
+    return (isinstance(raw, Mapping) and raw.get("resourceType") == expected_type
+            and (reads is None or reads(expected_type, raw)))
 
 
 def _prefetched_resource(
