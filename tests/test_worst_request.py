@@ -2,7 +2,8 @@
 selected draft orders, 4,800 Conditions and 200 Procedures the decision reads, 7.4 MB) gets
 a whole answer of bounded size: every order decided, the part of the record not read named
 under skippedResources, and otherwise the same answer as for the record cut where the
-service cut it. Sizes and counts only: the benchmark prints what the call costs."""
+service cut it; its audit record stays small and the "Why this advice?" page says what it
+leaves out. Sizes and counts only: the benchmark prints what the call costs."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ import sys
 
 import pytest
 from conftest import FIXTURES, make_app
+from sqlalchemy import text
 from test_api import normalise_uuids, post_raw
+from test_explain import local, page_text
 
+from cds_service.app import state_of
 from cds_service.protocol.models import check_response
 from cds_service.protocol.request import MAX_RECORD_READ
 from cds_service.settings import Settings
+from cds_service.store.explanation import FACTS_LISTED_MAX
 
 sys.path.insert(0, str(FIXTURES))
 import build_worst_request
@@ -33,11 +38,18 @@ def worst() -> dict:
 
 
 @pytest.fixture(scope="module")
-def worst_answer(worst) -> dict:
-    resp = post_raw(make_app().test_client(), json.dumps(worst, separators=(",", ":")))
+def worst_call(worst, tmp_path_factory):
+    """(app, response JSON) of the worst request, the app's database in a temp dir."""
+    app = make_app(DATA_DIR=str(tmp_path_factory.mktemp("worst-data")))
+    resp = post_raw(app.test_client(), json.dumps(worst, separators=(",", ":")))
     assert resp.status_code == 200, resp.get_data(as_text=True)[:500]
     assert len(resp.get_data()) < RESPONSE_MAX_BYTES
-    return resp.get_json()
+    return app, resp.get_json()
+
+
+@pytest.fixture(scope="module")
+def worst_answer(worst_call) -> dict:
+    return worst_call[1]
 
 
 def test_worst_request_fills_the_default_limits(worst):
@@ -130,3 +142,18 @@ def test_parse_record_counts_only_what_it_reads_and_validates(knowledge):
     unbounded = parse_record({"conditions": _conditions_bundle(resources)}, patient_id=pid, reads=reads, max_read=4)
     assert [c.id for c in unbounded.conditions] == ["c-vcf-0", "c-vcf-1", "c-vcf-2"]
     assert len(unbounded.issues) == 1
+
+
+def test_worst_request_audit_record_is_bounded_and_its_page_says_what_it_leaves_out(worst_call):
+    app, answer = worst_call
+    with state_of(app).audit.database.engine.connect() as conn:
+        stored = [row[0] for row in conn.execute(text("SELECT evidence FROM audit_order"))]
+    assert len(stored) == 50
+    # Each order stores at most FACTS_LISTED_MAX codes: well under 100 kB, not the 200 kB an
+    # order over this record stored before, 10 MB a call.
+    assert max(len(e if isinstance(e, str) else json.dumps(e)) for e in stored) < 100_000
+    card = next(c for c in answer["cards"] if c.get("links"))
+    page = app.test_client().get(local(card["links"][0]["url"]))
+    assert page.status_code == 200
+    assert re.search(rf"And \d+ more codes in the record, not listed: the service keeps the first "
+                     rf"{FACTS_LISTED_MAX} of each order\.", page_text(page))
