@@ -83,11 +83,16 @@ def order_evidence(knowledge: Knowledge, od: OrderDecision) -> dict[str, Any]:
     """
     as_of = reference_date(od.raw)
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    not_listed: set[tuple[str, str, str]] = set()
     for fact, evidence in od.facts.evidence.items():
         for e in evidence:
-            row = rows.get((e.resource, e.system, e.code))
+            key = (e.resource, e.system, e.code)
+            row = rows.get(key)
             if row is None:
-                row = rows[(e.resource, e.system, e.code)] = _fact_row(e, as_of)
+                if len(rows) >= FACTS_LISTED_MAX:
+                    not_listed.add(key)
+                    continue
+                row = rows[key] = _fact_row(e, as_of)
             if all(f["id"] != fact for f in row["facts"]):
                 row["facts"].append({"id": fact, "label": knowledge.fact_label(fact)})
     oc, choice = od.order_class, od.choice
@@ -95,19 +100,18 @@ def order_evidence(knowledge: Knowledge, od: OrderDecision) -> dict[str, Any]:
     concept = None
     if oc.procedure is not None and oc.procedure.valueSet and coding.get("system") and coding.get("code"):
         concept = knowledge.terminology.concept(oc.procedure.valueSet, coding["system"], coding["code"])
-    listed = list(rows.values())
     out = {
         "format": EVIDENCE_FORMAT,
         "order": {"display": _clip(coding.get("display")) or (concept.display if concept else None),
                   "unconfirmed": bool(concept and concept.unconfirmed),
                   "region": oc.region.id if oc.region else None},
-        "facts": listed[:FACTS_LISTED_MAX],
+        "facts": list(rows.values()),
         "missing": [[{"id": f, "label": knowledge.fact_label(f)} for f in gap] for gap in (choice.missing if choice else ())],
         "candidates": [{"id": v.id, "title": v.title} for v in (choice.candidates if choice else ())],
     }
-    if len(listed) > FACTS_LISTED_MAX:
+    if not_listed:
         # The criteria table says which facts were present: from all of them, not the listed ones.
-        out["facts_not_listed"] = len(listed) - FACTS_LISTED_MAX
+        out["facts_not_listed"] = len(not_listed)
         out["present"] = list(od.facts.evidence)
     return out
 
