@@ -20,7 +20,7 @@ from typing import Any
 
 import pydantic
 
-from cds_service.decision.engine import Decision, decide
+from cds_service.decision.engine import RATED_ORDER_TYPES, Decision, decide
 from cds_service.decision.knowledge import Knowledge, ServiceDef
 from cds_service.decision.outcome import Outcome
 from cds_service.decision.render import Rendered, RenderOptions, render
@@ -117,9 +117,11 @@ def decide_orders(knowledge: Knowledge, envelope: Envelope, record: PatientRecor
 def render_response(knowledge: Knowledge, envelope: Envelope, record: PatientRecord, decision: Decision,
                     options: RenderOptions) -> Rendered:
     """The CDS Hooks response for ``decision`` (:func:`cds_service.decision.render.render`),
-    listing the prefetched resources ``record`` skipped."""
+    listing the draft orders out of scope (``envelope``) and the prefetched resources
+    (``record``) that were skipped."""
+    issues = (*envelope.skipped_orders, *record.issues)
     return render(knowledge, decision, draft_orders=_raw(envelope.draft_orders), patient_id=envelope.patient_id,
-                  options=options, input_issues=[issue.to_json() for issue in record.issues])
+                  options=options, input_issues=[issue.to_json() for issue in issues])
 
 
 def validate_response(rendered: Rendered) -> None:
@@ -156,7 +158,8 @@ def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, servic
     """
     service = find_service(knowledge, service_id)
     envelope = parse_envelope(body, hook=service.hook, schemas=schemas, max_depth=max_depth,
-                              max_draft_orders=max_draft_orders, max_prefetch_entries=max_prefetch_entries)
+                              max_draft_orders=max_draft_orders, max_prefetch_entries=max_prefetch_entries,
+                              order_types=RATED_ORDER_TYPES)
     prefetch = complete_prefetch(envelope, service, fhir_client, max_depth=max_depth)
     record = parse_record(prefetch, patient_id=envelope.patient_id, required=service.requiredPrefetch,
                           reads=partial(yields_facts, knowledge), max_read=max_record_read)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FIXTURES, load_json, make_app
+from conftest import FIXTURES, SHARED, load_json, make_app
 
 PAMA_RATING = "http://fhir.org/argonaut/Extension/pama-rating"
 PAMA_CODES = {"appropriate", "not-appropriate", "no-criteria-apply"}
@@ -106,3 +106,65 @@ def test_every_update_suggestion_in_the_expected_responses_is_one_the_sandbox_ca
         for card in body.get("cards") or ():
             for suggestion in card.get("suggestions") or ():
                 update_actions_the_sandbox_applies(suggestion)
+
+
+BACKACHE = {"code": "161891005", "display": "Backache (finding)", "system": "http://snomed.info/sct"}
+CT_THORACIC_WITH = {"code": "72129", "display": "Computed tomography, thoracic spine; with contrast material",
+                    "system": CPT}
+
+
+def test_clicking_a_suggestion_swaps_the_order_and_the_new_rating_shows(client):
+    """The sandbox's loop: the not-appropriate order's recommended suggestion replaces the
+    order's study and reasons with the update's; called again, the service rates it appropriate."""
+    first = call(client, sandbox_pama_request(CT_THORACIC_WITH, [BACKACHE]))
+    (card,) = first["cards"]
+    suggestion = card["suggestions"][0]
+    assert suggestion.get("isRecommended") is True
+    assert [a["type"] for a in suggestion["actions"]] == ["update"]
+    (resource,) = update_actions_the_sandbox_applies(suggestion)
+    assert (resource["id"], resource["status"], resource["intent"]) == ("example-request-id", "draft", "plan")
+    new_study = resource["code"]["coding"][0]
+    reasons = [c["coding"][0] for c in resource["reasonCode"]]
+    assert new_study["code"] == "72128" and reasons == [BACKACHE]  # CT thoracic WITHOUT contrast
+    rating = next(e for e in resource["extension"] if e["url"] == PAMA_RATING)
+    assert rating["valueCodeableConcept"]["coding"][0]["code"] == "appropriate"
+    again = call(client, sandbox_pama_request(new_study, reasons))
+    assert sandbox_rating(again) == "appropriate" and again["cards"] == []
+
+
+def test_the_update_has_the_argonaut_pama_suggestion_shape(client):
+    """Argonaut PAMA connectathon scenario 2: the suggestion updates the draft order (same id,
+    status, intent, subject, reasons) with the new code and the rating extensions, pama-rating
+    first, then qcdsm-consulted and consult-id."""
+    scenario = load_json(SHARED / "interop" / "argonaut-pama"
+                         / "scenario-02-suggestion-response.json")
+    (theirs,) = scenario["cards"][0]["suggestions"][0]["actions"]
+    request = sandbox_pama_request(CT_THORACIC_WITH, [BACKACHE])
+    draft = request["context"]["draftOrders"]["entry"][0]["resource"]
+    (ours,) = call(client, request)["cards"][0]["suggestions"][0]["actions"]
+    assert ours["type"] == theirs["type"] == "update"
+    assert set(ours["resource"]) == set(theirs["resource"])
+    assert {k: v for k, v in ours["resource"].items() if k not in ("code", "extension")} == \
+        {k: v for k, v in draft.items() if k != "code"}
+    urls = [e["url"] for e in ours["resource"]["extension"]]
+    assert urls[:3] == [e["url"] for e in theirs["resource"]["extension"]]
+    assert urls[3:] == ["http://fhir.org/argonaut/Extension/pama-rating-auc-applied"]
+
+
+def test_an_order_without_reasons_gets_an_empty_reason_list(client):
+    (card,) = call(client, sandbox_pama_request(CT_THORACIC_WITH, []))["cards"]
+    for suggestion in card["suggestions"]:
+        for resource in update_actions_the_sandbox_applies(suggestion):
+            assert resource["reasonCode"] == []
+
+
+def test_delete_and_create_only_where_an_update_cannot_say_it():
+    """Across the reviewed responses, a suggestion that deletes the selected order never
+    creates a coded study in its place: that is an update (the uncoded IR referral is the exception)."""
+    for path in sorted((FIXTURES / "expected").glob("*.json")):
+        for card in load_json(path)["body"].get("cards") or ():
+            for suggestion in card.get("suggestions") or ():
+                types = [a["type"] for a in suggestion["actions"]]
+                if "delete" in types:
+                    created = [a["resource"]["code"] for a in suggestion["actions"] if a["type"] == "create"]
+                    assert all("coding" not in code for code in created), (path.name, suggestion["label"])

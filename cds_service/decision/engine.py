@@ -34,6 +34,11 @@ from cds_service.decision.scenario import (
 )
 
 RATED_STATUSES = frozenset({"draft", "active", "on-hold"})
+# The draft order types the classifier can rate: it reads ``code.coding``, which among the
+# order-select draft order types (DeviceRequest, MedicationRequest, NutritionOrder,
+# ServiceRequest, VisionPrescription; CDS Hooks order-select 1.0) only ServiceRequest has.
+# Imaging, vertebral augmentation and consultations are all ServiceRequests in FHIR R4.
+RATED_ORDER_TYPES = frozenset({"ServiceRequest"})
 
 
 @dataclass(frozen=True)

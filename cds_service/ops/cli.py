@@ -160,7 +160,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"    suggestion: {s['label']}" + (" (recommended)" if s.get("isRecommended") else ""))
     if not out.rendered.response["cards"]:
         print("(no cards)")
-    for issue in out.record.issues:
+    for issue in (*out.envelope.skipped_orders, *out.record.issues):
         print(f"skipped {issue.location}: {issue.diagnostic}")
     return 0
 

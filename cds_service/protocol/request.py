@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from types import MappingProxyType
@@ -154,10 +154,12 @@ class InputResource:
 
 @dataclass(frozen=True)
 class InputIssue:
-    """A prefetched resource that was skipped, and why.
+    """A resource of the request that was skipped, and why: a prefetched resource, or a draft
+    order of a type the service does not rate.
 
     Attributes:
-        location: where in the request, e.g. ``prefetch.conditions.entry[3]``.
+        location: where in the request, e.g. ``prefetch.conditions.entry[3]`` or
+            ``context.draftOrders.entry[1].resource``.
         resource_type: the resource's ``resourceType`` when it was a string, else None.
         resource_id: the resource's ``id`` when it was a string, else None.
         diagnostic: short reason; names field paths only, never echoes values.
@@ -182,12 +184,15 @@ class Envelope:
         access_token: ``fhirAuthorization.access_token``, or None (never shown by ``repr``).
         patient_id, user_id, encounter_id: from ``context`` (``encounter_id`` may be None).
         context: the checked ``context`` object, for prefetch tokens (``{{context.*}}``).
-        draft_orders: every ``context.draftOrders`` entry, in order, each validated with R4B.
-        selections: the draft orders to rate: for order-select those named by
+        draft_orders: every ``context.draftOrders`` entry in scope (see
+            :func:`parse_envelope` ``order_types``), in order, each validated with R4B.
+        selections: the draft orders to rate: for order-select those in scope named by
             ``context.selections``, in that order (a selection repeated in the request
-            appears once); for order-sign every draft order.
+            appears once); for order-sign every draft order in scope.
         prefetch: the ``prefetch`` object as sent (empty when absent); values not checked
             beyond the envelope schema (object or null).
+        skipped_orders: the draft orders out of scope: not validated, not rated, listed
+            in the response's ``skippedResources``.
     """
 
     hook: str
@@ -201,6 +206,7 @@ class Envelope:
     draft_orders: tuple[InputResource, ...] = field(repr=False)
     selections: tuple[InputResource, ...] = field(repr=False)
     prefetch: Mapping[str, Any] = field(repr=False)
+    skipped_orders: tuple[InputIssue, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,7 @@ def parse_envelope(
     max_depth: int = MAX_JSON_DEPTH,
     max_draft_orders: int = MAX_DRAFT_ORDERS,
     max_prefetch_entries: int = MAX_PREFETCH_ENTRIES,
+    order_types: Collection[str] | None = None,
 ) -> Envelope:
     """Check an order-select or order-sign request body and return its typed envelope.
 
@@ -279,10 +286,19 @@ def parse_envelope(
     ``max_prefetch_entries`` Bundle entries in all of prefetch; envelope
     schema (CDS Hooks 2.0 "HTTP Request"); ``hook`` matches; the hook's context
     schema; ``fhirAuthorization.patient``, when given, is ``context.patientId``; every
-    ``draftOrders`` entry validates on its own as an R4B resource (the Bundle itself is not
-    model-validated, since the spec's examples omit ``Bundle.type``); order-select: every
-    selection resolves to a draft order of this patient; order-sign: every draft order is
-    "selected" and must be this patient's. Prefetch is kept as sent, for :func:`parse_record`.
+    ``draftOrders`` entry names a FHIR R4B resource type, and every one in scope validates on
+    its own as an R4B resource (the Bundle itself is not model-validated, since the spec's
+    examples omit ``Bundle.type``); order-select: every selection resolves to a draft order
+    of this patient (a selection of an order out of scope is no error: it is not rated);
+    order-sign: every draft order in scope is "selected" and must be this patient's. Prefetch
+    is kept as sent, for :func:`parse_record`.
+
+    Draft orders out of scope (a type not in ``order_types``, e.g. the MedicationRequest the
+    CDS Hooks sandbox's Rx View sends beside an imaging order) are not validated, not rated
+    and not returned; they are listed in ``Envelope.skipped_orders``. A client may send any
+    order type the hook allows (order-select: DeviceRequest, MedicationRequest,
+    NutritionOrder, ServiceRequest, VisionPrescription), and a draft this service cannot rate
+    must not make it refuse the orders it can.
 
     Args:
         body: the decoded JSON request body.
@@ -291,14 +307,15 @@ def parse_envelope(
         max_depth: maximum JSON nesting depth accepted.
         max_draft_orders: maximum ``context.draftOrders.entry`` items.
         max_prefetch_entries: maximum ``entry`` items summed over the prefetch Bundles.
+        order_types: the draft order resource types in scope; None: every type.
 
     Raises:
         RequestError: 400 ``structure`` body not an object; 400 ``too-long``
             absurd nesting; 413 ``too-long`` too many draft orders or prefetch
             entries; 400 ``required``/``invalid`` schema violation (the
             diagnostic names the path); 400 ``not-supported`` wrong hook or unknown
-            draft order resourceType; 400 ``invalid`` draft order that is not valid
-            R4B or duplicated; 400 ``not-found`` selection not in draftOrders;
+            draft order resourceType; 400 ``invalid`` draft order in scope that is not
+            valid R4B or duplicated; 400 ``not-found`` selection not in draftOrders;
             400 ``invalid`` fhirAuthorization.patient or an order's subject is another patient.
     """
     if not isinstance(body, Mapping):
@@ -332,11 +349,12 @@ def parse_envelope(
             "fhirAuthorization.patient is not context.patientId",
             ["fhirAuthorization.patient"],
         )
-    draft_orders = _parse_draft_orders(context["draftOrders"]["entry"])
+    draft_orders, skipped = _parse_draft_orders(context["draftOrders"]["entry"], order_types)
     if hook == ORDER_SIGN:
         selections = _every_order(draft_orders, patient_id)
     else:
-        selections = _resolve_selections(context["selections"], draft_orders, patient_id)
+        skipped_refs = {f"{i.resource_type}/{i.resource_id}" for i in skipped if i.resource_id}
+        selections = _resolve_selections(context["selections"], draft_orders, patient_id, skipped_refs)
 
     return Envelope(
         hook=body["hook"],
@@ -350,6 +368,7 @@ def parse_envelope(
         draft_orders=draft_orders,
         selections=selections,
         prefetch=dict(body.get("prefetch") or {}),
+        skipped_orders=skipped,
     )
 
 
@@ -499,8 +518,11 @@ def _describe_schema_error(error: SchemaValidationError) -> str:
     return f"violates the '{kind}' rule of the schema"
 
 
-def _parse_draft_orders(entries: list[dict[str, Any]]) -> tuple[InputResource, ...]:
+def _parse_draft_orders(
+    entries: list[dict[str, Any]], order_types: Collection[str] | None
+) -> tuple[tuple[InputResource, ...], tuple[InputIssue, ...]]:
     parsed: list[InputResource] = []
+    skipped: list[InputIssue] = []
     seen: set[str] = set()
     for index, entry in enumerate(entries):
         raw = entry["resource"]
@@ -516,6 +538,14 @@ def _parse_draft_orders(entries: list[dict[str, Any]]) -> tuple[InputResource, .
                 f"{where}: resourceType '{resource_type}' is not a FHIR R4B resource type",
                 [where],
             )
+        if order_types is not None and resource_type not in order_types:
+            # Not read at all: the sandbox's Rx View sends a MedicationRequest that is not
+            # valid R4 (no intent), and it must not cost the imaging order beside it its answer.
+            skipped.append(InputIssue(
+                where, resource_type, resource_id,
+                f"{resource_type} draft orders are not rated by this service "
+                f"(it rates {', '.join(sorted(order_types))}): not read"))
+            continue
         try:
             model = model_class.model_validate(raw)
         except _MODEL_ERRORS as exc:
@@ -540,17 +570,20 @@ def _parse_draft_orders(entries: list[dict[str, Any]]) -> tuple[InputResource, .
                 )
             seen.add(item.reference)
         parsed.append(item)
-    return tuple(parsed)
+    return tuple(parsed), tuple(skipped)
 
 
 def _resolve_selections(
-    selections: list[str], draft_orders: tuple[InputResource, ...], patient_id: str
+    selections: list[str], draft_orders: tuple[InputResource, ...], patient_id: str,
+    skipped_refs: Collection[str] = (),
 ) -> tuple[InputResource, ...]:
     by_reference = {order.reference: order for order in draft_orders if order.reference}
     resolved: list[InputResource] = []
     for index, selection in enumerate(selections):
         order = by_reference.get(selection)
         where = f"context.selections[{index}]"
+        if order is None and selection in skipped_refs:
+            continue  # an order out of scope: listed as skipped, not rated
         if order is None:
             raise RequestError(
                 400,
