@@ -157,3 +157,21 @@ def test_worst_request_audit_record_is_bounded_and_its_page_says_what_it_leaves_
     assert page.status_code == 200
     assert re.search(rf"And \d+ more codes in the record, not listed: the service keeps the first "
                      rf"{FACTS_LISTED_MAX} of each order\.", page_text(page))
+
+
+@pytest.mark.parametrize("spoil", [
+    pytest.param(lambda r: r.__setitem__("subject", {"reference": "Patient/someone-else"}), id="another-patient"),
+    pytest.param(lambda r: r.__setitem__("clinicalStatus", "active"), id="invalid-r4"),
+    pytest.param(lambda r: r.__setitem__("resourceType", "Observation"), id="not-a-condition"),
+])
+def test_worst_request_with_every_condition_unusable_still_answers_in_bounds(worst, spoil):
+    # Each unusable Condition is listed on its own (or, past the limit, counted): the answer
+    # grows with the request but stays within a few hundred bytes per prefetch entry.
+    body = copy.deepcopy(worst)
+    for entry in body["prefetch"]["conditions"]["entry"]:
+        spoil(entry["resource"])
+    resp = post_raw(make_app().test_client(), json.dumps(body, separators=(",", ":")))
+    assert resp.status_code == 200
+    assert len(resp.get_data()) < 2_000_000
+    skipped = resp.get_json()["extension"]["vcf-cds-hooks"]["skippedResources"]
+    assert {s["location"].split(".entry")[0] for s in skipped} == {"prefetch.conditions"}
