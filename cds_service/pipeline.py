@@ -121,7 +121,7 @@ def render_response(knowledge: Knowledge, envelope: Envelope, record: PatientRec
     (``record``) that were skipped."""
     issues = (*envelope.skipped_orders, *record.issues)
     return render(knowledge, decision, draft_orders=_raw(envelope.draft_orders), patient_id=envelope.patient_id,
-                  options=options, input_issues=[issue.to_json() for issue in issues])
+                  options=options, record_not_read=record.not_read, input_issues=[issue.to_json() for issue in issues])
 
 
 def validate_response(rendered: Rendered) -> None:

@@ -84,6 +84,15 @@ def test_worst_request_names_the_conditions_not_read(worst_answer):
     }]
 
 
+NOT_READ_LINE = ("**Record partly read**: 4,600 Conditions on record were not read for this advice (more than the "
+                 "service reads in one call); what they hold is not taken into account.")
+
+
+def test_worst_request_says_on_every_card_that_the_record_was_partly_read(worst_answer):
+    assert worst_answer["cards"]
+    assert all(card["detail"].endswith("\n\n" + NOT_READ_LINE) for card in worst_answer["cards"])
+
+
 def test_worst_request_answer_is_the_answer_for_the_record_read(worst, worst_answer):
     # What was not read changes nothing but the skippedResources entry: the same request with
     # only the Conditions the service read gets the same cards and ratings.
@@ -97,6 +106,8 @@ def test_worst_request_answer_is_the_answer_for_the_record_read(worst, worst_ans
     assert "vcf-cds-hooks" not in expected.get("extension", {})
     got = copy.deepcopy(worst_answer)
     del got["extension"]["vcf-cds-hooks"]
+    for card in got["cards"]:
+        card["detail"] = card["detail"].removesuffix("\n\n" + NOT_READ_LINE)
     assert _without_ids(got) == _without_ids(expected)
 
 

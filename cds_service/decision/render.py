@@ -840,8 +840,13 @@ class _Renderer:
 
 
 def render(knowledge: Knowledge, decision: Decision, *, draft_orders: Sequence[Mapping], patient_id: str,
-           options: RenderOptions = RenderOptions(), input_issues: Sequence[Mapping] = ()) -> Rendered:
+           options: RenderOptions = RenderOptions(), input_issues: Sequence[Mapping] = (),
+           record_not_read: Mapping[str, int] | None = None) -> Rendered:
     """Build the CDS Hooks response for ``decision``.
+
+    ``record_not_read``: resource type -> how many of the record's resources the decision
+    would have read were not (past the service's limit per call); every card then ends by
+    saying so (cards.json ``recordNotRead``), since the advice may miss what they hold.
 
     Returns ``Rendered(response, card_kinds, card_orders)``: ``response`` is the JSON-ready
     dict (``cards`` always present; ``systemActions`` only when some order has a rating;
@@ -855,6 +860,10 @@ def render(knowledge: Knowledge, decision: Decision, *, draft_orders: Sequence[M
     for position, od in enumerate(decision.orders):
         r.order_position = position
         r.order_cards(od)
+    if record_not_read:
+        what = ", ".join(f"{n:,} {resource_type}s" for resource_type, n in record_not_read.items())
+        for card in r.cards:
+            card["detail"] += "\n\n" + r.say("recordNotRead", what=what)
     actions = [r.rating_action(od, position) for position, od in enumerate(decision.orders) if od.pama is not None]
     response: dict[str, Any] = {"cards": r.cards}
     if actions:

@@ -220,12 +220,15 @@ class PatientRecord:
         procedures_available: False when prefetch ``procedures`` was absent, an
             OperationOutcome or unusable, so "no procedures" can be told from "not known".
         issues: prefetched resources that were skipped, with the reason.
+        not_read: resource type -> how many resources the decision would read were not
+            read, past ``max_read`` (also named in ``issues``); empty when none.
     """
 
     conditions: tuple[InputResource, ...]
     procedures: tuple[InputResource, ...]
     procedures_available: bool
     issues: tuple[InputIssue, ...]
+    not_read: Mapping[str, int] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------- loading
@@ -404,8 +407,9 @@ def parse_record(
             OperationOutcome or unusable (not the expected resource type nor a Bundle).
     """
     issues: list[InputIssue] = []
+    not_read: dict[str, int] = {}
     found: dict[str, tuple[InputResource, ...] | None] = {
-        key: _prefetched(prefetch, key, resource_type, patient_id, issues, reads, max_read)
+        key: _prefetched(prefetch, key, resource_type, patient_id, issues, reads, max_read, not_read)
         for key, resource_type in RECORD_KEYS.items()
     }
     for key in required:
@@ -426,6 +430,7 @@ def parse_record(
         procedures=procedures or (),
         procedures_available=procedures is not None,
         issues=tuple(issues),
+        not_read=not_read,
     )
 
 
@@ -633,6 +638,7 @@ def _prefetched(
     issues: list[InputIssue],
     reads: ReadsResource | None = None,
     max_read: int = MAX_RECORD_READ,
+    not_read_counts: dict[str, int] | None = None,
 ) -> tuple[InputResource, ...] | None:
     """Resources of ``expected_type`` under prefetch ``key``; None when unavailable.
 
@@ -695,6 +701,8 @@ def _prefetched(
         item = _prefetched_resource(candidate_where, raw, expected_type, patient_id, issues, reads)
         if item is not None:
             found.append(item)
+    if not_read and not_read_counts is not None:
+        not_read_counts[expected_type] = not_read_counts.get(expected_type, 0) + len(not_read)
     if not_read:
         # One issue for the lot: thousands of entries would make the response as large as the request.
         issues.append(InputIssue(
