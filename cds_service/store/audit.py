@@ -156,7 +156,8 @@ def _first_coding(raw: Mapping) -> Mapping:
 
 
 def _clip(value: Any, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) else None
+    # U+0000 replaced: PostgreSQL text cannot hold it, and the record must be written anyway.
+    return value[:limit].replace("\x00", "\ufffd") if isinstance(value, str) else None
 
 
 def write_record(db: Database, record: CallRecord) -> int:
