@@ -229,3 +229,162 @@ def serve_process(env: Mapping[str, str], log_path: Path, *, workers: int = 2,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------------------ the nginx front
+
+NGINX_CONF = ROOT / "deploy" / "nginx" / "vcf-cds.conf"
+REQUIRE_NGINX = os.environ.get("VCF_CDS_REQUIRE_NGINX") == "1"
+
+
+def nginx_or_skip() -> str:
+    """Path of Debian's nginx; skip without it (fail under VCF_CDS_REQUIRE_NGINX=1, as in CI)."""
+    import shutil
+
+    import pytest
+
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+    if found:
+        return found
+    message = "nginx is not installed (apt-get install nginx): the front is not tested"
+    if REQUIRE_NGINX:
+        pytest.fail(message + " (VCF_CDS_REQUIRE_NGINX=1)")
+    pytest.skip(message)
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """(certificate, key) PEM files for 127.0.0.1 and localhost, valid one day."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def front_config(upstreams: list[str], port: int, cert: Path, key: Path, access_log: Path,
+                 replace: Mapping[str, str] | None = None) -> str:
+    """deploy/nginx/vcf-cds.conf as shipped, with only its addresses, certificate and log
+    path replaced (and ``replace``: more exact line substitutions); each must match once."""
+    import re
+
+    text = NGINX_CONF.read_text(encoding="utf-8")
+    subs = {
+        r"    server 127\.0\.0\.1:8080 (.*);": "".join(f"    server {u} \\1;\n" for u in upstreams).rstrip("\n"),
+        r"    listen 443 ssl;": f"    listen 127.0.0.1:{port} ssl;",
+        r"    listen \[::\]:443 ssl;\n": "",
+        r"ssl_certificate     /etc/ssl/vcf-cds/fullchain\.pem;": f"ssl_certificate     {cert};",
+        r"ssl_certificate_key /etc/ssl/vcf-cds/privkey\.pem;": f"ssl_certificate_key {key};",
+        r"access_log /var/log/nginx/vcf-cds\.access\.log vcf_cds;": f"access_log {access_log} vcf_cds;",
+        **{re.escape(k): v for k, v in (replace or {}).items()},
+    }
+    for pattern, value in subs.items():
+        text, count = re.subn(pattern, value, text)
+        assert count == 1, f"{pattern!r} no longer matches deploy/nginx/vcf-cds.conf once"
+    return text
+
+
+@contextlib.contextmanager
+def nginx_front(upstreams: list[str], folder: Path, *, replace: Mapping[str, str] | None = None) -> Iterator[dict]:
+    """Run nginx on loopback with the shipped front configuration in front of ``upstreams``
+    (host:port). Yields {"url", "cert", "access_log", "error_log"}; stops nginx afterwards."""
+    binary = nginx_or_skip()
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = self_signed_certificate(folder)
+    port = free_port()
+    access_log, error_log = folder / "access.log", folder / "error.log"
+    (folder / "vcf-cds.conf").write_text(front_config(upstreams, port, cert, key, access_log, replace))
+    temp = "\n".join(f"    {kind}_temp_path {folder / kind};" for kind in ("client_body", "proxy", "fastcgi",
+                                                                               "uwsgi", "scgi"))
+    # As root, the workers would run as nobody, who cannot enter the test's private folder.
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    (folder / "nginx.conf").write_text(
+        f"{user}worker_processes 1;\npid {folder / 'nginx.pid'};\nerror_log {error_log} info;\n"
+        f"events {{ worker_connections 512; }}\n"
+        f"http {{\n{temp}\n    include {folder / 'vcf-cds.conf'};\n}}\n")
+    check = subprocess.run([binary, "-t", "-e", str(error_log), "-p", str(folder), "-c", str(folder / "nginx.conf")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([binary, "-e", str(error_log), "-p", str(folder), "-c", str(folder / "nginx.conf"),
+                             "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, error_log.read_text()[-2000:]
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "nginx did not listen within 20 s"
+            time.sleep(0.05)
+        yield {"url": url, "cert": str(cert), "access_log": access_log, "error_log": error_log}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+class SlowLoris:
+    """``count`` TLS (or plain) connections to ``url`` sending a request's headers one byte
+    every ``interval`` seconds, for at most ``seconds``; :attr:`closed_by_server` counts those
+    the server ended before they finished."""
+
+    def __init__(self, url: str, count: int, *, interval: float = 0.5, seconds: float = 20) -> None:
+        import ssl
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.stop = threading.Event()
+        self.closed_by_server = 0
+        self.opened = 0
+        self._lock = threading.Lock()
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self._threads = []
+        for _ in range(count):
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
+            if parts.scheme == "https":
+                sock = context.wrap_socket(sock, server_hostname=parts.hostname)
+            self.opened += 1
+            t = threading.Thread(target=self._drip, args=(sock, interval, seconds), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _drip(self, sock: socket.socket, interval: float, seconds: float) -> None:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000
+        with sock:
+            for i in range(min(len(request), int(seconds / interval))):
+                if self.stop.wait(interval):
+                    return
+                try:
+                    sock.sendall(request[i:i + 1])
+                except OSError:
+                    with self._lock:
+                        self.closed_by_server += 1
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
