@@ -303,13 +303,15 @@ def front_config(upstreams: list[str], port: int, cert: Path, key: Path, access_
 
 
 @contextlib.contextmanager
-def nginx_front(upstreams: list[str], folder: Path, *, replace: Mapping[str, str] | None = None) -> Iterator[dict]:
-    """Run nginx on loopback with the shipped front configuration in front of ``upstreams``
-    (host:port). Yields {"url", "cert", "access_log", "error_log"}; stops nginx afterwards."""
+def nginx_front(upstreams: list[str], folder: Path, *, replace: Mapping[str, str] | None = None,
+                port: int | None = None) -> Iterator[dict]:
+    """Run nginx on loopback (``port``, default a free one) with the shipped front
+    configuration in front of ``upstreams`` (host:port). Yields {"url", "cert", "access_log",
+    "error_log"}; stops nginx afterwards."""
     binary = nginx_or_skip()
     folder.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed_certificate(folder)
-    port = free_port()
+    port = port or free_port()
     access_log, error_log = folder / "access.log", folder / "error.log"
     (folder / "vcf-cds.conf").write_text(front_config(upstreams, port, cert, key, access_log, replace))
     temp = "\n".join(f"    {kind}_temp_path {folder / kind};" for kind in ("client_body", "proxy", "fastcgi",
@@ -388,3 +390,33 @@ class SlowLoris:
         self.stop.set()
         for t in self._threads:
             t.join(timeout=5)
+
+
+@contextlib.contextmanager
+def fresh_postgres_schema() -> Iterator[tuple[dict[str, str], object]]:
+    """A fresh schema on the test PostgreSQL, migrated; yields (settings, SQLAlchemy URL
+    with its search_path) and drops it afterwards. Skips (or fails in CI) without a server."""
+    import uuid
+
+    from dbsupport import TEST_HMAC_KEY, postgres_or_skip
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from cds_service.settings import Settings
+    from cds_service.store.db import Database
+
+    base = make_url(postgres_or_skip())
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+    config = {"DATABASE_URL": url.render_as_string(hide_password=False), "AUDIT_HMAC_KEY": TEST_HMAC_KEY}
+    try:
+        with Database.from_settings(Settings.load(config)) as db:
+            db.upgrade()
+        yield config, url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
