@@ -219,9 +219,16 @@ def serve(*, host: str, port: int, workers: int) -> None:
     from cds_service.app import create_app
     from cds_service.settings import Settings
 
-    settings = Settings.load()
-    configure_logging(settings.log_level)
-    app = create_app()
+    try:
+        settings = Settings.load()
+        configure_logging(settings.log_level)
+        app = create_app()
+    except BaseException:
+        # Not started: leave no temporary directory, nor a variable pointing at it, behind.
+        if made:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
+        raise
     log.info("metrics directory %s (%s)", metrics_dir, "temporary" if made else "given")
     log.info("warm-up in the master took %.1f ms", warm_up(app) * 1000)
     # Everything built so far (knowledge, validators, modules) lives as long as the process:
