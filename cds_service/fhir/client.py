@@ -229,6 +229,8 @@ class FhirClient:
                 raise _Failure("the query leaves the allowlisted FHIR base URL")
             resource, pages = self._run(url, _expected_type(query), headers, deadline)
         except _Failure as exc:
+            if cut.done:  # cut at the deadline: the caller has answered, logged and counted it
+                raise RequestError(412, "timeout", "cut at the deadline") from None
             log.warning("fetch of prefetch %s failed after %.0f ms: %s", key,
                         (time.monotonic() - started) * 1000, exc)
             code = "timeout" if isinstance(exc, _Timeout) else "exception"
