@@ -85,13 +85,19 @@ def raw_tls(url: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname=parts.hostname) as sock:
         sock.sendall(data)
-        chunks = []
+        received = b""
         try:
+            # Until the announced body is complete: nginx may linger before closing.
             while chunk := sock.recv(65536):
-                chunks.append(chunk)
+                received += chunk
+                head, sep, body = received.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), None)
+                if sep and length is not None and len(body) >= length:
+                    break
         except (ssl.SSLError, ConnectionResetError):
             pass
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    head, _, body = received.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return int(lines[0].split()[1]), headers, body
