@@ -22,6 +22,7 @@ from faults import FreezableProxy
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from cds_service.store.db import CUT_AFTER_SECONDS
 from cds_service.store.tables import AuditCall, Feedback
 
 SERVICE = "/cds-services/vcf-order-select"
@@ -123,6 +124,13 @@ def test_a_hanging_postgresql_never_holds_a_call(postgres_behind_proxy):
         assert caller.feedback()[0].status_code == 200
         proxy.freeze()
         check_hung_database_is_bounded(caller)
+        # The steps left waiting on the frozen server have their sockets cut (CUT_AFTER_SECONDS)
+        # and end, even though the server still does not answer: no thread stays stuck.
+        db = app.extensions["vcf_cds"]["db"]
+        end = time.monotonic() + CUT_AFTER_SECONDS + 15
+        while db.pending and time.monotonic() < end:
+            time.sleep(0.2)
+        assert db.pending == 0, "database steps still stuck on a frozen server"
         proxy.thaw()
         wait_until_written(caller)
         assert caller.hook()[0].status_code == 200

@@ -258,6 +258,13 @@ class Database:
                       self.timeout, COOLDOWN_SECONDS)
             raise DatabaseTimeout(f"the {self.backend} database did not answer within {self.timeout:g} s") from None
 
+    @property
+    def pending(self) -> int:
+        """Database steps of this process submitted through :meth:`bounded` and not finished
+        (including those whose caller stopped waiting)."""
+        with self._lock:
+            return self._pending
+
     def cut_connections(self) -> int:
         """Shut down the socket of every PostgreSQL connection of this engine (a blocked
         read then fails, its thread ends, and the pool replaces the connection); returns how
