@@ -49,7 +49,7 @@ def test_two_instances_behind_nginx_share_one_postgresql(tmp_path):
         front_port = free_port()
         public = f"https://127.0.0.1:{front_port}"
         env = clean_env(VCF_CDS_AUTH="on", VCF_CDS_TRUSTED_ISSUERS=str(SANDBOX_ISSUERS_FILE),
-                        VCF_CDS_PUBLIC_BASE_URL=public, **{f"VCF_CDS_{k}": v for k, v in config.items()})
+                        VCF_CDS_PUBLIC_BASE_URL=public, VCF_CDS_DB_TIMEOUT_SECONDS="30", **{f"VCF_CDS_{k}": v for k, v in config.items()})
         ports = [free_port(), free_port()]
         with serve_process({**env, "VCF_CDS_DATA_DIR": str(tmp_path / "a")}, tmp_path / "a.log", workers=1,
                            port=ports[0]) as a, \

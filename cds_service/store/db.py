@@ -251,9 +251,10 @@ class Database:
         except FutureTimeout:
             with self._lock:
                 self._retry_at = time.monotonic() + COOLDOWN_SECONDS
-            timer = threading.Timer(CUT_AFTER_SECONDS, lambda: None if future.done() else self.cut_connections())
-            timer.daemon = True
-            timer.start()
+            if self.backend == "postgresql":  # SQLite's waits end by themselves (busy_timeout)
+                timer = threading.Timer(CUT_AFTER_SECONDS, lambda: None if future.done() else self.cut_connections())
+                timer.daemon = True
+                timer.start()
             log.error("the %s database did not answer within %g s; not tried again for %g s", self.backend,
                       self.timeout, COOLDOWN_SECONDS)
             raise DatabaseTimeout(f"the {self.backend} database did not answer within {self.timeout:g} s") from None
@@ -280,7 +281,8 @@ class Database:
                 cut += 1
             except Exception:  # a closed connection (psycopg raises on .socket) or fd: nothing to cut
                 continue
-        log.error("cut %d connection(s) to the %s database that did not answer", cut, self.backend)
+        if cut:
+            log.error("cut %d connection(s) to the %s database that did not answer", cut, self.backend)
         return cut
 
     @property
