@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from cds_service.store.db import CUT_AFTER_SECONDS
 from cds_service.store.tables import AuditCall, Feedback
+from cds_service.web.state import state_of
 
 SERVICE = "/cds-services/vcf-order-select"
 REQUEST = load_json(FIXTURES / "requests" / "v1-new-vcf-mri-with-contrast.json")
@@ -133,7 +134,7 @@ def test_a_hanging_postgresql_never_holds_a_call(postgres_behind_proxy):
         check_hung_database_is_bounded(caller)
         # The steps left waiting on the frozen server have their sockets cut (CUT_AFTER_SECONDS)
         # and end, even though the server still does not answer: no thread stays stuck.
-        db = app.extensions["vcf_cds"]["db"]
+        db = state_of(app).database
         end = time.monotonic() + CUT_AFTER_SECONDS + 15
         while db.pending and time.monotonic() < end:
             time.sleep(0.2)
@@ -144,7 +145,7 @@ def test_a_hanging_postgresql_never_holds_a_call(postgres_behind_proxy):
         wait_until_ready(caller)
     finally:
         proxy.thaw()
-        app.extensions["vcf_cds"]["db"].dispose()
+        state_of(app).database.dispose()
     direct = create_engine(direct_url)
     with direct.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Feedback)).scalar_one() >= 2
@@ -156,7 +157,7 @@ def test_a_locked_sqlite_database_never_holds_a_call(tmp_path):
     app = bounded_app()
     caller = Caller(app)
     assert caller.hook()[0].status_code == 200
-    path = app.extensions["vcf_cds"]["db"].engine.url.database
+    path = state_of(app).database.engine.url.database
     holder = sqlite3.connect(path, timeout=0, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
     try:
@@ -165,4 +166,4 @@ def test_a_locked_sqlite_database_never_holds_a_call(tmp_path):
         holder.execute("ROLLBACK")
         holder.close()
     wait_until_written(caller)
-    app.extensions["vcf_cds"]["db"].dispose()
+    state_of(app).database.dispose()

@@ -18,6 +18,7 @@ from replay import SERVICE_URL, overridden, post_feedback, table_rows
 from sqlalchemy.engine import make_url
 
 from cds_service.store.tables import AuditCall, Feedback
+from cds_service.web.state import state_of
 
 REQUEST = load_json(FIXTURES / "requests" / "v1-new-vcf-mri-with-contrast.json")
 
@@ -46,7 +47,7 @@ def test_a_nul_character_in_hook_instance_is_still_audited(db_app, database):
     body = {**REQUEST, "hookInstance": "d1577c69-dfbe-44ad-ba6d\x00-3e05e953b2ea"}
     resp = db_app.test_client().post(SERVICE_URL, json=body)
     assert resp.status_code == 200
-    assert db_app.extensions["vcf_cds"]["audit_failures"] == 0
+    assert state_of(db_app).audit.failures.value == 0
     [call] = table_rows(database, AuditCall)
     assert call["hook_instance"] == "d1577c69-dfbe-44ad-ba6d\ufffd-3e05e953b2ea"
 
@@ -91,7 +92,7 @@ def test_readyz_is_not_ready_when_postgresql_takes_no_write(db_config):
                       .render_as_string(hide_password=False)})
     resp = app.test_client().get("/readyz")
     assert resp.status_code == 503 and resp.get_json()["checks"]["database"].startswith("failed")
-    app.extensions["vcf_cds"]["db"].dispose()
+    state_of(app).database.dispose()
 
 
 @contextlib.contextmanager
@@ -120,11 +121,11 @@ def test_readyz_is_not_ready_on_a_full_disk_or_a_read_only_file_system(tmp_path)
         assert resp.status_code == 503 and resp.get_json()["checks"]["database"].startswith("failed")
         filler.unlink()
         assert client.get("/readyz").status_code == 200
-        app.extensions["vcf_cds"]["db"].dispose()  # a file open for writing would keep it writable
+        state_of(app).database.dispose()  # a file open for writing would keep it writable
         subprocess.run(["mount", "-o", "remount,ro", str(data_dir)], check=True)
         resp = client.get("/readyz")
         assert resp.status_code == 503, resp.get_data(as_text=True)
-        app.extensions["vcf_cds"]["db"].dispose()
+        state_of(app).database.dispose()
 
 
 # ----------------------------------------------------------------------------- the HTTP server
