@@ -77,12 +77,13 @@ def test_without_the_front_two_slow_clients_hold_both_workers(front):
         loris.close()
 
 
-def raw_tls(url: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
+def raw_tls(url: str, data: bytes, source: str | None = None) -> tuple[int, dict[str, str], bytes]:
     parts = urlsplit(url)
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw, \
+    with socket.create_connection((parts.hostname, parts.port), timeout=10,
+                                  source_address=(source, 0) if source else None) as raw, \
             context.wrap_socket(raw, server_hostname=parts.hostname) as sock:
         sock.sendall(data)
         received = b""
@@ -130,3 +131,13 @@ def test_a_service_that_is_down_is_a_json_503(tmp_path):
         resp = requests.post(nginx["url"] + SERVICE, data=BODY, verify=nginx["cert"], timeout=10)
     assert resp.status_code == 503 and resp.headers["Content-Type"] == "application/json"
     assert resp.headers["Retry-After"] and resp.json()["issue"][0]["code"] == "transient"
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/readyz", "/healthz"])
+def test_probes_and_metrics_are_not_served_to_other_networks(path, front):
+    # 127.0.0.2 stands for an address outside the allowed monitoring networks.
+    got, headers, body = raw_tls(front["url"], f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+                                 source="127.0.0.2")
+    assert got == 403 and headers["content-type"] == "application/json"
+    assert json.loads(body)["resourceType"] == "OperationOutcome"
+    assert requests.get(front["url"] + path, verify=front["cert"], timeout=10).status_code == 200
