@@ -115,8 +115,9 @@ def tallies(request):
     found: list[Tally] = []
     yield found
     lines = [f"fault injection, {ROUNDS} rounds ({'PostgreSQL' if POSTGRES_URL else 'SQLite'}):",
-             "  fault                  requests  5xx  worst s (bound)  rows lost",
+             "  fault                  requests  5xx  worst s (bound)  rows lost (of acknowledged)",
              *(f"  {t.fault:<22} {t.sent:>8} {t.server_errors:>4} {t.worst:>8.2f} ({t.bound:.1f}) {t.lost:>10}"
+               f" (of {len(t.acknowledged)})"
                f"   statuses {dict(sorted(t.statuses.items()))}" for t in found)]
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
