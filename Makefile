@@ -60,6 +60,13 @@ FUZZ_EXAMPLES ?= 2000
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py
 
+# The fault-injection suite of `make test` (tests/test_chaos.py), with CHAOS_ROUNDS (default
+# 40) requests of each kind per fault instead of 3.
+CHAOS_ROUNDS ?= 40
+.PHONY: chaos
+chaos: $(STAMP)
+	CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(BIN)/python -m pytest tests/test_chaos.py
+
 # Load benchmark (not part of test/CI): installs wrk from Debian when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench: $(STAMP)

@@ -135,6 +135,13 @@ class Settings(BaseSettings):
     explain_link_secret: SecretStr | None = Field(None, description="secret signing 'Why this advice?' links; "
                                                   "default: derived from the audit key")
     explain_link_ttl_seconds: int = Field(3600, ge=1, le=86400, description="lifetime of a 'Why this advice?' link")
+    # Reliability bounds (README "Deployment and limits").
+    db_timeout_seconds: float = Field(1.0, gt=0, le=30, description="longest one database step holds a hook call, "
+                                      "feedback or /readyz (then: fallback, 503); also the PostgreSQL lock_timeout")
+    db_statement_timeout_seconds: float = Field(5.0, gt=0, le=600, description="PostgreSQL statement_timeout of the "
+                                                "service's connections")
+    jwt_max_lifetime_seconds: int = Field(3600, ge=60, le=86400, description="401 for a client JWT whose exp is "
+                                          "further than this after its iat")
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None) -> Settings:

@@ -566,7 +566,7 @@ def _parse_draft_orders(
                 ),
                 [where],
             ) from None
-        item = InputResource(resource_type, resource_id, model, _copy_json(raw))
+        item = InputResource(resource_type, resource_id, model, _copy_resource(raw))
         if item.reference is not None:
             if item.reference in seen:
                 # Two orders with one reference make `selections` ambiguous.
@@ -762,7 +762,7 @@ def _prefetched_resource(
     if foreign is not None:
         issues.append(foreign)
         return None
-    return InputResource(expected_type, resource_id, model, _copy_json(dict(raw)))
+    return InputResource(expected_type, resource_id, model, _copy_resource(raw))
 
 
 def _foreign_issue(
@@ -855,6 +855,20 @@ def _copy_json(value: Any) -> Any:
         return {k: _copy_json(v) for k, v in value.items()}
     if type(value) is list:
         return [_copy_json(v) for v in value]
+    return value
+
+
+def _copy_resource(value: Any) -> Any:
+    """:func:`_copy_json` of a resource without members whose value is ``null``.
+
+    FHIR JSON has no null members (R4 §JSON representation: "null values are not allowed"),
+    but the R4B models accept them as absent; echoed back to the EHR in an update action they
+    would make the response invalid FHIR. Nulls inside arrays are kept: they align primitive
+    extensions (``"_given": [null, {...}]``)."""
+    if type(value) is dict:
+        return {k: _copy_resource(v) for k, v in value.items() if v is not None}
+    if type(value) is list:
+        return [_copy_resource(v) for v in value]
     return value
 
 
