@@ -694,11 +694,13 @@ def _prefetched(
     tried = 0
     not_read: list[str] = []
     for candidate_where, raw in candidates:
-        if tried >= max_read and _would_validate(raw, expected_type, reads):
+        read = _would_validate(raw, expected_type, reads)
+        if read and tried >= max_read:
             not_read.append(candidate_where)
             continue
-        tried += _would_validate(raw, expected_type, reads)
-        item = _prefetched_resource(candidate_where, raw, expected_type, patient_id, issues, reads)
+        tried += read
+        # ``reads`` has answered for this one already: not asked twice.
+        item = _prefetched_resource(candidate_where, raw, expected_type, patient_id, issues, None if read else reads)
         if item is not None:
             found.append(item)
     if not_read and not_read_counts is not None:
