@@ -186,3 +186,28 @@ def test_worst_request_with_every_condition_unusable_still_answers_in_bounds(wor
     assert len(resp.get_data()) < 2_000_000
     skipped = resp.get_json()["extension"]["vcf-cds-hooks"]["skippedResources"]
     assert {s["location"].split(".entry")[0] for s in skipped} == {"prefetch.conditions"}
+
+
+def test_record_read_once_gives_each_order_its_own_encounter_diagnoses(knowledge):
+    # The record's facts are read once per call; whether a Condition is an encounter
+    # diagnosis of the order's encounter still depends on each order.
+    from datetime import date
+
+    import build_cases as bc
+
+    from cds_service.decision.scenario import RecordFacts, extract_facts
+
+    pid = "pt-encounters"
+    pain = bc.condition("c-pain", pid, icd="M54.50", onset="2026-01-10")
+    pain["category"][0]["coding"][0].update(code="encounter-diagnosis", display="Encounter Diagnosis")
+    pain["encounter"] = {"reference": "Encounter/enc-1"}
+    vcf = bc.condition("c-vcf", pid, icd="M48.56XA", onset="2026-11-09")
+    orders = [bc.service_request(f"sr-{enc}", pid, "72158", enc) for enc in ("enc-1", "enc-2", "enc-1")]
+    record = RecordFacts(knowledge, conditions=[pain, vcf], procedures=[])
+    shared = [extract_facts(knowledge, conditions=[pain, vcf], procedures=[], order=o, as_of=date(2026, 11, 16),
+                            record=record) for o in orders]
+    alone = [extract_facts(knowledge, conditions=[pain, vcf], procedures=[], order=o, as_of=date(2026, 11, 16))
+             for o in orders]
+    assert shared == alone
+    current = [{e.resource for e in f.all_evidence() if e.current_encounter} for f in shared]
+    assert current == [{"Condition/c-pain"}, set(), {"Condition/c-pain"}]

@@ -170,9 +170,8 @@ class RecordFacts:
             if is_active_condition(raw):
                 onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
                 evs = self._evidence("condition", f"Condition/{raw.get('id')}", raw.get("code"), onset)
-                diagnosis_of = _reference_tail(raw.get("encounter")) if _is_encounter_diagnosis_of(
-                    raw, _reference_tail(raw.get("encounter"))) else None
-                self._read.append((evs, diagnosis_of))
+                encounter = _reference_tail(raw.get("encounter"))
+                self._read.append((evs, encounter if _is_encounter_diagnosis_of(raw, encounter) else None))
         for raw in procedures:
             if raw.get("status") not in EXCLUDED_PROCEDURE_STATUS:
                 performed = (_to_date(raw.get("performedDateTime"))
