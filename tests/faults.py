@@ -27,6 +27,7 @@ from pathlib import Path
 
 import requests
 from conftest import ROOT
+from processes import stop
 
 TRICKLE_INTERVAL_S = 0.2
 
@@ -223,12 +224,7 @@ def serve_process(env: Mapping[str, str], log_path: Path, *, workers: int = 2,
                 time.sleep(0.1)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop(proc)
 
 
 # ------------------------------------------------------------------------ the nginx front
@@ -338,12 +334,7 @@ def nginx_front(upstreams: list[str], folder: Path, *, replace: Mapping[str, str
             time.sleep(0.05)
         yield {"url": url, "cert": str(cert), "access_log": access_log, "error_log": error_log}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc, grace_seconds=10)
 
 
 class SlowLoris:

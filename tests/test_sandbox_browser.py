@@ -32,6 +32,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 from conftest import FIXTURES, ROOT
+from processes import stop
 
 CHROMIUM = os.environ.get("VCF_CDS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -100,12 +101,7 @@ def stack(tmp_path_factory) -> Iterator[SimpleNamespace]:
                               discovery=f"http://127.0.0.1:{ports.service}/cds-services")
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 @pytest.fixture(scope="module")
