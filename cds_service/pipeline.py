@@ -15,6 +15,7 @@ clinical code; which prefetched resources the decision reads is handed to
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -23,8 +24,9 @@ import pydantic
 from cds_service.decision.engine import RATED_ORDER_TYPES, Decision, decide
 from cds_service.decision.knowledge import Knowledge, ServiceDef
 from cds_service.decision.outcome import Outcome
+from cds_service.decision.record_reading import RecordText
 from cds_service.decision.render import Rendered, RenderOptions, render
-from cds_service.decision.scenario import yields_facts
+from cds_service.decision.scenario import reference_date, yields_facts
 from cds_service.fhir.client import FhirClient
 from cds_service.protocol.errors import RequestError
 from cds_service.protocol.models import CdsResponse
@@ -33,7 +35,9 @@ from cds_service.protocol.request import (
     MAX_JSON_DEPTH,
     MAX_PREFETCH_ENTRIES,
     MAX_RECORD_READ,
+    READING_KEYS,
     Envelope,
+    InputIssue,
     PatientRecord,
     RequestSchemas,
     nested_deeper_than,
@@ -51,6 +55,7 @@ __all__ = [
     "find_service",
     "parse_envelope",
     "parse_record",
+    "reading_queries",
     "render_response",
     "validate_response",
 ]
@@ -73,8 +78,26 @@ def find_service(knowledge: Knowledge, service_id: str) -> ServiceDef:
     return service
 
 
+def reading_queries(knowledge: Knowledge, envelope: Envelope, service: ServiceDef) -> dict[str, str]:
+    """The service's own FHIR query for each record-reading key it declares
+    (``data/reading/prefetch.json`` ``query``), written as a prefetch template:
+    ``{patientId}`` becomes ``{{context.patientId}}`` and ``{since}`` the date ``lookbackDays``
+    before the earliest selected order's date (its ``authoredOn``, the date the decision uses;
+    CDS Hooks 2.0 prefetch tokens have no relative date). Empty without reading knowledge.
+    """
+    if knowledge.reading is None:
+        return {}
+    day = min((reference_date(s.raw) for s in envelope.selections), default=datetime.now(UTC).date())
+    out = {}
+    for key in knowledge.reading.prefetch.keys:
+        if key.key in service.prefetch:
+            since = (day - timedelta(days=key.lookbackDays)).isoformat()
+            out[key.key] = key.query.replace("{patientId}", "{{context.patientId}}").replace("{since}", since)
+    return out
+
+
 def complete_prefetch(envelope: Envelope, service: ServiceDef, fhir_client: FhirClient | None, *,
-                      max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+                      max_depth: int = MAX_JSON_DEPTH, queries: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The request's prefetch with what it lacks fetched from its ``fhirServer``.
 
     CDS Hooks 2.0 §Prefetch Template: the service fetches itself what the client did not
@@ -83,6 +106,13 @@ def complete_prefetch(envelope: Envelope, service: ServiceDef, fhir_client: Fhir
     side); nothing is fetched without ``fhir_client`` or without ``fhirServer`` in the request,
     and keys the service does not declare are kept as sent. Returns a new dict; ``envelope``
     is not changed.
+
+    The record-reading keys (radiology reports, medications, labs:
+    :data:`cds_service.protocol.request.READING_KEYS`) are fetched side by side with the
+    others, with ``queries`` (key -> query as a template, :func:`reading_queries`) in place
+    of their templates where given. The answer can do without them: one that cannot be
+    fetched stays unavailable (the card names what was not read) and the failure is logged,
+    not answered 412.
 
     Raises:
         RequestError: 412 from :meth:`FhirClient.fetch` (server not allowlisted, unreachable,
@@ -93,9 +123,11 @@ def complete_prefetch(envelope: Envelope, service: ServiceDef, fhir_client: Fhir
     missing = [key for key in service.prefetch if prefetch_unavailable(prefetch, key)]
     if fhir_client is None or not missing or not envelope.fhir_server:
         return prefetch
+    # Reports, medications and labs refine the advice; without them it is still given.
+    optional = [key for key in missing if key in READING_KEYS]
     fetched = fhir_client.fetch(fhir_server=envelope.fhir_server, access_token=envelope.access_token,
-                                templates=service.prefetch, keys=missing, context=envelope.context,
-                                user_id=envelope.user_id)
+                                templates={**service.prefetch, **(queries or {})}, keys=missing,
+                                context=envelope.context, user_id=envelope.user_id, optional=optional)
     for key, value in fetched.items():
         if nested_deeper_than(value, max_depth):
             raise RequestError(412, "too-long", f"prefetch '{key}' fetched from fhirServer is nested deeper "
@@ -109,19 +141,34 @@ def decide_orders(knowledge: Knowledge, envelope: Envelope, record: PatientRecor
     """The decision on the selected orders given the patient's record
     (:func:`cds_service.decision.engine.decide`, on the resources' JSON as sent).
     ``pama_official_only``: PAMA ratings only for OFFICIAL cells (setting ``PAMA_OFFICIAL_ONLY``)."""
+    text = RecordText(reports=_raw(record.reports), medications=_raw(record.medications),
+                      observations=_raw(record.observations), unavailable=record.unavailable)
     return decide(knowledge, selections=_raw(envelope.selections), draft_orders=_raw(envelope.draft_orders),
                   conditions=_raw(record.conditions), procedures=_raw(record.procedures),
-                  pama_official_only=pama_official_only)
+                  pama_official_only=pama_official_only, text=text)
 
 
 def render_response(knowledge: Knowledge, envelope: Envelope, record: PatientRecord, decision: Decision,
                     options: RenderOptions) -> Rendered:
     """The CDS Hooks response for ``decision`` (:func:`cds_service.decision.render.render`),
-    listing the draft orders out of scope (``envelope``) and the prefetched resources
-    (``record``) that were skipped."""
-    issues = (*envelope.skipped_orders, *record.issues)
+    listing the draft orders out of scope (``envelope``), the prefetched resources ``record``
+    skipped and the report content the reading did not read (attachments other than
+    ``text/plain``, unusable statuses)."""
+    issues = [issue.to_json() for issue in (*envelope.skipped_orders, *record.issues)]
+    for issue in _reading_issues(decision):
+        if issue not in issues:
+            issues.append(issue)
     return render(knowledge, decision, draft_orders=_raw(envelope.draft_orders), patient_id=envelope.patient_id,
-                  options=options, record_not_read=record.not_read, input_issues=[issue.to_json() for issue in issues])
+                  options=options, record_not_read=record.not_read, input_issues=issues)
+
+
+def _reading_issues(decision: Decision) -> list[dict[str, str]]:
+    out = []
+    for od in decision.orders:
+        for sk in od.reading.skipped if od.reading is not None else ():
+            why = f"{sk.reason}: {sk.content_type}" if sk.content_type else sk.reason
+            out.append(InputIssue("prefetch.radiologyReports", sk.resource_type, sk.resource_id, why).to_json())
+    return out
 
 
 def validate_response(rendered: Rendered) -> None:
@@ -160,7 +207,8 @@ def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, servic
     envelope = parse_envelope(body, hook=service.hook, schemas=schemas, max_depth=max_depth,
                               max_draft_orders=max_draft_orders, max_prefetch_entries=max_prefetch_entries,
                               order_types=RATED_ORDER_TYPES)
-    prefetch = complete_prefetch(envelope, service, fhir_client, max_depth=max_depth)
+    prefetch = complete_prefetch(envelope, service, fhir_client, max_depth=max_depth,
+                                 queries=reading_queries(knowledge, envelope, service))
     record = parse_record(prefetch, patient_id=envelope.patient_id, required=service.requiredPrefetch,
                           reads=partial(yields_facts, knowledge), max_read=max_record_read)
     decision = decide_orders(knowledge, envelope, record, pama_official_only=options.pama_official_only)

@@ -771,6 +771,7 @@ def build():
 
     # ---- issue 12: which codes count for which fact, and time ------------------------
     __import__("cases_facts").build(sys.modules[__name__])
+    __import__("cases_reading").build(sys.modules[__name__])  # issue 13: reports, medications, labs
 
     (HERE / "cases.json").write_text(json.dumps(CASES, indent=2, ensure_ascii=False) + "\n",
                                      encoding="utf-8")

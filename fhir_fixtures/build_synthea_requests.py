@@ -11,6 +11,8 @@ Each request is what an EHR would POST to /cds-services/vcf-order-select:
   - prefetch.patient     = the record's Patient, exactly as in the Bundle
   - prefetch.conditions  = searchset Bundle of ALL the record's Condition resources
   - prefetch.procedures  = searchset Bundle of ALL the record's Procedure resources
+  - prefetch.medicationRequests = searchset Bundle of ALL the record's MedicationRequest
+                           resources (e.g. Willia Runolfsdottir's active alendronate order)
   - context.draftOrders  = one draft ServiceRequest, CPT 72148 (MRI lumbar spine without
                            contrast), subject Patient/<Synthea Patient id>
 The Synthea resources are copied unchanged (their `urn:uuid:` references validate as FHIR
@@ -78,6 +80,8 @@ def build_one(path: Path) -> tuple[str, dict, dict]:
                   if e["resource"]["resourceType"] == "Condition"]
     procedures = [(e["fullUrl"], e["resource"]) for e in entries
                   if e["resource"]["resourceType"] == "Procedure"]
+    medication_requests = [(e["fullUrl"], e["resource"]) for e in entries
+                           if e["resource"]["resourceType"] == "MedicationRequest"]
     encounters = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Encounter"]
     latest = max(encounters, key=lambda r: r.get("period", {}).get("start", ""))
     slug = _slug(patient)
@@ -112,6 +116,7 @@ def build_one(path: Path) -> tuple[str, dict, dict]:
             "patient": patient,
             "conditions": _searchset(conditions),
             "procedures": _searchset(procedures),
+            "medicationRequests": _searchset(medication_requests),
         },
     }
     n_fx = sum(1 for _, c in conditions
@@ -123,7 +128,8 @@ def build_one(path: Path) -> tuple[str, dict, dict]:
         "description": (
             f"Synthea record {path.name}: {patient['gender']}, born {patient['birthDate']}"
             + (f", deceased {deceased[:10]}" if deceased else "")
-            + f"; {len(conditions)} Conditions, {len(procedures)} Procedures copied unchanged; "
+            + f"; {len(conditions)} Conditions, {len(procedures)} Procedures, {len(medication_requests)} "
+            "MedicationRequests copied unchanged; "
             "draft order MRI lumbar spine without contrast (72148)."),
         "source": (f"shared/interop/synthea/{path.name} (github.com/smart-on-fhir/"
                    "generated-sample-data commit 25ac808, R4/SYNTHEA/), built by "

@@ -108,8 +108,11 @@ def test_discovery_lists_the_order_select_and_order_sign_services(client):
         assert svc["title"].strip()
         assert svc["description"].strip()
         prefetch = svc["prefetch"]
-        # Only what the decision reads: the patient's Conditions and Procedures.
-        assert set(prefetch) == {"conditions", "procedures"}
+        # Only what the decision reads: the patient's Conditions and Procedures, and the
+        # radiology reports, medications and labs the record reading reads (none required).
+        assert set(prefetch) == {"conditions", "procedures", "radiologyReports", "medicationRequests",
+                                 "medicationStatements", "coagulationLabs"}
+        assert svc["prefetch"]["radiologyReports"].startswith("DiagnosticReport?patient={{context.patientId}}")
         assert all(isinstance(v, str) and "{{context.patientId}}" in v for v in prefetch.values())
 
 

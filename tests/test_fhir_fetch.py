@@ -108,7 +108,15 @@ def fetching_app(httpserver: HTTPServer, **overrides):
     return make_app(**{"FHIR_ALLOWLIST": base, "ALLOW_HTTP_LOOPBACK": True, "FHIR_BUDGET_SECONDS": 10, **overrides})
 
 
-def post(app, body):
+# The record-reading keys (radiology reports, medications, labs). A fixture that does not send
+# one is posted with it null (the EHR ran the query and found nothing), so these tests fetch
+# only the record's Conditions and Procedures; test_reading_keys_are_fetched... fetches them.
+READING = ("radiologyReports", "medicationRequests", "medicationStatements", "coagulationLabs")
+
+
+def post(app, body, *, fetch_reading=False):
+    if not fetch_reading and isinstance(body.get("prefetch"), dict):
+        body = {**body, "prefetch": {**dict.fromkeys(READING), **body["prefetch"]}}
     return app.test_client().post(SERVICE_URL, json=body)
 
 
@@ -135,6 +143,39 @@ def test_no_prefetch_gets_the_same_response_as_full_prefetch(case, httpserver, e
     # The service's prefetch templates (discovery): the Patient resource is never asked for.
     assert {s.path for s in server.seen} == {"/fhir/Condition", "/fhir/Procedure"}
     assert all(s.args.get("patient") == patient for s in server.seen)
+
+
+def test_reading_keys_are_fetched_with_the_services_own_queries(httpserver, ehr):
+    """Seed 003 with its MRI report, nothing prefetched: the reports, medications and labs
+    are fetched with the look-back from the order date, and the answer is the same (V6)."""
+    body = load_json(FIXTURES / "requests/reading-inr-2-8-kyphoplasty.json")
+    server = served_from_prefetch(body)
+    url = ehr(server)
+    bare = without_prefetch(body, server_url=url, keys=("patient", "conditions", "procedures", *READING))
+    got = post(fetching_app(httpserver), bare, fetch_reading=True)
+    assert got.status_code == 200
+    assert normalised(got.get_json()) == normalised(post(fetching_app(httpserver), body).get_json())
+    seen = {s.path: s.args for s in server.seen}
+    assert {"/fhir/DiagnosticReport", "/fhir/MedicationRequest", "/fhir/MedicationStatement",
+            "/fhir/Observation"} <= set(seen)
+    assert seen["/fhir/DiagnosticReport"]["date"] == "ge2025-11-16"  # a year before the order
+    assert seen["/fhir/DiagnosticReport"]["category"] == "http://loinc.org|LP29684-5"
+    assert seen["/fhir/Observation"]["date"] == "ge2026-10-17"  # 30 days
+    assert "V6" in json.dumps(got.get_json())
+
+
+def test_a_failed_reading_fetch_is_answered_without_it(httpserver, ehr):
+    body = load_json(FIXTURES / "requests/reading-seed-003-mri-report-v6.json")
+    server = served_from_prefetch(body)
+    httpserver.expect_request("/fhir/DiagnosticReport").respond_with_data("down", status=500)
+    url = ehr(server)
+    got = post(fetching_app(httpserver), without_prefetch(body, server_url=url, keys=READING), fetch_reading=True)
+    assert got.status_code == 200
+    answer = got.get_json()
+    # Only the reports failed: medications and labs were fetched (none on the server).
+    assert "Not available to this service, so not checked: radiology reports." in json.dumps(answer)
+    assert "systemActions" not in answer  # without the MRI report: no variant 6, no rating
+    assert {s.path for s in server.seen} >= {"/fhir/MedicationRequest", "/fhir/Observation"}
 
 
 SYNTHEA = [c for c in CASES if c["id"].startswith("synthea-")]

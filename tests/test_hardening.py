@@ -96,10 +96,10 @@ def test_too_many_draft_orders_is_413():
 
 
 def test_too_many_prefetch_entries_is_413():
-    path = FIXTURES / "requests" / "synthea-keira-huel.json"  # 16 Conditions + 20 Procedures
-    assert _post(make_app(MAX_PREFETCH_ENTRIES=36).test_client(), path).status_code == 200
-    issue = _outcome(_post(make_app(MAX_PREFETCH_ENTRIES=35).test_client(), path), 413)
-    assert "prefetch holds 36 Bundle entries" in issue["diagnostics"]
+    path = FIXTURES / "requests" / "synthea-keira-huel.json"  # 16 Conditions + 20 Procedures + 10 MedicationRequests
+    assert _post(make_app(MAX_PREFETCH_ENTRIES=46).test_client(), path).status_code == 200
+    issue = _outcome(_post(make_app(MAX_PREFETCH_ENTRIES=45).test_client(), path), 413)
+    assert "prefetch holds 46 Bundle entries" in issue["diagnostics"]
 
 
 def test_limits_hold_before_the_schema_is_checked():

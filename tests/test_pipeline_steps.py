@@ -26,6 +26,7 @@ from cds_service.pipeline import (
     find_service,
     parse_envelope,
     parse_record,
+    reading_queries,
     render_response,
     validate_response,
 )
@@ -42,6 +43,9 @@ OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "
 def counter_ids():
     n = itertools.count(1)
     return lambda: f"00000000-0000-4000-8000-{next(n):012d}"
+
+
+READING = ["radiologyReports", "medicationRequests", "medicationStatements", "coagulationLabs"]
 
 
 class RecordingFhirClient:
@@ -128,20 +132,53 @@ def test_complete_prefetch_fetches_only_what_is_absent_or_an_operation_outcome(k
     del body["prefetch"]["procedures"]
     body["prefetch"]["conditions"] = OUTCOME
     envelope = envelope_of(body, schemas, knowledge)
-    client = RecordingFhirClient(full)
+    client = RecordingFhirClient({**full, **dict.fromkeys(READING, None)})
 
     prefetch = complete_prefetch(envelope, find_service(knowledge, SELECT), client)
 
+    # One call, side by side; the radiology reports, medications and labs may fail alone.
     [call] = client.calls
-    assert call["keys"] == ["conditions", "procedures"]
+    assert call["keys"] == ["conditions", "procedures", *READING]
+    assert call["optional"] == READING
     assert call["fhir_server"] == body["fhirServer"]
     assert call["templates"] == find_service(knowledge, SELECT).prefetch
     assert prefetch["conditions"] == full["conditions"] and prefetch["procedures"] == full["procedures"]
     assert envelope.prefetch["conditions"] == OUTCOME  # the envelope is not changed
 
 
+def test_complete_prefetch_runs_the_reading_queries_with_the_look_back_from_the_order_date(knowledge, schemas):
+    body = load_json(V1)  # the order is authored 2026-11-16
+    envelope = envelope_of(body, schemas, knowledge)
+    service = find_service(knowledge, SELECT)
+    client = RecordingFhirClient(dict.fromkeys(READING, None))
+
+    queries = reading_queries(knowledge, envelope, service)
+    complete_prefetch(envelope, service, client, queries=queries)
+
+    [reading] = client.calls
+    assert reading["keys"] == READING
+    templates = reading["templates"]
+    assert "date=ge2025-11-16" in templates["radiologyReports"]  # 365 days
+    assert "date=ge2026-10-17" in templates["coagulationLabs"]  # 30 days
+    assert all("{{context.patientId}}" in templates[k] for k in READING)
+
+
+def test_reading_keys_the_client_could_not_fetch_stay_unavailable(knowledge, schemas):
+    class Partial(RecordingFhirClient):
+        # As FhirClient.fetch does with an optional key whose query failed: left out.
+        def fetch(self, **kwargs: Any) -> dict[str, Any]:
+            self.calls.append(kwargs)
+            return {k: copy.deepcopy(self.answers[k]) for k in kwargs["keys"] if k != "radiologyReports"}
+
+    envelope = envelope_of(load_json(V1), schemas, knowledge)
+    prefetch = complete_prefetch(envelope, find_service(knowledge, SELECT), Partial(dict.fromkeys(READING)))
+    assert "radiologyReports" not in prefetch
+    assert record_of(prefetch, envelope, knowledge).unavailable == ("radiologyReports",)
+
+
 def test_complete_prefetch_never_fetches_null_or_undeclared_keys(knowledge, schemas):
     body = load_json(V1)  # procedures: null (the EHR ran the query and found nothing)
+    body["prefetch"].update(dict.fromkeys(READING))  # likewise the reports, medications and labs
     body["prefetch"]["patient"] = OUTCOME  # not a prefetch key of this service
     client = RecordingFhirClient({})
     prefetch = complete_prefetch(envelope_of(body, schemas, knowledge), find_service(knowledge, SELECT), client)
@@ -164,6 +201,7 @@ def test_complete_prefetch_without_a_client_or_a_server_fetches_nothing(knowledg
 def test_complete_prefetch_refuses_absurdly_nested_answers(knowledge, schemas):
     body = load_json(V1)
     del body["prefetch"]["conditions"]
+    body["prefetch"].update(dict.fromkeys(READING))
     nested: dict[str, Any] = {"resourceType": "Bundle"}
     for _ in range(200):
         nested = {"x": nested}

@@ -61,7 +61,9 @@ def test_typical_request_without_prefetch_gets_the_same_answer_from_the_fhir_ser
     fetched = post(client, body)
     assert fetched.status_code == 200, fetched.get_data(as_text=True)
     pid = typical["context"]["patientId"]
-    assert sorted(s.path for s in ehr.seen) == ["/fhir/Condition", "/fhir/Procedure"]
+    # The record, then the radiology reports, medications and labs (none on this server).
+    assert sorted(s.path for s in ehr.seen) == ["/fhir/Condition", "/fhir/DiagnosticReport", "/fhir/MedicationRequest",
+                                                "/fhir/MedicationStatement", "/fhir/Observation", "/fhir/Procedure"]
     assert all(s.args["patient"] == pid for s in ehr.seen)
     assert all(s.authorization == "Bearer bench-token" for s in ehr.seen)
     with_prefetch = post(make_app().test_client(), typical)

@@ -78,6 +78,7 @@ class Advisory(StrEnum):
     STEER_IR = "steer-ir"
     REGION_MISMATCH = "region-mismatch"
     FRAGILITY_READING = "fragility-reading"
+    SAME_STUDY_RECENTLY = "same-study-recently"
 
 
 class CardKind(StrEnum):
@@ -143,6 +144,7 @@ CARD_PLACEHOLDERS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = Mapping
     Advisory.REGION_MISMATCH: (_WHERE, _WHERE),
     Advisory.AUGMENT_ASYMPTOMATIC: (_WHERE, _WHERE),
     Advisory.FRAGILITY_READING: (_WHERE, _WHERE),
+    Advisory.SAME_STUDY_RECENTLY: (_F({"date"}), _F({"report", "date", "days"})),
     # Said inside other cards: augment-neuro by the red-flag card, the two reminders as checklist items.
     **{a: (_NONE, _NONE) for a in (Advisory.AUGMENT_NEURO, Advisory.AUGMENT_INFECTION, Advisory.AUGMENT_NO_EDEMA,
                                    Advisory.AUGMENT_NO_THERAPY, Advisory.POST_AUGMENTATION_MRI)},
@@ -212,4 +214,22 @@ CARD_TEXT: Mapping[str, frozenset[str]] = MappingProxyType({
     "withdrawLabel": _NONE,
     "ratingAction": _F({"rating"}),
     "explainLink": _NONE,
+    # what the radiology reports, medications and labs said (issue 13)
+    "checklistMriNext": _F({"region"}),
+    "checklistMriNextDetail": _F({"region"}),
+    "mriRegionUnknown": _NONE,
+    "mriNextLabel": _F({"procedure"}),
+    "checklistEdemaTreated": _NONE,
+    "checklistEdemaTreatedDetail": _F({"levels"}),
+    "checklistLab": _F({"lab", "value"}),
+    "checklistLabDetail": _F({"lab", "value", "unit", "date", "threshold", "citation", "note"}),
+    "checklistLabClassUnconfirmed": _NONE,
+    "checklistNotRead": _F({"items"}),
+    "notReadRadiologyReports": _NONE,
+    "notReadMedications": _NONE,
+    "notReadCoagulationLabs": _NONE,
+    "missingReportsNotRead": _NONE,
+    "missingEdemaLevelUnknown": _NONE,
+    "reportEvidence": _NONE,  # how report text evidence is marked: "from report text, unconfirmed"
+    "medicationNameEvidence": _NONE,  # a drug recognised by its name, not a listed RxNorm code
 })

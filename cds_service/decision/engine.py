@@ -23,6 +23,7 @@ from cds_service.decision.contract import (
     PamaRating,
 )
 from cds_service.decision.knowledge import Knowledge, Procedure, Rating, Region, Variant
+from cds_service.decision.record_reading import OrderReading, RecordText, read_order, with_reading
 from cds_service.decision.scenario import (
     Evidence,
     FactSet,
@@ -62,7 +63,9 @@ class OrderDecision:
     decision-rules.md §5), also when the order misses the fractured region or the site sends
     only OFFICIAL ratings. ``alternatives`` are the variant's Usually appropriate procedures
     other than the one ordered, in table order. ``fracture_regions`` are the spine regions
-    the record's fracture codes name (M48.5-, S22.0-, S32.0-).
+    the record's fracture codes name (M48.5-, S22.0-, S32.0-). ``reading`` is what the
+    radiology reports, medications and labs said for this order (its facts are already in
+    ``facts``), None when the order was not read.
     """
 
     ref: str
@@ -75,6 +78,7 @@ class OrderDecision:
     alternatives: tuple[Rating, ...]
     advisories: tuple[Advisory, ...]
     fracture_regions: tuple[Region, ...] = ()
+    reading: OrderReading | None = None
 
     @property
     def variant(self) -> Variant | None:
@@ -167,7 +171,8 @@ def _agreement(choice: VariantChoice, oc: OrderClass, facts: FactSet) -> Variant
 
 
 def _advisories(knowledge: Knowledge, oc: OrderClass, facts: FactSet, choice: VariantChoice,
-                rating: Rating | None, mismatch: bool = False) -> tuple[Advisory, ...]:
+                rating: Rating | None, mismatch: bool = False,
+                reading: OrderReading | None = None) -> tuple[Advisory, ...]:
     p = oc.procedure
     if p is None:
         return ()
@@ -177,29 +182,40 @@ def _advisories(knowledge: Knowledge, oc: OrderClass, facts: FactSet, choice: Va
     if Fact.VCF_FRAGILITY in facts:
         out.append(Advisory.FRAGILITY_READING)
     if p.category == AUGMENTATION:
-        out += _augmentation_advisories(facts, choice)
+        out += _augmentation_advisories(facts, choice, reading)
     if p.modality == MRI_MODALITY and Fact.AUGMENTATION_HISTORY in facts:
         out.append(Advisory.POST_AUGMENTATION_MRI)
     if _steer_to_ir(knowledge, p, choice.variant, rating):
         out.append(Advisory.STEER_IR)
+    if reading is not None and reading.same_study:
+        out.append(Advisory.SAME_STUDY_RECENTLY)
     return tuple(out)
 
 
-def _augmentation_advisories(facts: FactSet, choice: VariantChoice) -> list[Advisory]:
+def _augmentation_advisories(facts: FactSet, choice: VariantChoice,
+                             reading: OrderReading | None = None) -> list[Advisory]:
     """Contraindications to vertebral augmentation on record (infection first: an absolute
     exclusion), then reminders of what the routine pathway needs first (decision-rules.md
-    §2.2, §2.3, §2.6, §6.5, §6.9)."""
+    §2.2, §2.3, §2.6, §6.5, §6.9). An INR or platelet count outside the SIR threshold
+    (``reading.labs``) is a bleeding item too; the 'no MRI evidence' reminder is left out
+    when a spine MRI report was read (its findings decided the variant)."""
     out = [advisory for fact, advisory in ((Fact.INFECTION, Advisory.AUGMENT_INFECTION),
                                            (Fact.BLEEDING_RISK, Advisory.AUGMENT_BLEEDING),
                                            (Fact.NEURO_RED_FLAG, Advisory.AUGMENT_NEURO),
                                            (Fact.ASYMPTOMATIC, Advisory.AUGMENT_ASYMPTOMATIC)) if fact in facts]
+    if reading is not None and reading.labs and Advisory.AUGMENT_BLEEDING not in out:
+        out.insert(1 if Fact.INFECTION in facts else 0, Advisory.AUGMENT_BLEEDING)
     # Reminders belong to the routine pathway; a red flag or an infection has already taken
     # the patient out of it (decision-rules.md §2.1, §6.5), and the critical card says what
     # to do instead.
     if Fact.NEURO_RED_FLAG in facts or Fact.INFECTION in facts:
         return out
     named_missing = any(Fact.MARROW_EDEMA in gap for gap in choice.missing)
-    if Fact.MARROW_EDEMA not in facts and not named_missing:
+    # Reports read and no spine MRI among them: the MRI is the next step (seed 001 FAQ, seed
+    # 000 takeaway 2), said on the checklist even beside the card asking for the fact.
+    mri_read = reading is not None and reading.reports_read and not reading.no_spine_mri
+    no_mri = reading is not None and reading.no_spine_mri
+    if Fact.MARROW_EDEMA not in facts and not mri_read and (no_mri or not named_missing):
         out.append(Advisory.AUGMENT_NO_EDEMA)
     # Rule §2.6 concerns osteoporotic fractures; a pathologic fracture has other care.
     if Fact.OSTEOPOROTIC in facts and Fact.OSTEOPOROSIS_THERAPY not in facts:
@@ -218,8 +234,13 @@ def _steer_to_ir(knowledge: Knowledge, p: Procedure, v: Variant | None, rating: 
 
 def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Mapping],
                  procedures: Sequence[Mapping], as_of: date | None = None,
-                 pama_official_only: bool = False, record: RecordFacts | None = None) -> OrderDecision:
+                 pama_official_only: bool = False, record: RecordFacts | None = None,
+                 text: RecordText | None = None) -> OrderDecision:
     """Decide one order (raw FHIR ServiceRequest JSON) against the patient's record.
+
+    ``text``: radiology reports, medications and labs to read
+    (:func:`cds_service.decision.record_reading.read_order`); their facts join the coded ones
+    before the variant is chosen. None: nothing beyond codes is read.
 
     ``pama_official_only``: send a PAMA rating only for a cell the ACR's own published table
     gives (provenance OFFICIAL); SEED and SECONDARY cells, and 'no criteria apply', are then
@@ -231,10 +252,17 @@ def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Map
     # Only orders still being placed are rated; a revoked, completed or entered-in-error
     # request is not a decision the clinician is making now.
     oc = classify_order(knowledge, raw) if raw.get("status", "draft") in RATED_STATUSES else OrderClass(None, None, None)
-    facts = extract_facts(knowledge, conditions=conditions, procedures=procedures, order=raw,
-                          as_of=as_of or reference_date(raw), record=record)
+    day = as_of or reference_date(raw)
+    facts = extract_facts(knowledge, conditions=conditions, procedures=procedures, order=raw, as_of=day,
+                          record=record)
     if oc.procedure is None:
         return OrderDecision(ref, raw, oc, facts, None, None, None, (), ())
+    reading = None
+    if text is not None:
+        reading = read_order(knowledge, text, procedure=oc.procedure, order=raw,
+                             region=oc.region.id if oc.region else None, facts=facts, conditions=conditions,
+                             procedures=procedures, as_of=day)
+        facts = with_reading(knowledge, facts, reading)
     choice = choose_variant(knowledge, facts, oc.procedure.kind)
     choice = _agreement(choice, oc, facts) or choice
     if oc.procedure.category == AUGMENTATION and Fact.INFECTION in facts:
@@ -260,24 +288,24 @@ def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Map
         alternatives = tuple(r for r in choice.variant.ratings
                              if r.category == USUALLY_APPROPRIATE and r.procedure != oc.procedure.id)
     return OrderDecision(ref, raw, oc, facts, choice, rating, pama, alternatives,
-                         _advisories(knowledge, oc, facts, choice, rating, mismatch), fractured)
+                         _advisories(knowledge, oc, facts, choice, rating, mismatch, reading), fractured, reading)
 
 
 def decide(knowledge: Knowledge, *, selections: Iterable[Mapping], draft_orders: Iterable[Mapping],
            conditions: Sequence[Mapping], procedures: Sequence[Mapping], as_of: date | None = None,
-           pama_official_only: bool = False) -> Decision:
+           pama_official_only: bool = False, text: RecordText | None = None) -> Decision:
     """Decide every selected order (raw JSON dicts, in selection order).
 
     ``draft_orders`` (all of them, selected or not) tell the red-flag escalation what is
     already being ordered. ``as_of`` overrides each order's reference date (tests, replays).
-    ``pama_official_only``: see :func:`decide_order`.
+    ``pama_official_only``, ``text``: see :func:`decide_order`.
     """
     drafts = list(draft_orders)
     # The record is read once for all orders: with 50 orders over thousands of Conditions,
     # reading it per order was most of a call's cost.
     record = RecordFacts(knowledge, conditions=conditions, procedures=procedures)
     orders = tuple(decide_order(knowledge, raw, conditions=conditions, procedures=procedures, as_of=as_of,
-                                pama_official_only=pama_official_only, record=record)
+                                pama_official_only=pama_official_only, record=record, text=text)
                    for raw in selections)
     red: dict[tuple, Evidence] = {}
     for od in orders:

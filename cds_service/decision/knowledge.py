@@ -48,6 +48,7 @@ from cds_service.decision.contract import (
     PamaRating,
     RedFlagRouting,
 )
+from cds_service.decision.reading.loader import ReadingKnowledge, ReadingKnowledgeError, load_reading_knowledge
 from cds_service.decision.terminology import (
     ICD10CM,
     KNOWN_SYSTEMS,
@@ -387,6 +388,8 @@ class Knowledge:
     fact_index: Mapping[tuple[str, str], tuple[str, ...]]
     procedure_by_valueset: Mapping[str, Procedure]
     region_by_valueset: Mapping[str, Region]
+    # Radiology reports, medications and labs (``data/reading/``, its own loader and value sets).
+    reading: ReadingKnowledge | None = None
 
     def askable(self, fact_id: str) -> bool:
         """Whether a card may ask the clinician to record this fact when it is missing
@@ -889,7 +892,8 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     an invalid FHIR ValueSet, duplicate ids, a reference to a value set, fact, procedure or
     region that does not exist, an enum value out of range, a score outside its category.
     Files are read in this order, so of several problems the first file's is reported:
-    value sets, facts, procedures, ratings, topics, services, cards.
+    value sets, facts, procedures, ratings, topics, services, cards, then ``reading/``
+    (report, medication and lab reading, errors named ``reading/<file>``).
     """
     root = _knowledge_root(directory)
     version = _version(root)
@@ -902,6 +906,7 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
     sf = _load_services(root)
     cf = _load_cards(root, acr.topics, _fact_ids(ff))
     _check_suggestion_rules(cf, pf, valuesets)
+    reading = _load_reading(root)
     return Knowledge(
         directory=root,
         version=version,
@@ -923,4 +928,16 @@ def load_knowledge(directory: str | Path | None = None) -> Knowledge:
         fact_index=MappingProxyType(_fact_index(ff)),
         procedure_by_valueset=MappingProxyType({p.valueSet: p for p in pf.procedures if p.valueSet}),
         region_by_valueset=MappingProxyType({r.valueSet: r for r in pf.regions}),
+        reading=reading,
     )
+
+
+def _load_reading(root: Path) -> ReadingKnowledge:
+    """``reading/``: what reads radiology reports, medications and labs (its own loader,
+    :func:`cds_service.decision.reading.load_reading_knowledge`); its errors name
+    ``reading/<file>``."""
+    try:
+        return load_reading_knowledge(root / "reading")
+    except ReadingKnowledgeError as exc:
+        file = "reading/" if exc.entry == "directory" else f"reading/{exc.file}"
+        raise KnowledgeError(file, exc.entry, exc.problem) from None

@@ -70,6 +70,8 @@ _WS = re.compile(r"\s+")
 # GFM's extended autolinks (cmark-gfm) start at "://" or "www.": escaping that ':' or '.' keeps
 # a URL in record text from becoming a link.
 _AUTOLINK = re.compile(r"(?i):(?=//)|(?<=www)\.")
+# Canonical lab units (data/reading/bleeding-thresholds.json) as a clinician writes them.
+_UNIT_WORDS = MappingProxyType({"{INR}": "", "10*9/L": " x 10^9/L"})
 
 
 def new_uuid() -> str:
@@ -446,9 +448,19 @@ class _Renderer:
         for label, e in labelled:
             # A resource's codings are one concept; an order's reasonCodes are separate ones.
             key = (e.resource, (e.display or e.code) if e.resource.endswith("#reasonCode") else "")
-            g = groups.setdefault(key, {"display": None, "codes": [], "labels": []})
-            g["display"] = g["display"] or e.display
-            g["codes"].append(self.code_text(e))
+            g = groups.setdefault(key, {"display": None, "codes": [], "labels": [], "date": None})
+            if e.origin == "report":
+                # Read from free text, not a code: the sentence itself, marked unconfirmed.
+                g["display"] = g["display"] or (f"“{e.display}”" if e.display else None)
+                g["codes"].append(self.say("reportEvidence"))
+                g["date"] = e.onset
+            elif e.origin == "medication" and not e.code:
+                # Recognised by the drug's name, not by a listed RxNorm code.
+                g["display"] = g["display"] or e.display
+                g["codes"].append(self.say("medicationNameEvidence"))
+            else:
+                g["display"] = g["display"] or e.display
+                g["codes"].append(self.code_text(e))
             if label:
                 g["labels"].append(label)
         if not groups:
@@ -460,6 +472,8 @@ class _Renderer:
             line = "- " + (f"{md_escape(g['display'])} " if g["display"] else "") + f"({'; '.join(_unique(g['codes']))})"
             if g["labels"]:
                 line += ": " + ", ".join(_unique(g["labels"]))
+            if g["date"] is not None:
+                where += f", {g['date'].isoformat()}"
             lines.append(f"{line} — {where}")
         more = len(groups) - EVIDENCE_MAX
         if more > 0:
@@ -529,8 +543,9 @@ class _Renderer:
             notes.append(self.say("seedNote"))
         if "SECONDARY" in provenances:
             notes.append(self.say("secondaryNote"))
+        # Report text is marked where it is shown ("from report text, unconfirmed"), not a code.
         unconfirmed = sorted({self.code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
-                              for e in od.facts.all_evidence() if e.unconfirmed})
+                              for e in od.facts.all_evidence() if e.unconfirmed and e.code and e.origin != "report"})
         if unconfirmed:
             shown = "; ".join(unconfirmed[:EVIDENCE_MAX]) + (f"; and {len(unconfirmed) - EVIDENCE_MAX} more"
                                                             if len(unconfirmed) > EVIDENCE_MAX else "")
@@ -566,6 +581,12 @@ class _Renderer:
             name = self.plain_name(proc, [od.order_class.region] if od.order_class.region else ())
             kind = CardKind.MISSING_FACTS
             detail = [self.lead(kind, procedure=name), "", self.say("recordOneOf"), *[f"- {o}" for o in options], ""]
+            if (od.reading is not None and "radiologyReports" in od.reading.unavailable
+                    and any(Fact.MARROW_EDEMA in gap for gap in choice.missing)):
+                detail += [self.say("missingReportsNotRead"), ""]  # the MRI may be on record, unread
+            if od.reading is not None and od.reading.unplaced and any(Fact.MARROW_EDEMA in g for g in choice.missing):
+                detail += [self.say("missingEdemaLevelUnknown"),
+                           *self.evidence_block(((None, e) for e in od.reading.unplaced), heading=False), ""]
             if choice.candidates:
                 detail += [self.say("candidateVariants"), *self.candidate_lines(choice.candidates), ""]
             detail += self.order_evidence(od, None)
@@ -671,6 +692,20 @@ class _Renderer:
                       "\n".join(lines).strip(), v)
         if Advisory.STEER_IR in advisories:
             self.steer_ir_card(od)
+        if Advisory.SAME_STUDY_RECENTLY in advisories and od.reading is not None and od.reading.same_study:
+            self.same_study_card(od)
+
+    def same_study_card(self, od: OrderDecision) -> None:
+        """The ordered study was reported within the repeat window: name the earlier report
+        (information only: the window is this service's choice, imaging-rules.json)."""
+        assert od.reading is not None
+        earlier = od.reading.same_study[0]
+        day = earlier.date.date().isoformat() if earlier.date else ""
+        name = earlier.code_display or (f"DiagnosticReport/{earlier.report_id}" if earlier.report_id else "")
+        report = md_escape(f"{name}, DiagnosticReport/{earlier.report_id}" if earlier.report_id else name)
+        days = self.k.reading.imaging.repeatStudyDays if self.k.reading else 0
+        kind = Advisory.SAME_STUDY_RECENTLY
+        self.card(kind, self.summary(kind, date=day), self.lead(kind, report=report, date=day, days=days), od.variant)
 
     def fact_card(self, od: OrderDecision, kind: Advisory) -> None:
         """A card about how the record was read (region mismatch, asymptomatic fracture,
@@ -699,6 +734,8 @@ class _Renderer:
         facts = od.facts
         items: list[tuple[str, str]] = []
         for adv in (Advisory.AUGMENT_NO_EDEMA, Advisory.AUGMENT_NO_THERAPY):
+            if adv == Advisory.AUGMENT_NO_EDEMA and od.reading is not None and od.reading.no_spine_mri:
+                continue  # the reports were read: the MRI as next step says it (reading_items)
             if adv in advisories:
                 items.append((self.summary(adv), self.lead(adv)))
         coag = Advisory.AUGMENT_BLEEDING in advisories and Fact.COAGULOPATHY in facts
@@ -706,16 +743,23 @@ class _Renderer:
             items.append((self.say("checklistCoag"), self.say("checklistCoagDetail")))
         if Advisory.AUGMENT_BLEEDING in advisories and Fact.ANTICOAGULATION in facts:
             items.append((self.say("checklistAnticoag"), self.say("checklistAnticoagDetail")))
+        items += self.reading_items(od)
+        labs = od.reading.labs if od.reading is not None else ()
         if not items:
             return
         # One indicator per card kind (the feedback report counts by kind): with a
-        # coagulopathy the checklist is the bleeding advisory's warning, else an info card.
+        # coagulopathy, or a lab outside the SIR threshold, the checklist is the bleeding
+        # advisory's warning, else an info card.
+        coag = coag or bool(labs and Advisory.AUGMENT_BLEEDING in advisories)
         kind = Advisory.AUGMENT_BLEEDING if coag else CardKind.AUGMENT_CHECKLIST
         summary = self.summary(kind, items="; ".join(i for i, _ in items))
         if len(summary) > SUMMARY_MAX:
             summary = self.summary(kind, items=", ".join(i.split(",")[0].split(" (")[0] for i, _ in items))
         lines = [self.lead(kind), *[f"- {d}" for _, d in items], ""]
-        lines += self.evidence_block((self.k.fact_label(f), e) for f in (Fact.COAGULOPATHY, Fact.ANTICOAGULATION)
+        if od.reading is not None and (missing := self.not_read(od.reading.unavailable)):
+            lines += [self.say("checklistNotRead", items=missing), ""]
+        lines += self.evidence_block((self.k.fact_label(f), e) for f in (Fact.MARROW_EDEMA, Fact.COAGULOPATHY,
+                                                                         Fact.ANTICOAGULATION)
                                      for e in facts.evidence.get(f, ()))
         v = od.variant
         if v is not None and od.rating is not None:
@@ -724,7 +768,63 @@ class _Renderer:
             for n in self.provenance_notes(od, [od.rating]):
                 lines += ["", n]
             lines += ["", self.source_line(v)]
-        self.card(kind, summary, "\n".join(lines).strip(), v)
+        self.card(kind, summary, "\n".join(lines).strip(), v, self.mri_next_step(od))
+
+    def mri_next_step(self, od: OrderDecision) -> list[dict]:
+        """No spine MRI among the radiology reports of an augmentation order: a suggestion to
+        order an MRI without contrast of the fracture region (seed 001 FAQ, seed 000
+        takeaway 2), unless a draft order already images it."""
+        if od.reading is None or not od.reading.no_spine_mri or Advisory.AUGMENT_NO_EDEMA not in od.advisories:
+            return []
+        mri = next((p for p in self.k.procedures.values()
+                    if p.modality == MRI_MODALITY and p.contrast == "without" and p.kind == "imaging"), None)
+        regions = list(od.fracture_regions) or ([od.order_class.region] if od.order_class.region else [])
+        region = regions[0] if len(regions) == 1 else None
+        if mri is None or self.drafted(mri, region):
+            return []
+        new = self.new_order(od.raw, mri, region, reasons=od.facts.evidence.get(Fact.VCF, ()))
+        if new is None:
+            return []
+        name = self.plain_name(mri, [region] if region else ())
+        return [self.suggestion(self.say("mriNextLabel", procedure=name),
+                                [{"type": "create", "description": name, "resource": new}])]
+
+    def reading_items(self, od: OrderDecision) -> list[tuple[str, str]]:
+        """Checklist items from the radiology reports and labs: the MRI as next step (no
+        spine MRI among the reports; replaces the 'no MRI evidence' reminder), edema at a
+        level treated before (seed 002), an INR or platelet count outside the SIR threshold."""
+        reading = od.reading
+        if reading is None:
+            return []
+        items: list[tuple[str, str]] = []
+        if Advisory.AUGMENT_NO_EDEMA in od.advisories and reading.no_spine_mri:
+            regions = [r.display for r in od.fracture_regions] or (
+                [od.order_class.region.display] if od.order_class.region else [])
+            region = " and ".join(regions) or self.say("mriRegionUnknown")
+            items.append((self.say("checklistMriNext", region=region), self.say("checklistMriNextDetail", region=region)))
+        treated = reading.imaging.edema_at_augmented_level if reading.imaging is not None else ()
+        if treated:
+            levels = ", ".join(_unique(lv for f in treated for lv in f.levels))  # never empty: a level was matched
+            items.append((self.say("checklistEdemaTreated"), self.say("checklistEdemaTreatedDetail", levels=levels)))
+        for j in reading.labs:
+            v = j.value
+            value = f"{v.value:g}"
+            note = self.say("checklistLabClassUnconfirmed") if j.unconfirmed else ""
+            items.append((self.say("checklistLab", lab=v.label, value=value),
+                          self.say("checklistLabDetail", lab=v.label, value=value, unit=_UNIT_WORDS.get(v.unit, f" {v.unit}"),
+                                   date=v.date, threshold=j.threshold, citation=j.citation, note=note)))
+        return items
+
+    def not_read(self, unavailable: Sequence[str]) -> str:
+        """The record parts the service could not read, in words ('radiology reports, medications')."""
+        words = []
+        if "radiologyReports" in unavailable:
+            words.append(self.say("notReadRadiologyReports"))
+        if "medicationRequests" in unavailable and "medicationStatements" in unavailable:
+            words.append(self.say("notReadMedications"))
+        if "coagulationLabs" in unavailable:
+            words.append(self.say("notReadCoagulationLabs"))
+        return ", ".join(words)
 
     def mri_covers_treated_level(self, od: OrderDecision) -> bool:
         """Whether the MRI images the level of the prior augmentation (unknown level, or an

@@ -28,7 +28,10 @@ class Evidence:
     reason), ``code`` the matched (system, code, display), ``valueset`` the matching set.
     ``origin`` is the element it came from; ``current_encounter`` is True for a Condition
     that is an encounter diagnosis of the order's encounter; ``onset`` (Conditions) or the
-    performed date (Procedures) dates it."""
+    performed date (Procedures) dates it. Origins ``report`` and ``medication`` come from the
+    record reading (:mod:`cds_service.decision.record_reading`): a report's ``display`` is
+    the sentence read (unconfirmed), its ``onset`` the report date; a medication's the
+    order or statement date."""
 
     fact: str
     resource: str
@@ -39,7 +42,7 @@ class Evidence:
     unconfirmed: bool = False
     encounter: Literal["initial", "subsequent"] | None = None
     onset: date | None = None
-    origin: Literal["condition", "procedure", "reasonCode"] = "condition"
+    origin: Literal["condition", "procedure", "reasonCode", "report", "medication"] = "condition"
     current_encounter: bool = False
 
 

@@ -24,7 +24,9 @@ LOINC = "http://loinc.org"
 HCPCS = "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
 KNOWN_SYSTEMS = frozenset({ICD10CM, SNOMED, CPT, LOINC, HCPCS})
 # How code systems are named to a reader (cards, the explanation page).
-SYSTEM_NAMES = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", CPT: "CPT", LOINC: "LOINC", HCPCS: "HCPCS"}
+# RxNorm codes are read by the record reading (data/reading/valuesets/), named here for display.
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SYSTEM_NAMES = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", CPT: "CPT", LOINC: "LOINC", HCPCS: "HCPCS", RXNORM: "RxNorm"}
 
 SOURCE_EXT = "urn:vcf-cds-hooks:StructureDefinition:source"
 UNCONFIRMED_EXT = "urn:vcf-cds-hooks:StructureDefinition:unconfirmed"

@@ -31,7 +31,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from typing import Any
@@ -146,6 +146,7 @@ class FhirClient:
         keys: Sequence[str],
         context: Mapping[str, Any],
         user_id: str | None,
+        optional: Collection[str] = (),
     ) -> dict[str, Any]:
         """Fetch prefetch ``keys`` whose templates are in ``templates``.
 
@@ -156,10 +157,13 @@ class FhirClient:
             keys: the keys to fetch (absent from prefetch, or an OperationOutcome there).
             context: the hook ``context`` (for ``{{context.*}}`` tokens).
             user_id: ``context.userId`` (for the ``{{user*Id}}`` tokens).
+            optional: keys the answer can do without (the record reading's): when one of
+                them cannot be fetched (or its template filled, or the server is not
+                allowlisted) it is left out of the result and logged, never raised.
 
         Returns:
             key -> a FHIR resource: the resource read, or one ``searchset`` Bundle holding the
-            entries of every page read.
+            entries of every page read; an ``optional`` key that failed is absent.
 
         Raises:
             RequestError: 412 ``not-found`` when ``fhir_server`` is not on the allowlist or a
@@ -171,6 +175,8 @@ class FhirClient:
         if not self.policy.allowed(fhir_server):
             for key in keys:
                 observe_fhir_fetch(key, "not-allowed")
+            if all(key in optional for key in keys):
+                return {}
             raise RequestError(
                 412, "not-found",
                 "fhirServer is not on this service's allowlist of FHIR servers (VCF_CDS_FHIR_ALLOWLIST), "
@@ -186,6 +192,8 @@ class FhirClient:
             query = fill_template(templates[key], context, user_id)
             if query is None:
                 observe_fhir_fetch(key, "unfillable")
+                if key in optional:
+                    continue
                 raise RequestError(412, "not-found", f"prefetch '{key}' ({templates[key]}): a token of the "
                                    "template cannot be filled from this request's context", [f"prefetch.{key}"])
             queries[key] = query
@@ -209,14 +217,21 @@ class FhirClient:
             cuts[key].cut()
             observe_fhir_fetch(key, "timeout", time.monotonic() - started)
             log.warning("fetch of prefetch %s cut at the deadline of %g s", key, self.policy.budget_seconds)
-        # The first failing key in template order, whichever failed first in time.
-        out = {}
+        # The first failing required key in template order, whichever failed first in time;
+        # an optional key that failed is left out (already logged and counted).
+        out: dict[str, Any] = {}
         for key, future in futures.items():
             if key in late:
+                if key in optional:
+                    continue
                 raise RequestError(412, "timeout", f"prefetch '{key}' ({templates[key]}) could not be fetched from "
                                    f"fhirServer: no complete answer within the time budget of "
                                    f"{self.policy.budget_seconds:g} s", [f"prefetch.{key}"])
-            out[key] = future.result()
+            try:
+                out[key] = future.result()
+            except RequestError:
+                if key not in optional:
+                    raise
         return out
 
     def _fetch_one(self, key: str, template: str, base: str, query: str, headers: dict[str, str],

@@ -54,14 +54,16 @@ log = logging.getLogger("cds_service.ops.server")
 GRACEFUL_TIMEOUT_SECONDS = 10
 
 # One order-select call touching every resource type the service validates (Patient,
-# Condition, Procedure, ServiceRequest) and the fact, decision and rendering paths. Made up;
+# Condition, Procedure, ServiceRequest, DiagnosticReport, MedicationRequest, Observation) and
+# the fact, report reading, decision and rendering paths. Made up;
 # identifies nobody. Kept as data (warmup/order-select-request.json), like every code.
 WARM_UP_REQUEST: Mapping[str, Any] = json.loads(
     resources.files("cds_service.ops").joinpath("warmup", "order-select-request.json").read_text(encoding="utf-8"))
 
 
 # The resource types the service validates (prefetch and the draft orders it rates).
-WARM_UP_RESOURCE_TYPES = ("Patient", "Condition", "Procedure", "ServiceRequest")
+WARM_UP_RESOURCE_TYPES = ("Patient", "Condition", "Procedure", "ServiceRequest", "DiagnosticReport",
+                          "MedicationRequest", "MedicationStatement", "Medication", "Observation")
 
 
 def load_fhir_models(resource_types: Sequence[str] = WARM_UP_RESOURCE_TYPES) -> int:
@@ -97,8 +99,10 @@ def warm_up(app: Flask) -> float:
     """Load the FHIR model classes (:func:`load_fhir_models`) and evaluate
     :data:`WARM_UP_REQUEST` with ``app``'s knowledge and settings, without HTTP, metrics or
     logs; returns the seconds it took. The first validation of each FHIR resource type in a
-    process costs tens of milliseconds (fhir.resources builds its validators lazily); this
-    moves that cost before the first real request.
+    process costs tens of milliseconds (fhir.resources builds its validators lazily), and the
+    first radiology report read builds the report reader (spaCy and medspaCy's ConText, about
+    2 s): the request's report sentence moves both costs before the first real request, and
+    into the master, whose workers share the result.
 
     Raises whatever the evaluation raises: a service that cannot answer its own warm-up
     request must not take traffic.

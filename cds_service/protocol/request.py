@@ -93,6 +93,19 @@ _RESOURCE_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 PREFETCH_CONDITIONS = "conditions"
 PREFETCH_PROCEDURES = "procedures"
 RECORD_KEYS: Mapping[str, str] = MappingProxyType({PREFETCH_CONDITIONS: "Condition", PREFETCH_PROCEDURES: "Procedure"})
+# What the record reading reads (radiology reports, medications, labs), never required: a
+# request without them is answered. Each key -> the resource types it may hold (a medication
+# search may _include the Medication resources its orders reference).
+PREFETCH_REPORTS = "radiologyReports"
+PREFETCH_MEDICATION_REQUESTS = "medicationRequests"
+PREFETCH_MEDICATION_STATEMENTS = "medicationStatements"
+PREFETCH_LABS = "coagulationLabs"
+READING_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    PREFETCH_REPORTS: ("DiagnosticReport",),
+    PREFETCH_MEDICATION_REQUESTS: ("MedicationRequest", "Medication"),
+    PREFETCH_MEDICATION_STATEMENTS: ("MedicationStatement", "Medication"),
+    PREFETCH_LABS: ("Observation",),
+})
 
 ReadsResource = Callable[[str, Mapping[str, Any]], bool]
 """Called with a prefetched resource's type and JSON (not yet validated); False when the
@@ -222,6 +235,12 @@ class PatientRecord:
         issues: prefetched resources that were skipped, with the reason.
         not_read: resource type -> how many resources the decision would read were not
             read, past ``max_read`` (also named in ``issues``); empty when none.
+        reports: prefetched DiagnosticReports (``radiologyReports``) that validated.
+        medications: MedicationRequests, MedicationStatements and the Medications they may
+            reference (``medicationRequests``, ``medicationStatements``) that validated.
+        observations: prefetched Observations (``coagulationLabs``) that validated.
+        unavailable: the :data:`READING_KEYS` that were absent, an OperationOutcome or
+            unusable (not fetched either), so a card can say what it could not read.
     """
 
     conditions: tuple[InputResource, ...]
@@ -229,6 +248,10 @@ class PatientRecord:
     procedures_available: bool
     issues: tuple[InputIssue, ...]
     not_read: Mapping[str, int] = field(default_factory=dict)
+    reports: tuple[InputResource, ...] = ()
+    medications: tuple[InputResource, ...] = ()
+    observations: tuple[InputResource, ...] = ()
+    unavailable: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------- loading
@@ -384,7 +407,8 @@ def parse_record(
     max_read: int = MAX_RECORD_READ,
 ) -> PatientRecord:
     """Read the patient's Conditions and Procedures from ``prefetch`` (CDS Hooks 2.0 "Prefetch
-    Template": each value ``null``, a Bundle, a single resource or an OperationOutcome).
+    Template": each value ``null``, a Bundle, a single resource or an OperationOutcome), and
+    the radiology reports, medications and labs of :data:`READING_KEYS` when present.
 
     Reads the keys of :data:`RECORD_KEYS`. Each resource of the expected type is validated
     as FHIR R4B and kept unless it belongs to another patient; malformed or foreign
@@ -425,12 +449,17 @@ def parse_record(
                 [f"prefetch.{key}"],
             )
     conditions, procedures = found[PREFETCH_CONDITIONS], found[PREFETCH_PROCEDURES]
+    reading = {key: _prefetched(prefetch, key, types, patient_id, issues, reads) for key, types in READING_KEYS.items()}
     return PatientRecord(
         conditions=conditions or (),
         procedures=procedures or (),
         procedures_available=procedures is not None,
         issues=tuple(issues),
         not_read=not_read,
+        reports=reading[PREFETCH_REPORTS] or (),
+        medications=(*(reading[PREFETCH_MEDICATION_REQUESTS] or ()), *(reading[PREFETCH_MEDICATION_STATEMENTS] or ())),
+        observations=reading[PREFETCH_LABS] or (),
+        unavailable=tuple(key for key, value in reading.items() if value is None),
     )
 
 
@@ -633,7 +662,7 @@ def prefetch_unavailable(prefetch: Mapping[str, Any], key: str) -> bool:
 def _prefetched(
     prefetch: Mapping[str, Any],
     key: str,
-    expected_type: str,
+    expected_type: str | tuple[str, ...],
     patient_id: str,
     issues: list[InputIssue],
     reads: ReadsResource | None = None,
@@ -645,7 +674,7 @@ def _prefetched(
     "Unavailable" (absent key, OperationOutcome, unusable value) is kept apart
     from "known to be empty" (``null``, empty Bundle): the spec lets the client
     send null when the query has no results, and an OperationOutcome when it
-    could not run it.
+    could not run it. ``expected_type``: one resource type, or the types the key may hold.
     """
     if prefetch_unavailable(prefetch, key):
         return None
@@ -653,6 +682,7 @@ def _prefetched(
     where = f"prefetch.{key}"
     if value is None:
         return ()
+    types = (expected_type,) if isinstance(expected_type, str) else expected_type
     resource_type = value.get("resourceType")
 
     candidates: list[tuple[str, Any]] = []
@@ -677,7 +707,7 @@ def _prefetched(
             ):
                 continue  # server warnings about the search, not patient data
             candidates.append((entry_where, entry["resource"]))
-    elif resource_type == expected_type:
+    elif resource_type in types:
         candidates.append((where, value))
     else:
         issues.append(
@@ -685,7 +715,7 @@ def _prefetched(
                 where,
                 _str_or_none(resource_type),
                 _str_or_none(value.get("id")),
-                f"expected a {expected_type}, a Bundle, an OperationOutcome or null; prefetch ignored",
+                f"expected a {' or '.join(types)}, a Bundle, an OperationOutcome or null; prefetch ignored",
             )
         )
         return None
@@ -694,34 +724,35 @@ def _prefetched(
     tried = 0
     not_read: list[str] = []
     for candidate_where, raw in candidates:
-        read = _would_validate(raw, expected_type, reads)
+        read = _would_validate(raw, types, reads)
         if read and tried >= max_read:
             not_read.append(candidate_where)
             continue
         tried += read
         # ``reads`` has answered for this one already: not asked twice.
-        item = _prefetched_resource(candidate_where, raw, expected_type, patient_id, issues, None if read else reads)
+        item = _prefetched_resource(candidate_where, raw, types, patient_id, issues, None if read else reads)
         if item is not None:
             found.append(item)
+    label = " or ".join(types)
     if not_read and not_read_counts is not None:
-        not_read_counts[expected_type] = not_read_counts.get(expected_type, 0) + len(not_read)
+        not_read_counts[label] = not_read_counts.get(label, 0) + len(not_read)
     if not_read:
         # One issue for the lot: thousands of entries would make the response as large as the request.
         issues.append(InputIssue(
-            not_read[0], expected_type, None,
-            f"{len(not_read)} {expected_type} resources from here on not read ({not_read[0]} to {not_read[-1]}): "
+            not_read[0], label, None,
+            f"{len(not_read)} {label} resources from here on not read ({not_read[0]} to {not_read[-1]}): "
             f"this service reads at most {max_read} per request (setting MAX_RECORD_READ)"))
     return tuple(found)
 
 
-def _would_validate(raw: Any, expected_type: str, reads: ReadsResource | None) -> bool:
+def _would_validate(raw: Any, types: tuple[str, ...], reads: ReadsResource | None) -> bool:
     """Whether :func:`_prefetched_resource` would validate ``raw`` (what ``max_read`` counts)."""
-    return (isinstance(raw, Mapping) and raw.get("resourceType") == expected_type
-            and (reads is None or reads(expected_type, raw)))
+    return (isinstance(raw, Mapping) and raw.get("resourceType") in types
+            and (reads is None or reads(raw["resourceType"], raw)))
 
 
 def _prefetched_resource(
-    where: str, raw: Any, expected_type: str, patient_id: str, issues: list[InputIssue],
+    where: str, raw: Any, types: tuple[str, ...], patient_id: str, issues: list[InputIssue],
     reads: ReadsResource | None = None,
 ) -> InputResource | None:
     if not isinstance(raw, Mapping):
@@ -729,11 +760,12 @@ def _prefetched_resource(
         return None
     resource_type = _str_or_none(raw.get("resourceType"))
     resource_id = _str_or_none(raw.get("id"))
-    if resource_type != expected_type:
+    if resource_type not in types:
         issues.append(
-            InputIssue(where, resource_type, resource_id, f"not a {expected_type}; skipped")
+            InputIssue(where, resource_type, resource_id, f"not a {' or '.join(types)}; skipped")
         )
         return None
+    expected_type = str(resource_type)
     if reads is not None and not reads(expected_type, raw):
         # Validating costs about 0.1 ms per resource, and a record holds dozens the
         # decision never reads; only a record of another patient is still worth reporting.

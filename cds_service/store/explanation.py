@@ -4,7 +4,8 @@ Writing side: :func:`order_evidence` is the JSON stored with each audited order
 (``audit_order.evidence``): the facts behind the variant as codes and the element of the
 record they came from, acuity as days before the order, the missing or conflicting facts
 when no variant could be chosen. Never a name, a resource id or a calendar date of the
-patient's record.
+patient's record; a fact read from a radiology report keeps the sentence it was read from
+(issue 13: the page shows it, marked "from report text, unconfirmed").
 
 Reading side: :func:`load_explanation` turns the audit record of a card (any worker or host
 wrote it) into an :class:`Explanation`: the order and its rating, the variant and the facts
@@ -70,7 +71,8 @@ def order_evidence(knowledge: Knowledge, od: OrderDecision) -> dict[str, Any]:
          "facts": [{"facts": [{"id", "label"}], "system", "code", "display", "source":
                     "Condition.code"|"Procedure.code"|"ServiceRequest.reasonCode",
                     "unconfirmed": bool, "encounter": "initial"|"subsequent"|None,
-                    "days_before_order": int|None}],
+                    "days_before_order": int|None,
+                    "sentence": str (facts read from report text only)}],
          "missing": [[{"id", "label"}]],   # alternatives: record all facts of one of them
          "candidates": [{"id", "title"}],  # variants that fit (conflict) or nearly fit (missing)
          # only when ``facts`` was cut at FACTS_LISTED_MAX entries:
@@ -117,9 +119,13 @@ def order_evidence(knowledge: Knowledge, od: OrderDecision) -> dict[str, Any]:
 
 
 def _fact_row(e: Evidence, as_of: Any) -> dict[str, Any]:
-    return {"facts": [], "system": e.system, "code": e.code, "display": _clip(e.display),
-            "source": _element(e.resource), "unconfirmed": e.unconfirmed, "encounter": e.encounter,
-            "days_before_order": (as_of - e.onset).days if e.onset is not None else None}
+    row: dict[str, Any] = {"facts": [], "system": e.system, "code": e.code, "display": _clip(e.display),
+           "source": _element(e.resource), "unconfirmed": e.unconfirmed, "encounter": e.encounter,
+           "days_before_order": (as_of - e.onset).days if e.onset is not None else None}
+    if e.origin == "report":
+        # Not a code: the finding read from the report, and the sentence it was read in.
+        row.update(code=e.code.partition("@")[0], display=None, sentence=_clip(e.display))
+    return row
 
 
 # ----------------------------------------------------------------------- reading side
@@ -175,6 +181,7 @@ class FactRow:
     source: str
     timing: str | None
     unconfirmed: bool
+    sentence: str | None = None  # read from report text: shown with "from report text, unconfirmed"
 
 
 @dataclass(frozen=True)
@@ -320,13 +327,14 @@ def _fact(f: Mapping[str, Any]) -> FactRow:
     if f.get("encounter"):
         timing = f"{f['encounter']} encounter (ICD-10-CM 7th character)"
     elif f.get("days_before_order") is not None:
-        what = "performed" if f["source"].startswith("Procedure.") else "onset"
+        what = ("performed" if f["source"].startswith("Procedure.") else "report" if f.get("sentence")
+                else "dated" if f["source"].startswith("Medication") else "onset")
         days = f["days_before_order"]
         span = f"{abs(days)} days" + (f" (about {abs(days) / 365.25:.1f} years)" if abs(days) >= 365 else "")
         timing = f"{what} {span} {'before' if days >= 0 else 'after'} the order"
     return FactRow(facts=tuple(x["label"] for x in f["facts"]), system=SYSTEM_NAMES.get(f["system"], f["system"]),
                    code=f["code"], display=f.get("display"), source=f["source"], timing=timing,
-                   unconfirmed=bool(f.get("unconfirmed")))
+                   unconfirmed=bool(f.get("unconfirmed")), sentence=f.get("sentence"))
 
 
 def _scenario_text(row: Mapping[str, Any], in_scope: bool, variant: Variant | None, topic: Topic | None) -> str:
@@ -370,7 +378,9 @@ def _unconfirmed(row: Mapping[str, Any], ev: Mapping[str, Any], variant: Variant
         out.append(f"the order code {SYSTEM_NAMES.get(row['code_system'], row['code_system'])} {row['code']} "
                    "(unconfirmed code)")
     for f in ev.get("facts") or ():
-        if f.get("unconfirmed"):
+        if f.get("sentence"):
+            out.append(f"the {f['code'].replace('-', ' ')} read in {f['source']}: from report text, unconfirmed")
+        elif f.get("unconfirmed"):
             display = f" {f['display']}" if f.get("display") else ""
             out.append(f"the code {SYSTEM_NAMES.get(f['system'], f['system'])} {f['code']}{display} (unconfirmed code)")
     if variant is not None and not variant.titleConfirmed:
