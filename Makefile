@@ -27,10 +27,23 @@ $(RUN_STAMP): $(BIN)/python pyproject.toml
 	@touch $(RUN_STAMP)
 
 # Local use: client authentication off unless VCF_CDS_AUTH=on is given (off is logged as a
-# warning), bound to this machine only.
+# warning), bound to this machine only. `make run PORT=9000 HOST=0.0.0.0` changes where it
+# listens; CORS_ORIGINS=http://127.0.0.1:8000 lets a browser EHR on that origin (a local CDS
+# Hooks sandbox) call it. HOST and PORT are set with `=`, not `?=`: some shells export HOST.
 VCF_CDS_AUTH ?= off
+HOST = 127.0.0.1
+PORT = 8080
+CORS_ORIGINS =
 run: $(RUN_STAMP)
-	VCF_CDS_AUTH=$(VCF_CDS_AUTH) $(BIN)/vcf-cds serve --host 127.0.0.1 --port 8080
+	VCF_CDS_AUTH=$(VCF_CDS_AUTH) $(if $(CORS_ORIGINS),VCF_CDS_CORS_ORIGINS=$(CORS_ORIGINS)) \
+	  $(BIN)/vcf-cds serve --host $(HOST) --port $(PORT)
+
+# An open FHIR R4 server on loopback with the fixture patients (fhir_fixtures/ehr_server.py):
+# the FHIR server of a local CDS Hooks sandbox. CORS allows any origin (test data only).
+EHR_PORT = 8081
+.PHONY: sandbox-ehr
+sandbox-ehr: $(RUN_STAMP)
+	$(BIN)/python fhir_fixtures/ehr_server.py --host 127.0.0.1 --port $(EHR_PORT)
 
 # Static checks first (import contracts, lint, types): they fail in seconds, the suite in minutes.
 lint: $(STAMP)
@@ -46,6 +59,13 @@ FUZZ_EXAMPLES ?= 2000
 .PHONY: fuzz
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py
+
+# The fault-injection suite of `make test` (tests/test_chaos.py), with CHAOS_ROUNDS (default
+# 40) requests of each kind per fault instead of 3.
+CHAOS_ROUNDS ?= 40
+.PHONY: chaos
+chaos: $(STAMP)
+	CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(BIN)/python -m pytest tests/test_chaos.py
 
 # Load benchmark (not part of test/CI): installs wrk from Debian when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

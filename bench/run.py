@@ -17,6 +17,11 @@ Scenarios (request bodies):
                at steady state (its results are cached per report text), as CPU ms per
                request over the typical scenario (target: at most 2 ms more)
 
+Then the worst request within the default limits (fhir_fixtures/build_worst_request.py: 50
+selected draft orders, 4,800 Conditions and 200 Procedures the decision reads, 7.4 MB): the
+server's CPU milliseconds per call over sequential calls (worker CPU time / calls) and the
+response size, and the same call in this process (CPU time of decode + evaluate + encode).
+
 Needs wrk on PATH (``make bench`` installs it from Debian). Not part of ``make test``.
 
     .venv/bin/python bench/run.py [--duration 10] [--workers N] [--skip-load]
@@ -25,6 +30,7 @@ Needs wrk on PATH (``make bench`` installs it from Debian). Not part of ``make t
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -53,6 +59,7 @@ TOKEN = "bench-token-not-a-secret"
 CONCURRENCY = (1, 8, 32)
 
 sys.path.insert(0, str(ROOT / "fhir_fixtures"))
+from build_worst_request import build as build_worst  # noqa: E402
 from ehr_server import without_prefetch  # noqa: E402
 
 
@@ -248,6 +255,49 @@ def stage_profile(body_file: Path, runs: int, raw: bytes | None = None) -> dict[
     return {name: medians[name] for name in order}
 
 
+def worst_in_server(url: str, body_file: Path, calls: int, server: Server) -> dict[str, float]:
+    """``calls`` sequential POSTs of the worst request: the server's CPU ms per call (master
+    and workers, /proc), the response size in bytes and the wall-clock ms of the slowest."""
+    body = body_file.read_bytes()
+    headers = {"Content-Type": "application/json"}
+    requests.post(url, data=body, headers=headers, timeout=60).raise_for_status()  # warm-up, not measured
+    pids = [server.proc.pid, *server.workers()]
+    before, slowest, size = cpu_seconds(pids), 0.0, 0
+    for _ in range(calls):
+        t = time.perf_counter()
+        response = requests.post(url, data=body, headers=headers, timeout=60)
+        slowest = max(slowest, time.perf_counter() - t)
+        response.raise_for_status()
+        size = len(response.content)
+    return {"cpu_ms": 1000 * (cpu_seconds(pids) - before) / calls, "bytes": size, "slowest_ms": 1000 * slowest}
+
+
+def worst_in_process(body_file: Path, runs: int) -> dict[str, float]:
+    """The worst request evaluated in this process: median CPU ms (``time.process_time``) of
+    decode + evaluate + encode over ``runs`` runs after one warm-up, and the response bytes.
+    Only the pipeline: the server's figure adds HTTP, the audit record and logging."""
+    import cds_service.pipeline as pipeline
+    from cds_service.app import create_app, state_of
+
+    app = create_app({"AUTH": "off", "DATA_DIR": tempfile.mkdtemp(prefix="vcf-cds-bench-worst-")})
+    st = state_of(app)
+    raw = body_file.read_bytes()
+    cpu: list[float] = []
+    size = 0
+    # As `vcf-cds serve` does after its warm-up: the collector then no longer walks the
+    # objects loaded at start-up (knowledge, models) each time a request's garbage triggers it.
+    gc.collect()
+    gc.freeze()
+    for n in range(runs + 1):
+        t = time.process_time()
+        out = pipeline.evaluate(st.knowledge, st.schemas, json.loads(raw), service_id="vcf-order-select",
+                                options=st.render_options, **st.settings.request_limits)
+        size = len(json.dumps(out.rendered.response, ensure_ascii=False, separators=(",", ":")).encode())
+        if n:
+            cpu.append(1000 * (time.process_time() - t))
+    return {"cpu_ms": statistics.median(cpu), "bytes": size, "request_bytes": len(raw)}
+
+
 def cpu_per_call(bodies: dict[str, bytes], runs: int, rounds: int = 5) -> dict[str, float]:
     """CPU milliseconds of this process per call (decode + evaluate + encode) for each body:
     the lowest of ``rounds`` rounds of ``runs // rounds`` calls, after one unmeasured call
@@ -286,7 +336,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers (default: cores)")
     parser.add_argument("--runs", type=int, default=500, help="evaluations for the stage profile")
     parser.add_argument("--cold-starts", type=int, default=3, help="cold starts measured (median shown)")
-    parser.add_argument("--skip-load", action="store_true", help="only cold start and the stage profile")
+    parser.add_argument("--worst-calls", type=int, default=10, help="calls of the worst request measured")
+    parser.add_argument("--skip-load", action="store_true", help="only cold start, the worst request and the stage profile")
     args = parser.parse_args()
     if shutil.which("wrk") is None and not args.skip_load:
         print("wrk not found: apt-get install -y wrk (or: make bench)", file=sys.stderr)
@@ -302,6 +353,8 @@ def main() -> int:
     bodies = {"typical": TYPICAL, "large": LARGE, "no-prefetch": tmp / "no-prefetch.json",
               "reports": tmp / "reports.json"}
     bodies["no-prefetch"].write_text(json.dumps(no_prefetch))
+    worst_file = tmp / "worst-request.json"
+    worst_file.write_text(json.dumps(build_worst(), ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     bodies["reports"].write_text(json.dumps(with_reports(json.loads(TYPICAL.read_text()))))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VCF_CDS_", "PROMETHEUS_"))}
     service_env = {**env, "VCF_CDS_AUTH": "off", "VCF_CDS_FHIR_ALLOWLIST": fhir_base,
@@ -319,6 +372,12 @@ def main() -> int:
 
     results: dict[str, dict[int, dict[str, Any]]] = {}
     memory: list[tuple[float, float]] = []
+    # The worst request, one call at a time: what one such call costs, not a throughput.
+    with running(serve, service_env, tmp / "worst.log") as server:
+        server.wait_for_200(base + "/readyz")
+        print("worst ...", flush=True)
+        worst = {"server": worst_in_server(base + SERVICE_PATH, worst_file, args.worst_calls, server),
+                 "process": worst_in_process(worst_file, args.worst_calls)}
     if not args.skip_load:
         floor = [py, str(BENCH / "floor.py"), "--port", str(floor_port), "--workers", workers]
         with running(floor, env, tmp / "floor.log") as server:
@@ -338,7 +397,7 @@ def main() -> int:
 
     stages = stage_profile(TYPICAL, args.runs)
     cpu = cpu_per_call({"typical": TYPICAL.read_bytes(), "reports": bodies["reports"].read_bytes()}, args.runs)
-    report(results, colds, memory, stages, args, cpu)
+    report(results, colds, memory, stages, worst, args, cpu)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f} (the machine's other work is in every figure)")
     return 0
 
@@ -357,9 +416,11 @@ def _wait_ehr(server: Server, fhir_base: str, patient_id: str) -> None:
 
 
 def report(results: dict[str, dict[int, dict[str, Any]]], colds: list[float], memory: list[tuple[float, float]],
-           stages: dict[str, float], args: argparse.Namespace, reports: dict[str, float] | None = None) -> None:
-    """Print the load table, cold start, memory, stage profile, the CPU the report reading
-    adds (``reports``: CPU ms per call, typical and with reports) and the targets."""
+           stages: dict[str, float], worst: dict[str, dict[str, float]], args: argparse.Namespace,
+           reports: dict[str, float] | None = None) -> None:
+    """Print the load table, cold start, memory, stage profile, the worst request's cost, the
+    CPU the report reading adds (``reports``: CPU ms per call, typical and with reports) and
+    the targets."""
     floor = results.get("floor (no-op Flask)", {})
     print()
     header = (f"{'scenario':<22}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'of floor':>10}"
@@ -385,7 +446,18 @@ def report(results: dict[str, dict[int, dict[str, Any]]], colds: list[float], me
               f"typical + 3 radiology reports {reports['reports']:.2f} ms "
               f"({reports['reports'] - reports['typical']:+.2f} ms; the reading is cached per report text)")
     print()
-    checks = [("engine decision under 1 ms median", stages["engine decide (facts + decision)"] < 1.0,
+    ws, wp = worst["server"], worst["process"]
+    print(f"worst request within the default limits ({wp['request_bytes'] / 1e6:.1f} MB: 50 orders, "
+          f"4,800 Conditions, 200 Procedures):")
+    print(f"  server: {ws['cpu_ms']:.0f} ms CPU per call over {args.worst_calls} calls (slowest "
+          f"{ws['slowest_ms']:.0f} ms wall clock), response {ws['bytes']:,} bytes")
+    print(f"  in process (decode + evaluate + encode): {wp['cpu_ms']:.0f} ms CPU, median of {args.worst_calls} runs, "
+          f"response {wp['bytes']:,} bytes")
+    print()
+    checks = [("worst request: under 1 s of server CPU", ws["cpu_ms"] < 1000, f"{ws['cpu_ms']:.0f} ms"),
+              ("worst request: under 300 ms CPU in process", wp["cpu_ms"] < 300, f"{wp['cpu_ms']:.0f} ms"),
+              ("worst request: response under 2 MB", ws["bytes"] < 2_000_000, f"{ws['bytes']:,} bytes"),
+              ("engine decision under 1 ms median", stages["engine decide (facts + decision)"] < 1.0,
                f"{stages['engine decide (facts + decision)']:.3f} ms"),
               ("cold start under 2 s", statistics.median(colds) < 2.0, f"{statistics.median(colds):.2f} s")]
     if memory:

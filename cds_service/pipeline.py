@@ -21,7 +21,7 @@ from typing import Any
 
 import pydantic
 
-from cds_service.decision.engine import Decision, decide
+from cds_service.decision.engine import RATED_ORDER_TYPES, Decision, decide
 from cds_service.decision.knowledge import Knowledge, ServiceDef
 from cds_service.decision.outcome import Outcome
 from cds_service.decision.record_reading import RecordText
@@ -34,6 +34,7 @@ from cds_service.protocol.request import (
     MAX_DRAFT_ORDERS,
     MAX_JSON_DEPTH,
     MAX_PREFETCH_ENTRIES,
+    MAX_RECORD_READ,
     READING_KEYS,
     Envelope,
     InputIssue,
@@ -150,14 +151,15 @@ def decide_orders(knowledge: Knowledge, envelope: Envelope, record: PatientRecor
 def render_response(knowledge: Knowledge, envelope: Envelope, record: PatientRecord, decision: Decision,
                     options: RenderOptions) -> Rendered:
     """The CDS Hooks response for ``decision`` (:func:`cds_service.decision.render.render`),
-    listing the prefetched resources ``record`` skipped and the report content the reading
-    did not read (attachments other than ``text/plain``, unusable statuses)."""
-    issues = [issue.to_json() for issue in record.issues]
+    listing the draft orders out of scope (``envelope``), the prefetched resources ``record``
+    skipped and the report content the reading did not read (attachments other than
+    ``text/plain``, unusable statuses)."""
+    issues = [issue.to_json() for issue in (*envelope.skipped_orders, *record.issues)]
     for issue in _reading_issues(decision):
         if issue not in issues:
             issues.append(issue)
     return render(knowledge, decision, draft_orders=_raw(envelope.draft_orders), patient_id=envelope.patient_id,
-                  options=options, input_issues=issues)
+                  options=options, record_not_read=record.not_read, input_issues=issues)
 
 
 def _reading_issues(decision: Decision) -> list[dict[str, str]]:
@@ -186,13 +188,15 @@ def validate_response(rendered: Rendered) -> None:
 
 def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, service_id: str,
              options: RenderOptions, max_depth: int = MAX_JSON_DEPTH, max_draft_orders: int = MAX_DRAFT_ORDERS,
-             max_prefetch_entries: int = MAX_PREFETCH_ENTRIES, fhir_client: FhirClient | None = None) -> Outcome:
+             max_prefetch_entries: int = MAX_PREFETCH_ENTRIES, max_record_read: int = MAX_RECORD_READ,
+             fhir_client: FhirClient | None = None) -> Outcome:
     """Evaluate a request body (decoded JSON) for service ``service_id``: every step above, in turn.
 
     With ``fhir_client``, prefetch the request lacks is fetched from its ``fhirServer``
     using the service's prefetch templates. Only the prefetched Conditions and Procedures the
     decision reads (a code in a fact value set, :func:`cds_service.decision.scenario.yields_facts`)
-    are validated and kept. The service's ``requiredPrefetch`` keys must then be available.
+    are validated and kept, at most ``max_record_read`` per prefetch key (the rest are listed
+    under ``skippedResources``). The service's ``requiredPrefetch`` keys must then be available.
 
     Raises:
         RequestError: 404 unknown service; 400/413 from :func:`parse_envelope` (which applies
@@ -201,11 +205,12 @@ def evaluate(knowledge: Knowledge, schemas: RequestSchemas, body: Any, *, servic
     """
     service = find_service(knowledge, service_id)
     envelope = parse_envelope(body, hook=service.hook, schemas=schemas, max_depth=max_depth,
-                              max_draft_orders=max_draft_orders, max_prefetch_entries=max_prefetch_entries)
+                              max_draft_orders=max_draft_orders, max_prefetch_entries=max_prefetch_entries,
+                              order_types=RATED_ORDER_TYPES)
     prefetch = complete_prefetch(envelope, service, fhir_client, max_depth=max_depth,
                                  queries=reading_queries(knowledge, envelope, service))
     record = parse_record(prefetch, patient_id=envelope.patient_id, required=service.requiredPrefetch,
-                          reads=partial(yields_facts, knowledge))
+                          reads=partial(yields_facts, knowledge), max_read=max_record_read)
     decision = decide_orders(knowledge, envelope, record, pama_official_only=options.pama_official_only)
     rendered = render_response(knowledge, envelope, record, decision, options)
     validate_response(rendered)

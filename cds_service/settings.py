@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(365, ge=1, description="vcf-cds purge deletes audit records and feedback older than this")
     max_draft_orders: int = Field(50, ge=1, le=10_000, description="413 for more context.draftOrders entries")
     max_prefetch_entries: int = Field(5000, ge=1, le=1_000_000, description="413 for more Bundle entries in all of prefetch")
+    max_record_read: int = Field(200, ge=1, le=1_000_000, description="prefetched Conditions (and, apart, Procedures) "
+                                 "with a code the decision reads, read per request; the rest are listed under "
+                                 "skippedResources")
     auth: bool = Field(True, description="verify the CDS Client's bearer JWT (on|off); off only for local use")
     trusted_issuers: Path | None = Field(None, description="JSON file of trusted issuers; required while auth is on")
     public_base_url: str | None = Field(None, description="base URL clients call (behind a proxy); the JWT aud is checked against it")
@@ -123,7 +126,7 @@ class Settings(BaseSettings):
     def request_limits(self) -> dict[str, int]:
         """The parser limits, as keyword arguments of :func:`cds_service.pipeline.evaluate`."""
         return {"max_depth": self.max_json_depth, "max_draft_orders": self.max_draft_orders,
-                "max_prefetch_entries": self.max_prefetch_entries}
+                "max_prefetch_entries": self.max_prefetch_entries, "max_record_read": self.max_record_read}
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -132,6 +135,13 @@ class Settings(BaseSettings):
     explain_link_secret: SecretStr | None = Field(None, description="secret signing 'Why this advice?' links; "
                                                   "default: derived from the audit key")
     explain_link_ttl_seconds: int = Field(3600, ge=1, le=86400, description="lifetime of a 'Why this advice?' link")
+    # Reliability bounds (README "Deployment and limits").
+    db_timeout_seconds: float = Field(1.0, gt=0, le=30, description="longest one database step holds a hook call, "
+                                      "feedback or /readyz (then: fallback, 503); also the PostgreSQL lock_timeout")
+    db_statement_timeout_seconds: float = Field(5.0, gt=0, le=600, description="PostgreSQL statement_timeout of the "
+                                                "service's connections")
+    jwt_max_lifetime_seconds: int = Field(3600, ge=60, le=86400, description="401 for a client JWT whose exp is "
+                                          "further than this after its iat")
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None) -> Settings:

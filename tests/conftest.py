@@ -54,7 +54,10 @@ os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(SESSION_DATA_DIR / "hy
 # Settings every test app starts from; a test overrides only what it is about. Client
 # authentication is off here so each test exercises its own subject; tests/test_auth.py
 # builds apps with AUTH="on".
-TEST_APP_CONFIG: dict = {"AUTH": "off", "DATA_DIR": str(SESSION_DATA_DIR / "var")}
+# The database bound is generous here: on a loaded machine a write can take over a second,
+# and these tests read what was written; the bound itself is tested with its own small value
+# (test_db_bounds.py, test_chaos.py).
+TEST_APP_CONFIG: dict = {"AUTH": "off", "DATA_DIR": str(SESSION_DATA_DIR / "var"), "DB_TIMEOUT_SECONDS": 30}
 
 
 def make_app(**overrides):

@@ -358,3 +358,19 @@ def test_same_request_same_answer(client, case_id):
     # the uuids themselves are fresh per response
     if a["cards"]:
         assert a["cards"][0]["uuid"] != b["cards"][0]["uuid"]
+
+
+def test_null_members_of_a_draft_order_are_not_echoed_back(client):
+    """FHIR JSON has no null members; the R4B models accept them as absent. The rating
+    action and the update suggestions echo the draft order, so the EHR must get it back
+    without them (found by the POST endpoint fuzz test: a null display in systemActions)."""
+    body = request_body("v1-new-vcf-mri-with-contrast")
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    order["code"]["coding"][0]["display"] = None
+    order["note"] = None
+    resp = post(client, body)
+    assert resp.status_code == 200
+    payload = resp.get_json()
+    assert check_response(payload) == []
+    assert "null" not in resp.get_data(as_text=True)
+    assert pama_codes(payload) == ["not-appropriate"]

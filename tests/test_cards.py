@@ -46,8 +46,9 @@ def actions(card):
 
 
 def created_codes(card):
+    """Codes the card's suggestions order: created, or the draft order updated to them."""
     return [a["resource"]["code"]["coding"][0]["code"] for a in actions(card)
-            if a["type"] == "create" and "coding" in a["resource"]["code"]]
+            if a["type"] in ("create", "update") and "coding" in a["resource"]["code"]]
 
 
 def evidence_lines(card):

@@ -75,13 +75,18 @@ def test_not_appropriate_card_replaces_order_with_same_region_alternatives(knowl
     assert card["indicator"] == "warning" and card["selectionBehavior"] == "at-most-one"
     assert card["source"]["topic"]["code"] == "V1"
     assert all(r["display"] for r in card["overrideReasons"])
+    draft = body_of("v1-new-vcf-mri-with-contrast")["context"]["draftOrders"]["entry"][0]["resource"]
     created = []
     for s in card["suggestions"]:
-        kinds = [a["type"] for a in s["actions"]]
-        assert kinds == ["delete", "create"]
-        assert s["actions"][0]["resourceId"] == "ServiceRequest/sr-e0b69c73-mri"
-        created.append(s["actions"][1]["resource"]["code"]["coding"][0]["code"])
-        assert s["actions"][1]["resource"]["subject"] == {"reference": "Patient/pt-e0b69c73"}
+        # One update of the selected draft order: same id, every other field kept, code replaced.
+        (action,) = s["actions"]
+        assert action["type"] == "update"
+        resource = action["resource"]
+        assert resource["id"] == "sr-e0b69c73-mri"
+        kept = {k: v for k, v in draft.items() if k not in ("code", "extension")}
+        assert {k: v for k, v in resource.items() if k not in ("code", "extension")} == \
+            {**kept, "reasonCode": draft.get("reasonCode", [])}
+        created.append(resource["code"]["coding"][0]["code"])
     assert created == ["72148", "72131"]  # MRI and CT lumbar without contrast: same region
     assert sum(bool(s.get("isRecommended")) for s in card["suggestions"]) == 1
     assert "radiation ☢☢☢" in card["detail"] and "M48.56XA" in card["detail"]
@@ -215,7 +220,8 @@ def test_ablation_in_v7_is_not_appropriate_and_offers_augmentation(knowledge, sc
     out = run(knowledge, schemas, body)
     assert out.decision.orders[0].pama == "not-appropriate"
     (warning,) = [c for c in out.rendered.response["cards"] if c["indicator"] == "warning"]
-    texts = [s["actions"][1]["resource"]["code"].get("text") for s in warning["suggestions"]]
+    texts = [a["resource"]["code"].get("text") for s in warning["suggestions"] for a in s["actions"]
+             if a["type"] in ("create", "update")]
     assert "Interventional radiology referral for percutaneous vertebral augmentation" in texts
 
 

@@ -31,6 +31,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 from conftest import FIXTURES, ROOT, load_json
+from processes import stop
 
 from cds_service.decision.engine import classify_order
 from cds_service.decision.knowledge import CATEGORY_DISPLAY
@@ -107,12 +108,7 @@ def gunicorn(tmp_path_factory):
     try:
         yield SimpleNamespace(url=url, logs=(work / "stdout.log", work / "stderr.log"))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         out.close()
         err.close()
 

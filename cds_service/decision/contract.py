@@ -182,6 +182,7 @@ CARD_TEXT: Mapping[str, frozenset[str]] = MappingProxyType({
     "evidenceHeading": _NONE,
     "evidenceMore": _F({"n"}),
     "evidenceMoreLink": _F({"n", "url"}),
+    "recordNotRead": _F({"what"}),  # every card, when a prefetch key held more than MAX_RECORD_READ
     "orderReason": _NONE,
     "redFlagRouting": _F({"topic", "title"}),
     "variantHeading": _F({"variant", "title"}),

@@ -27,6 +27,7 @@ from cds_service.decision.record_reading import OrderReading, RecordText, read_o
 from cds_service.decision.scenario import (
     Evidence,
     FactSet,
+    RecordFacts,
     VariantChoice,
     choose_variant,
     extract_facts,
@@ -34,6 +35,11 @@ from cds_service.decision.scenario import (
 )
 
 RATED_STATUSES = frozenset({"draft", "active", "on-hold"})
+# The draft order types the classifier can rate: it reads ``code.coding``, which among the
+# order-select draft order types (DeviceRequest, MedicationRequest, NutritionOrder,
+# ServiceRequest, VisionPrescription; CDS Hooks order-select 1.0) only ServiceRequest has.
+# Imaging, vertebral augmentation and consultations are all ServiceRequests in FHIR R4.
+RATED_ORDER_TYPES = frozenset({"ServiceRequest"})
 
 
 @dataclass(frozen=True)
@@ -124,9 +130,11 @@ def _rating(variant: Variant | None, oc: OrderClass) -> Rating | None:
 def fracture_regions(knowledge: Knowledge, facts: FactSet) -> tuple[Region, ...]:
     """Regions named by the record's vertebral fracture codes (decision-rules.md §6.8)."""
     term = knowledge.terminology
-    evs = [e for f in (*knowledge.acuity.vcfFacts, Fact.VCF_TRAUMATIC) for e in facts.evidence.get(f, ())]
+    # Each distinct code once: a long record repeats a few codes thousands of times.
+    codes = {(e.system, e.code) for f in (*knowledge.acuity.vcfFacts, Fact.VCF_TRAUMATIC)
+             for e in facts.evidence.get(f, ())}
     return tuple(r for r in knowledge.regions if r.fractureValueSet is not None
-                 and any(term.valuesets[r.fractureValueSet].contains(e.system, e.code) for e in evs))
+                 and any(term.valuesets[r.fractureValueSet].contains(system, code) for system, code in codes))
 
 
 def region_mismatch(oc: OrderClass, fractured: Sequence[Region]) -> bool:
@@ -226,7 +234,8 @@ def _steer_to_ir(knowledge: Knowledge, p: Procedure, v: Variant | None, rating: 
 
 def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Mapping],
                  procedures: Sequence[Mapping], as_of: date | None = None,
-                 pama_official_only: bool = False, text: RecordText | None = None) -> OrderDecision:
+                 pama_official_only: bool = False, record: RecordFacts | None = None,
+                 text: RecordText | None = None) -> OrderDecision:
     """Decide one order (raw FHIR ServiceRequest JSON) against the patient's record.
 
     ``text``: radiology reports, medications and labs to read
@@ -235,14 +244,17 @@ def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Map
 
     ``pama_official_only``: send a PAMA rating only for a cell the ACR's own published table
     gives (provenance OFFICIAL); SEED and SECONDARY cells, and 'no criteria apply', are then
-    not sent (setting ``PAMA_OFFICIAL_ONLY``).
+    not sent (setting ``PAMA_OFFICIAL_ONLY``). ``record``: ``conditions`` and ``procedures``
+    already read (:class:`~cds_service.decision.scenario.RecordFacts`), shared by the
+    orders of one request.
     """
     ref = f"{raw.get('resourceType', 'ServiceRequest')}/{raw.get('id')}"
     # Only orders still being placed are rated; a revoked, completed or entered-in-error
     # request is not a decision the clinician is making now.
     oc = classify_order(knowledge, raw) if raw.get("status", "draft") in RATED_STATUSES else OrderClass(None, None, None)
     day = as_of or reference_date(raw)
-    facts = extract_facts(knowledge, conditions=conditions, procedures=procedures, order=raw, as_of=day)
+    facts = extract_facts(knowledge, conditions=conditions, procedures=procedures, order=raw, as_of=day,
+                          record=record)
     if oc.procedure is None:
         return OrderDecision(ref, raw, oc, facts, None, None, None, (), ())
     reading = None
@@ -289,8 +301,11 @@ def decide(knowledge: Knowledge, *, selections: Iterable[Mapping], draft_orders:
     ``pama_official_only``, ``text``: see :func:`decide_order`.
     """
     drafts = list(draft_orders)
+    # The record is read once for all orders: with 50 orders over thousands of Conditions,
+    # reading it per order was most of a call's cost.
+    record = RecordFacts(knowledge, conditions=conditions, procedures=procedures)
     orders = tuple(decide_order(knowledge, raw, conditions=conditions, procedures=procedures, as_of=as_of,
-                                pama_official_only=pama_official_only, text=text)
+                                pama_official_only=pama_official_only, record=record, text=text)
                    for raw in selections)
     red: dict[tuple, Evidence] = {}
     for od in orders:

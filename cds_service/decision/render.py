@@ -334,6 +334,33 @@ class _Renderer:
                                 for e in _unique_evidence(reasons)]
         return sr
 
+    def updated_order(self, od: OrderDecision, procedure: Procedure, region: Region | None,
+                      rating: Rating) -> dict | None:
+        """The selected draft order ordering ``procedure`` instead, or None when an update
+        cannot say it (the draft is not a ServiceRequest, or the procedure has no code in
+        ``region``, as the text-coded interventional radiology referral).
+
+        Argonaut "CDS Hooks for PAMA" suggestion shape (connectathon scenario 2): same id,
+        every field kept, ``code`` replaced, ``reasonCode`` kept (an empty list when the order
+        has none: the CDS Hooks sandbox reads ``reasonCode[*].coding[0]`` unconditionally), and
+        the PAMA rating extensions of the new code (pama-rating first) in place of the order's
+        earlier ones; the order's other extensions are kept."""
+        if od.raw.get("resourceType") != "ServiceRequest" or od.variant is None \
+                or procedure.id == self.k.preferred.augmentation:
+            return None
+        coding = self.order_coding(procedure, region)
+        if coding is None:
+            return None
+        resource = dict(od.raw)
+        resource["code"] = {"coding": [{k: v for k, v in coding.items() if v}],
+                            "text": self.plain_name(procedure, [region] if region else ())}
+        resource["reasonCode"] = list(od.raw.get("reasonCode") or [])
+        kept = [e for e in resource.get("extension") or () if not str(e.get("url", "")).startswith(PAMA_BASE)]
+        pama = self.k.pama_for(rating.category)
+        resource["extension"] = kept + self.pama_extensions(pama, rating.category, od.variant,
+                                                            f"urn:uuid:{self.o.new_id()}")
+        return resource
+
     def suggestion(self, label: str, actions: list[dict], recommended: bool = False) -> dict:
         """A CDS Hooks Suggestion; its uuid is drawn after the actions' resource ids."""
         s: dict[str, Any] = {"label": _summary(label), "uuid": self.o.new_id(), "actions": actions}
@@ -360,9 +387,13 @@ class _Renderer:
     def alternative_suggestions(self, od: OrderDecision, ratings: Iterable[Rating], *, replace: bool) -> _Plan:
         """Suggestions toward the variant's better-rated procedures.
 
-        ``replace``: each suggestion deletes the order and creates the alternative; only for
-        an order whose cell is known (Usually not appropriate / May be appropriate) and that
-        is not a consultation or bone density study. Otherwise suggestions only add, and
+        ``replace``: each suggestion replaces the order by the alternative; only for an order
+        whose cell is known (Usually not appropriate / May be appropriate) and that is not a
+        consultation or bone density study. The replacement is one ``update`` of the draft
+        order (:meth:`updated_order`: the Argonaut PAMA suggestion shape, the only one the CDS
+        Hooks sandbox's PAMA screen applies), or ``delete`` + ``create`` where an update
+        cannot express it (a draft that is not a ServiceRequest, an alternative with no code,
+        such as the interventional radiology referral). Otherwise suggestions only add, and
         only consultations or the IR referral: adding a second imaging study beside one the
         service cannot judge is not advice. An alternative already among the draft orders is
         never suggested again: if one is, removing this order is the only suggestion.
@@ -383,15 +414,21 @@ class _Renderer:
             if all(self.drafted(proc, reg, exclude=od.ref) for reg in where):
                 plan.drafted = plan.drafted or (name, proc)
                 continue
-            creates = [o for reg in where
+            order_text = self.say("replaceOrder", procedure=name, category=self.k.category_display(r.category))
+            updated = self.updated_order(od, proc, where[0], r) if replace else None
+            creates = [o for reg in (where[1:] if updated is not None else where)
                        if (o := self.new_order(od.raw, proc, reg, reasons=od.facts.evidence.get(Fact.VCF, ()))) is not None]
-            if not creates:
+            if not creates and updated is None:
                 continue
             if proc.kind == "imaging" and not regions:
                 plan.whole_spine = True
-            order_text = self.say("replaceOrder", procedure=name, category=self.k.category_display(r.category))
             actions = [{"type": "create", "description": order_text, "resource": o} for o in creates]
-            if replace:
+            if updated is not None:
+                # One update of the draft order itself (a second region, if any, is created beside it).
+                plan.items.append(self.suggestion(self.say("replaceLabel", procedure=name), [
+                    {"type": "update", "description": order_text, "resource": updated}, *actions],
+                    recommended=not plan.items))
+            elif replace:
                 plan.items.append(self.suggestion(self.say("replaceLabel", procedure=name), [delete, *actions],
                                                   recommended=not plan.items))
             else:
@@ -874,20 +911,26 @@ class _Renderer:
         self.card(CardKind.RED_FLAG, summary, "\n".join(lines).strip(), routed, suggestions, behavior="any")
 
     # ---- ratings --------------------------------------------------------------------------
-    def rating_action(self, od: OrderDecision, position: int) -> dict:
-        assert od.pama is not None and od.variant is not None  # only rated orders get a rating action
-        coding = [{"system": PAMA_SYSTEM, "code": od.pama, "display": self.k.pama_display(od.pama)}]
-        if od.rating is not None and od.rating.category != USUALLY_APPROPRIATE and od.pama == APPROPRIATE:
-            coding.append({"system": ACR_CATEGORY_SYSTEM, "code": od.rating.category,
-                           "display": self.k.category_display(od.rating.category)})
-        topic = self.k.variant_topic[od.variant.id]
-        self.consult_ids[position] = consult_id = f"urn:uuid:{self.o.new_id()}"
-        ext = [
+    def pama_extensions(self, pama: str, category: str | None, variant: Variant, consult_id: str) -> list[dict]:
+        """The Argonaut PAMA rating extensions of an order rated ``pama`` (ACR ``category``,
+        added as a second coding when it is not Usually appropriate but counts as
+        appropriate) under ``variant``: pama-rating, qcdsm-consulted, consult-id, auc-applied."""
+        coding = [{"system": PAMA_SYSTEM, "code": pama, "display": self.k.pama_display(pama)}]
+        if category is not None and category != USUALLY_APPROPRIATE and pama == APPROPRIATE:
+            coding.append({"system": ACR_CATEGORY_SYSTEM, "code": category,
+                           "display": self.k.category_display(category)})
+        return [
             {"url": PAMA_BASE + "pama-rating", "valueCodeableConcept": {"coding": coding}},
             {"url": PAMA_BASE + "pama-rating-qcdsm-consulted", "valueString": self.o.qcdsm},
             {"url": PAMA_BASE + "pama-rating-consult-id", "valueUri": consult_id},
-            {"url": PAMA_BASE + "pama-rating-auc-applied", "valueUri": topic.url},
+            {"url": PAMA_BASE + "pama-rating-auc-applied", "valueUri": self.k.variant_topic[variant.id].url},
         ]
+
+    def rating_action(self, od: OrderDecision, position: int) -> dict:
+        assert od.pama is not None and od.variant is not None  # only rated orders get a rating action
+        self.consult_ids[position] = consult_id = f"urn:uuid:{self.o.new_id()}"
+        ext = self.pama_extensions(od.pama, od.rating.category if od.rating is not None else None, od.variant,
+                                   consult_id)
         resource = dict(od.raw)
         # Keep the EHR's own extensions; replace only earlier PAMA ratings of this order.
         kept = [e for e in resource.get("extension") or () if not str(e.get("url", "")).startswith(PAMA_BASE)]
@@ -897,8 +940,13 @@ class _Renderer:
 
 
 def render(knowledge: Knowledge, decision: Decision, *, draft_orders: Sequence[Mapping], patient_id: str,
-           options: RenderOptions = RenderOptions(), input_issues: Sequence[Mapping] = ()) -> Rendered:
+           options: RenderOptions = RenderOptions(), input_issues: Sequence[Mapping] = (),
+           record_not_read: Mapping[str, int] | None = None) -> Rendered:
     """Build the CDS Hooks response for ``decision``.
+
+    ``record_not_read``: resource type -> how many of the record's resources the decision
+    would have read were not (past the service's limit per call); every card then ends by
+    saying so (cards.json ``recordNotRead``), since the advice may miss what they hold.
 
     Returns ``Rendered(response, card_kinds, card_orders)``: ``response`` is the JSON-ready
     dict (``cards`` always present; ``systemActions`` only when some order has a rating;
@@ -912,6 +960,10 @@ def render(knowledge: Knowledge, decision: Decision, *, draft_orders: Sequence[M
     for position, od in enumerate(decision.orders):
         r.order_position = position
         r.order_cards(od)
+    if record_not_read:
+        what = ", ".join(f"{n:,} {resource_type}s" for resource_type, n in record_not_read.items())
+        for card in r.cards:
+            card["detail"] += "\n\n" + r.say("recordNotRead", what=what)
     actions = [r.rating_action(od, position) for position, od in enumerate(decision.orders) if od.pama is not None]
     response: dict[str, Any] = {"cards": r.cards}
     if actions:

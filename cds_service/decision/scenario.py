@@ -8,7 +8,7 @@ and the code that produced it, so cards and audit records can show why.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from types import MappingProxyType
 from typing import Literal
@@ -151,6 +151,66 @@ def yields_facts(knowledge: Knowledge, resource_type: str, raw: Mapping) -> bool
                for vs in term.memberships(c["system"], c["code"]))
 
 
+class RecordFacts:
+    """The base facts of a patient's record, read once per request rather than once per order.
+
+    A request may select up to ``MAX_DRAFT_ORDERS`` orders over the same Conditions and
+    Procedures; the only thing a record's base evidence owes to the order is which
+    Conditions are encounter diagnoses of the order's encounter (``current_encounter``).
+    So each resource is read once here (status, date, codes, value-set lookups), and
+    :meth:`base_evidence` assembles the evidence for one encounter in record order.
+    ``conditions`` / ``procedures`` are raw FHIR R4 JSON dicts, as for :func:`extract_facts`.
+    """
+
+    def __init__(self, knowledge: Knowledge, *, conditions: Iterable[Mapping], procedures: Iterable[Mapping]):
+        self._knowledge = knowledge
+        self._lookups: dict[tuple[str, str, str, str | None], tuple[Evidence, ...]] = {}
+        # Per resource read: its evidence (current_encounter False) and, for an encounter
+        # diagnosis, the encounter it belongs to.
+        self._read: list[tuple[tuple[Evidence, ...], str | None]] = []
+        self._by_encounter: dict[str | None, dict[str, tuple[Evidence, ...]]] = {}
+        for raw in conditions:
+            if is_active_condition(raw):
+                onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
+                evs = self._evidence("condition", f"Condition/{raw.get('id')}", raw.get("code"), onset)
+                encounter = _reference_tail(raw.get("encounter"))
+                self._read.append((evs, encounter if _is_encounter_diagnosis_of(raw, encounter) else None))
+        for raw in procedures:
+            if raw.get("status") not in EXCLUDED_PROCEDURE_STATUS:
+                performed = (_to_date(raw.get("performedDateTime"))
+                             or _to_date((raw.get("performedPeriod") or {}).get("start")))
+                self._read.append((self._evidence("procedure", f"Procedure/{raw.get('id')}", raw.get("code"),
+                                                  performed), None))
+
+    def base_evidence(self, order_encounter: str | None) -> dict[str, list[Evidence]]:
+        """Fact -> evidence from the record, in record order, for an order of encounter
+        ``order_encounter`` (``Encounter/<id>``, or None); a new dict of new lists."""
+        cached = self._by_encounter.get(order_encounter)
+        if cached is None:
+            found: dict[str, list[Evidence]] = {}
+            for evs, diagnosis_of in self._read:
+                current = diagnosis_of is not None and diagnosis_of == order_encounter
+                for e in evs:
+                    found.setdefault(e.fact, []).append(replace(e, current_encounter=True) if current else e)
+            cached = self._by_encounter[order_encounter] = {k: tuple(v) for k, v in found.items()}
+        return {k: list(v) for k, v in cached.items()}
+
+    def _evidence(self, origin: Literal["condition", "procedure"], resource: str, concept: object,
+                  onset: date | None) -> tuple[Evidence, ...]:
+        out: list[Evidence] = []
+        for c in _codings(concept):
+            # Thousands of Conditions repeat a few dozen codings: look each up once.
+            key = (origin, c.get("system") or "", c["code"], c.get("display"))
+            template = self._lookups.get(key)
+            if template is None:
+                looked: dict[str, list[Evidence]] = {}
+                _add_facts(self._knowledge, looked, origin, "", {"coding": [c]}, None)
+                # Grouped by fact: appended fact by fact later, the lists come out the same.
+                template = self._lookups[key] = tuple(e for evs in looked.values() for e in evs)
+            out.extend(replace(e, resource=resource, onset=onset) for e in template)
+        return tuple(out)
+
+
 def extract_facts(
     knowledge: Knowledge,
     *,
@@ -158,6 +218,7 @@ def extract_facts(
     procedures: Iterable[Mapping],
     order: Mapping,
     as_of: date,
+    record: RecordFacts | None = None,
 ) -> FactSet:
     """Collect facts from active Conditions, completed Procedures and the order's reasonCode.
 
@@ -167,18 +228,14 @@ def extract_facts(
     that passes a context or recency test: fragility fracture, new neurologic symptom,
     recent worsening; decision-rules.md §6.2-§6.4), derived facts, and ``vcf-new`` /
     ``vcf-prior`` / ``vcf-current`` (§3.2, §6.3).
+
+    ``record``: the same ``conditions`` and ``procedures`` already read once for every order
+    of the request (:class:`RecordFacts`); the facts are the same with or without it.
     """
-    found: dict[str, list[Evidence]] = {}
     order_encounter = _reference_tail(order.get("encounter"))
-    for raw in conditions:
-        if is_active_condition(raw):
-            onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
-            _add_facts(knowledge, found, "condition", f"Condition/{raw.get('id')}", raw.get("code"), onset,
-                       current=_is_encounter_diagnosis_of(raw, order_encounter))
-    for raw in procedures:
-        if raw.get("status") not in EXCLUDED_PROCEDURE_STATUS:
-            performed = _to_date(raw.get("performedDateTime")) or _to_date((raw.get("performedPeriod") or {}).get("start"))
-            _add_facts(knowledge, found, "procedure", f"Procedure/{raw.get('id')}", raw.get("code"), performed)
+    if record is None:
+        record = RecordFacts(knowledge, conditions=conditions, procedures=procedures)
+    found = record.base_evidence(order_encounter)
     order_ref = f"{order.get('resourceType', 'ServiceRequest')}/{order.get('id')}#reasonCode"
     for reason in order.get("reasonCode") or ():
         _add_facts(knowledge, found, "reasonCode", order_ref, reason, None)

@@ -10,6 +10,15 @@ each redirect) must match a configured allowlist of base URLs.
 Every failure raises :class:`cds_service.protocol.errors.RequestError` with status 412 and a diagnostic
 naming the prefetch key, its template (never the filled-in query, which carries the patient
 id) and the reason; the access token is never put in a message or a log line.
+
+The time budget (``FHIR_BUDGET_SECONDS``) is a hard deadline for the whole fetch, whatever
+the server does: ``requests`` timeouts count per socket operation, so a server trickling its
+headers or its body a byte at a time would otherwise hold the call as long as it likes.
+Every query runs on a thread of the process's fetch pool; the calling thread stops waiting
+at the deadline and shuts down the sockets of the queries still running, so that their
+threads end at once too (a query still waiting for the resolver ends when the resolver
+answers; the caller does not wait for it). The call's answer comes at the deadline plus
+the time to build a 412 (milliseconds).
 """
 
 from __future__ import annotations
@@ -19,15 +28,19 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import suppress
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from cds_service.fhir.policy import FetchPolicy, split_url
 from cds_service.observability import observe_fhir_fetch
@@ -50,6 +63,10 @@ _FHIR_JSON_TYPES = ("application/fhir+json", "application/json", "application/js
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _MAX_REDIRECTS = 3
 _CHUNK_BYTES = 64 * 1024
+# Threads of the process's fetch pool: a call uses one per prefetch key (three at most for
+# this service); the spare ones serve the next call while a query cut at the deadline
+# still waits for a slow resolver.
+_POOL_THREADS = 8
 
 
 # ------------------------------------------------------------------------ templates
@@ -112,6 +129,9 @@ class FhirClient:
             session = requests.Session()
             session.trust_env = False  # no proxy or .netrc credentials from the environment
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+            # Connection pools that hand each connection to the running query's _Cut, so the
+            # deadline can shut its socket down (urllib3's documented pool-class mapping).
+            adapter.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             local.session, local.pid = session, os.getpid()
@@ -177,49 +197,63 @@ class FhirClient:
                 raise RequestError(412, "not-found", f"prefetch '{key}' ({templates[key]}): a token of the "
                                    "template cannot be filled from this request's context", [f"prefetch.{key}"])
             queries[key] = query
-        if len(queries) == 1:
-            [(key, query)] = queries.items()
-            try:
-                return {key: self._fetch_one(key, templates[key], base, query, headers, deadline)}
-            except RequestError:
-                if key in optional:
-                    return {}
-                raise
         # The queries are independent: running them side by side makes the wait the slowest
-        # query, not the sum, against EHR servers that take 100 ms or more per search.
-        # Each thread runs in a copy of this request's context, so its log lines keep the
-        # request's hook_instance.
-        futures = {key: _pool().submit(contextvars.copy_context().run, self._fetch_one, key, templates[key], base,
-                                       query, headers, deadline)
-                   for key, query in queries.items()}
-        # Wait for all (each is bounded by the deadline) so nothing runs on after the answer,
-        # and report the first failing key in template order, whichever failed first in time.
-        wait(futures.values())
+        # query, not the sum, against EHR servers that take 100 ms or more per search. Even
+        # a single query runs on a pool thread, so this thread can stop waiting at the
+        # deadline whatever the server does. Each thread runs in a copy of this request's
+        # context, so its log lines keep the request's hook_instance.
+        started = time.monotonic()
+        cuts = {key: _Cut() for key in queries}
+        futures: dict[str, Future[dict[str, Any]]] = {
+            key: _pool().submit(contextvars.copy_context().run, self._fetch_one, key, templates[key], base,
+                                query, headers, deadline, cuts[key])
+            for key, query in queries.items()}
+        wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
+        late = [key for key, future in futures.items() if not future.done()]
+        for key in late:
+            # Nothing runs on after the answer: a queued query never starts, a running one
+            # has its sockets shut down (its thread then ends with an error nobody reads).
+            futures[key].cancel()
+            cuts[key].cut()
+            observe_fhir_fetch(key, "timeout", time.monotonic() - started)
+            log.warning("fetch of prefetch %s cut at the deadline of %g s", key, self.policy.budget_seconds)
+        # The first failing required key in template order, whichever failed first in time;
+        # an optional key that failed is left out (already logged and counted).
         out: dict[str, Any] = {}
         for key, future in futures.items():
+            if key in late:
+                if key in optional:
+                    continue
+                raise RequestError(412, "timeout", f"prefetch '{key}' ({templates[key]}) could not be fetched from "
+                                   f"fhirServer: no complete answer within the time budget of "
+                                   f"{self.policy.budget_seconds:g} s", [f"prefetch.{key}"])
             try:
                 out[key] = future.result()
             except RequestError:
                 if key not in optional:
                     raise
-                # Already logged and counted by _fetch_one; the answer is given without it.
         return out
 
     def _fetch_one(self, key: str, template: str, base: str, query: str, headers: dict[str, str],
-                   deadline: float) -> dict[str, Any]:
+                   deadline: float, cut: _Cut) -> dict[str, Any]:
         started = time.monotonic()
         url = urljoin(base, _with_count(query, self.policy.page_size))
+        _running.cut = cut
         try:
             if not self.policy.allowed(url):  # a template that climbs out of the base path
                 raise _Failure("the query leaves the allowlisted FHIR base URL")
             resource, pages = self._run(url, _expected_type(query), headers, deadline)
         except _Failure as exc:
+            if cut.done:  # cut at the deadline: the caller has answered, logged and counted it
+                raise RequestError(412, "timeout", "cut at the deadline") from None
             log.warning("fetch of prefetch %s failed after %.0f ms: %s", key,
                         (time.monotonic() - started) * 1000, exc)
             code = "timeout" if isinstance(exc, _Timeout) else "exception"
             observe_fhir_fetch(key, "timeout" if code == "timeout" else "error", time.monotonic() - started)
             raise RequestError(412, code, f"prefetch '{key}' ({template}) could not be fetched from fhirServer: "
                                f"{exc}", [f"prefetch.{key}"]) from None
+        finally:
+            _running.cut = None
         observe_fhir_fetch(key, "ok", time.monotonic() - started)
         log.info("fetched prefetch %s: %d page(s) in %.1f ms", key, pages, (time.monotonic() - started) * 1000)
         return resource
@@ -280,12 +314,16 @@ class FhirClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Timeout(f"the time budget of {self.policy.budget_seconds:g} s ran out")
+            if _cut_now():
+                raise _Timeout(f"the time budget of {self.policy.budget_seconds:g} s ran out")
             try:
                 response = self._session().get(
                     url, headers=headers, stream=True, allow_redirects=False,
                     timeout=(min(self.policy.connect_timeout_seconds, remaining), remaining),
                 )
             except requests.exceptions.ConnectionError as exc:
+                if _cut_now():
+                    raise _Timeout(f"the time budget of {self.policy.budget_seconds:g} s ran out") from None
                 # ConnectTimeout is both a ConnectionError and a Timeout: retry it once too.
                 if attempt == 1:
                     continue
@@ -339,6 +377,87 @@ class _Timeout(_Failure):
     """The time budget ran out."""
 
 
+# ------------------------------------------------------------------------ the deadline
+
+_running = threading.local()  # .cut: the _Cut of the query running on this thread, or None
+
+
+class _Cut:
+    """The connections one query uses, so the caller can shut their sockets down at the
+    deadline (which ends any read in progress on them, in the query's thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: list[Any] = []
+        self.done = False
+
+    def track(self, connection: Any) -> None:
+        """Remember ``connection``; shut it down at once if the query was already cut."""
+        with self._lock:
+            self._connections.append(connection)
+            done = self.done
+        if done:
+            _shut(connection)
+
+    def cut(self) -> None:
+        """Shut down every socket the query opened or reused, and any it connects later."""
+        with self._lock:
+            self.done = True
+            connections = list(self._connections)
+        for connection in connections:
+            _shut(connection)
+
+
+def _cut_now() -> bool:
+    cut = getattr(_running, "cut", None)
+    return cut is not None and cut.done
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        # The plain socket's shutdown, also under TLS: SSLSocket.shutdown would tear down
+        # the TLS state the reading thread is still using.
+        with suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _track(connection: Any) -> None:
+    cut = getattr(_running, "cut", None)
+    if cut is not None:
+        cut.track(connection)
+
+
+class _TrackedHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _track(self)  # again, now that it has a socket: a cut during connect shuts it down
+
+
+class _TrackedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _track(self)
+
+
+class _TrackedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)
+        _track(connection)
+        return connection
+
+
+class _TrackedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)
+        _track(connection)
+        return connection
+
+
 # ------------------------------------------------------------------------ helpers
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
@@ -349,7 +468,7 @@ def _pool() -> ThreadPoolExecutor:
     process, made on first use."""
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhir-fetch"))
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=_POOL_THREADS, thread_name_prefix="fhir-fetch"))
     return _POOL[1]
 
 

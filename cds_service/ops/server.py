@@ -11,12 +11,20 @@ finish their request within ``graceful_timeout``); Prometheus multiprocess metri
 unless the environment names one, and the ``child_exit`` hook marks dead workers (as
 prometheus-client requires for live gauges).
 
+Errors gunicorn answers itself (a malformed request line or header, headers too large, a
+request line too long, an unknown Transfer-Encoding) get a JSON OperationOutcome, and the log
+names only the error's type: gunicorn's own handler answers HTML and logs the whole request
+line, which can carry the signed token of a "Why this advice?" link (:class:`JsonErrorWorker`).
+What gunicorn cannot answer (a connection that never completes its headers) is for the
+buffering front (deploy/nginx/vcf-cds.conf): sync workers must not face clients directly.
+
 :func:`gunicorn_options` holds the gunicorn settings, so the benchmark runs its no-op floor
 app under exactly the same ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import json
@@ -33,10 +41,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
+from gunicorn.workers.sync import SyncWorker
+
 from cds_service.observability import MULTIPROC_ENV, configure_logging, logging_config
 from cds_service.pipeline import evaluate
+from cds_service.protocol.errors import operation_outcome
 
-__all__ = ["WARM_UP_REQUEST", "gunicorn_options", "load_fhir_models", "run", "serve", "warm_up"]
+__all__ = ["WARM_UP_REQUEST", "JsonErrorWorker", "gunicorn_options", "load_fhir_models", "run", "serve", "warm_up"]
 
 log = logging.getLogger("cds_service.ops.server")
 
@@ -108,14 +119,57 @@ def warm_up(app: Flask) -> float:
     return time.perf_counter() - started
 
 
+# gunicorn's parse errors (gunicorn.http.errors, by class name: stable across its versions)
+# -> (HTTP status, reason phrase, FHIR IssueType, diagnostic). Anything else is a 500.
+_PARSE_ERRORS = {
+    "LimitRequestLine": (414, "URI Too Long", "too-long", "the request line is longer than this service accepts"),
+    "LimitRequestHeaders": (431, "Request Header Fields Too Large", "too-long",
+                            "the request headers are larger or more numerous than this service accepts"),
+    "UnsupportedTransferCoding": (501, "Not Implemented", "not-supported",
+                                  "the Transfer-Encoding of the request is not supported"),
+    "ExpectationFailed": (417, "Expectation Failed", "not-supported", "the Expect header cannot be met"),
+    "ForbiddenProxyRequest": (403, "Forbidden", "processing", "request forbidden"),
+}
+_BAD_REQUEST = (400, "Bad Request", "structure", "the request is not well-formed HTTP/1.1")
+
+
+class JsonErrorWorker(SyncWorker):
+    """gunicorn's sync worker, answering the errors gunicorn handles itself (it never reached
+    the app) with a JSON OperationOutcome instead of an HTML page, and logging only the
+    error's type and status: never the request line or a header (a link's token, a bearer
+    token). Statuses as gunicorn's: 400 malformed, 414 request line too long, 431 headers
+    too large, 501 unknown Transfer-Encoding, 500 anything else."""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """Write the JSON error response to ``client`` (the connection is closed afterwards)."""
+        name = type(exc).__name__
+        parse_error = any(cls.__module__ == "gunicorn.http.errors" for cls in type(exc).__mro__)
+        if parse_error and name != "ConfigurationProblem":
+            status, reason, code, text = _PARSE_ERRORS.get(name, _BAD_REQUEST)
+            self.log.warning("invalid request answered %d (%s)", status, name)
+        else:
+            status, reason, code, text = 500, "Internal Server Error", "exception", "internal error"
+            self.log.error("error handling a request (%s)", name)
+        body = json.dumps(operation_outcome(status, code, text)).encode("utf-8")
+        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        with contextlib.suppress(OSError):  # the client is gone
+            client.sendall(head.encode("ascii") + body)
+
+
 def gunicorn_options(*, host: str, port: int, workers: int, timeout: int = 30,
                      log_level: str = "INFO") -> dict[str, Any]:
     """The gunicorn settings (names as in gunicorn's documentation) of the service and of the
-    benchmark's floor: sync workers, preloaded app, graceful shutdown, JSON logs."""
+    benchmark's floor: sync workers answering their own errors as JSON (:class:`JsonErrorWorker`),
+    preloaded app, graceful shutdown, JSON logs, gunicorn's request-size limits (request line
+    4094 bytes, 100 header fields of 8190 bytes at most)."""
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": "sync",
+        "worker_class": JsonErrorWorker,
+        "limit_request_line": 4094,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
         "preload_app": True,
         "timeout": timeout,
         "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
@@ -169,9 +223,16 @@ def serve(*, host: str, port: int, workers: int) -> None:
     from cds_service.app import create_app
     from cds_service.settings import Settings
 
-    settings = Settings.load()
-    configure_logging(settings.log_level)
-    app = create_app()
+    try:
+        settings = Settings.load()
+        configure_logging(settings.log_level)
+        app = create_app()
+    except BaseException:
+        # Not started: leave no temporary directory, nor a variable pointing at it, behind.
+        if made:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
+        raise
     log.info("metrics directory %s (%s)", metrics_dir, "temporary" if made else "given")
     log.info("warm-up in the master took %.1f ms", warm_up(app) * 1000)
     # Everything built so far (knowledge, validators, modules) lives as long as the process:

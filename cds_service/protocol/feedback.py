@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 __all__ = ["AcceptedSuggestion", "FeedbackCoding", "FeedbackEntry", "FeedbackRequest", "MAX_ENTRIES", "OverrideReason"]
 
@@ -23,9 +23,19 @@ _RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d
 Uuid = Annotated[str, StringConstraints(pattern=_UUID_PATTERN)]
 
 
-Text256 = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-Text512 = Annotated[str, StringConstraints(min_length=1, max_length=512)]
-Text4000 = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000 (SQLite can): refused on both, so that both store
+    # the same and a client is told at once instead of being sent 503 on every retry.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+Text256 = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_nul)]
+Text512 = Annotated[str, StringConstraints(min_length=1, max_length=512), AfterValidator(_no_nul)]
+Text4000 = Annotated[str, StringConstraints(min_length=1, max_length=4000), AfterValidator(_no_nul)]
 
 
 class _Wire(BaseModel):
@@ -69,8 +79,10 @@ class FeedbackEntry(_Wire):
     @classmethod
     def _real_instant(cls, value: str) -> str:
         try:
-            datetime.fromisoformat(value.upper())
-        except ValueError:
+            # In UTC too: 9999-12-31T23:59:59-23:59 parses, but is past the last instant
+            # a datetime holds once moved to UTC (OverflowError).
+            datetime.fromisoformat(value.upper()).astimezone(UTC)
+        except (ValueError, OverflowError):
             raise ValueError("not a valid date-time (RFC 3339, e.g. 2021-12-11T10:05:31Z)") from None
         return value
 

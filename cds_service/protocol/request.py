@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from types import MappingProxyType
@@ -44,6 +44,7 @@ __all__ = [
     "MAX_DRAFT_ORDERS",
     "MAX_JSON_DEPTH",
     "MAX_PREFETCH_ENTRIES",
+    "MAX_RECORD_READ",
     "PREFETCH_CONDITIONS",
     "PREFETCH_PROCEDURES",
     "PatientRecord",
@@ -65,6 +66,10 @@ MAX_JSON_DEPTH = 100
 # resources. Counted before any schema or model runs, since those are what large input costs.
 MAX_DRAFT_ORDERS = 50
 MAX_PREFETCH_ENTRIES = 5000
+# Validating a prefetched resource as FHIR R4B costs about 0.2 ms, and the decision's work
+# grows with the resources it reads: this bounds both, per prefetch key. A record rarely
+# holds more than a few dozen resources with a code the decision reads.
+MAX_RECORD_READ = 200
 
 _DIAGNOSTIC_MAX = 300
 
@@ -162,10 +167,12 @@ class InputResource:
 
 @dataclass(frozen=True)
 class InputIssue:
-    """A prefetched resource that was skipped, and why.
+    """A resource of the request that was skipped, and why: a prefetched resource, or a draft
+    order of a type the service does not rate.
 
     Attributes:
-        location: where in the request, e.g. ``prefetch.conditions.entry[3]``.
+        location: where in the request, e.g. ``prefetch.conditions.entry[3]`` or
+            ``context.draftOrders.entry[1].resource``.
         resource_type: the resource's ``resourceType`` when it was a string, else None.
         resource_id: the resource's ``id`` when it was a string, else None.
         diagnostic: short reason; names field paths only, never echoes values.
@@ -190,12 +197,15 @@ class Envelope:
         access_token: ``fhirAuthorization.access_token``, or None (never shown by ``repr``).
         patient_id, user_id, encounter_id: from ``context`` (``encounter_id`` may be None).
         context: the checked ``context`` object, for prefetch tokens (``{{context.*}}``).
-        draft_orders: every ``context.draftOrders`` entry, in order, each validated with R4B.
-        selections: the draft orders to rate: for order-select those named by
+        draft_orders: every ``context.draftOrders`` entry in scope (see
+            :func:`parse_envelope` ``order_types``), in order, each validated with R4B.
+        selections: the draft orders to rate: for order-select those in scope named by
             ``context.selections``, in that order (a selection repeated in the request
-            appears once); for order-sign every draft order.
+            appears once); for order-sign every draft order in scope.
         prefetch: the ``prefetch`` object as sent (empty when absent); values not checked
             beyond the envelope schema (object or null).
+        skipped_orders: the draft orders out of scope: not validated, not rated, listed
+            in the response's ``skippedResources``.
     """
 
     hook: str
@@ -209,6 +219,7 @@ class Envelope:
     draft_orders: tuple[InputResource, ...] = field(repr=False)
     selections: tuple[InputResource, ...] = field(repr=False)
     prefetch: Mapping[str, Any] = field(repr=False)
+    skipped_orders: tuple[InputIssue, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -222,6 +233,8 @@ class PatientRecord:
         procedures_available: False when prefetch ``procedures`` was absent, an
             OperationOutcome or unusable, so "no procedures" can be told from "not known".
         issues: prefetched resources that were skipped, with the reason.
+        not_read: resource type -> how many resources the decision would read were not
+            read, past ``max_read`` (also named in ``issues``); empty when none.
         reports: prefetched DiagnosticReports (``radiologyReports``) that validated.
         medications: MedicationRequests, MedicationStatements and the Medications they may
             reference (``medicationRequests``, ``medicationStatements``) that validated.
@@ -234,6 +247,7 @@ class PatientRecord:
     procedures: tuple[InputResource, ...]
     procedures_available: bool
     issues: tuple[InputIssue, ...]
+    not_read: Mapping[str, int] = field(default_factory=dict)
     reports: tuple[InputResource, ...] = ()
     medications: tuple[InputResource, ...] = ()
     observations: tuple[InputResource, ...] = ()
@@ -289,6 +303,7 @@ def parse_envelope(
     max_depth: int = MAX_JSON_DEPTH,
     max_draft_orders: int = MAX_DRAFT_ORDERS,
     max_prefetch_entries: int = MAX_PREFETCH_ENTRIES,
+    order_types: Collection[str] | None = None,
 ) -> Envelope:
     """Check an order-select or order-sign request body and return its typed envelope.
 
@@ -297,10 +312,19 @@ def parse_envelope(
     ``max_prefetch_entries`` Bundle entries in all of prefetch; envelope
     schema (CDS Hooks 2.0 "HTTP Request"); ``hook`` matches; the hook's context
     schema; ``fhirAuthorization.patient``, when given, is ``context.patientId``; every
-    ``draftOrders`` entry validates on its own as an R4B resource (the Bundle itself is not
-    model-validated, since the spec's examples omit ``Bundle.type``); order-select: every
-    selection resolves to a draft order of this patient; order-sign: every draft order is
-    "selected" and must be this patient's. Prefetch is kept as sent, for :func:`parse_record`.
+    ``draftOrders`` entry names a FHIR R4B resource type, and every one in scope validates on
+    its own as an R4B resource (the Bundle itself is not model-validated, since the spec's
+    examples omit ``Bundle.type``); order-select: every selection resolves to a draft order
+    of this patient (a selection of an order out of scope is no error: it is not rated);
+    order-sign: every draft order in scope is "selected" and must be this patient's. Prefetch
+    is kept as sent, for :func:`parse_record`.
+
+    Draft orders out of scope (a type not in ``order_types``, e.g. the MedicationRequest the
+    CDS Hooks sandbox's Rx View sends beside an imaging order) are not validated, not rated
+    and not returned; they are listed in ``Envelope.skipped_orders``. A client may send any
+    order type the hook allows (order-select: DeviceRequest, MedicationRequest,
+    NutritionOrder, ServiceRequest, VisionPrescription), and a draft this service cannot rate
+    must not make it refuse the orders it can.
 
     Args:
         body: the decoded JSON request body.
@@ -309,14 +333,15 @@ def parse_envelope(
         max_depth: maximum JSON nesting depth accepted.
         max_draft_orders: maximum ``context.draftOrders.entry`` items.
         max_prefetch_entries: maximum ``entry`` items summed over the prefetch Bundles.
+        order_types: the draft order resource types in scope; None: every type.
 
     Raises:
         RequestError: 400 ``structure`` body not an object; 400 ``too-long``
             absurd nesting; 413 ``too-long`` too many draft orders or prefetch
             entries; 400 ``required``/``invalid`` schema violation (the
             diagnostic names the path); 400 ``not-supported`` wrong hook or unknown
-            draft order resourceType; 400 ``invalid`` draft order that is not valid
-            R4B or duplicated; 400 ``not-found`` selection not in draftOrders;
+            draft order resourceType; 400 ``invalid`` draft order in scope that is not
+            valid R4B or duplicated; 400 ``not-found`` selection not in draftOrders;
             400 ``invalid`` fhirAuthorization.patient or an order's subject is another patient.
     """
     if not isinstance(body, Mapping):
@@ -350,11 +375,12 @@ def parse_envelope(
             "fhirAuthorization.patient is not context.patientId",
             ["fhirAuthorization.patient"],
         )
-    draft_orders = _parse_draft_orders(context["draftOrders"]["entry"])
+    draft_orders, skipped = _parse_draft_orders(context["draftOrders"]["entry"], order_types)
     if hook == ORDER_SIGN:
         selections = _every_order(draft_orders, patient_id)
     else:
-        selections = _resolve_selections(context["selections"], draft_orders, patient_id)
+        skipped_refs = {f"{i.resource_type}/{i.resource_id}" for i in skipped if i.resource_id}
+        selections = _resolve_selections(context["selections"], draft_orders, patient_id, skipped_refs)
 
     return Envelope(
         hook=body["hook"],
@@ -368,6 +394,7 @@ def parse_envelope(
         draft_orders=draft_orders,
         selections=selections,
         prefetch=dict(body.get("prefetch") or {}),
+        skipped_orders=skipped,
     )
 
 
@@ -377,6 +404,7 @@ def parse_record(
     patient_id: str,
     required: Sequence[str] = (),
     reads: ReadsResource | None = None,
+    max_read: int = MAX_RECORD_READ,
 ) -> PatientRecord:
     """Read the patient's Conditions and Procedures from ``prefetch`` (CDS Hooks 2.0 "Prefetch
     Template": each value ``null``, a Bundle, a single resource or an OperationOutcome), and
@@ -394,14 +422,18 @@ def parse_record(
         reads: tells which prefetched resources the decision reads; the others are passed
             over: not validated, not returned, not listed in ``issues`` unless they belong
             to another patient. None: every resource is validated and returned.
+        max_read: resources validated per key, at most (those ``reads`` passes over do not
+            count); the resources of that key past them are not read, and one issue
+            names how many, from which entry on (setting ``MAX_RECORD_READ``).
 
     Raises:
         RequestError: 412 ``required`` when a ``required`` key is absent, an
             OperationOutcome or unusable (not the expected resource type nor a Bundle).
     """
     issues: list[InputIssue] = []
+    not_read: dict[str, int] = {}
     found: dict[str, tuple[InputResource, ...] | None] = {
-        key: _prefetched(prefetch, key, resource_type, patient_id, issues, reads)
+        key: _prefetched(prefetch, key, resource_type, patient_id, issues, reads, max_read, not_read)
         for key, resource_type in RECORD_KEYS.items()
     }
     for key in required:
@@ -423,6 +455,7 @@ def parse_record(
         procedures=procedures or (),
         procedures_available=procedures is not None,
         issues=tuple(issues),
+        not_read=not_read,
         reports=reading[PREFETCH_REPORTS] or (),
         medications=(*(reading[PREFETCH_MEDICATION_REQUESTS] or ()), *(reading[PREFETCH_MEDICATION_STATEMENTS] or ())),
         observations=reading[PREFETCH_LABS] or (),
@@ -519,8 +552,11 @@ def _describe_schema_error(error: SchemaValidationError) -> str:
     return f"violates the '{kind}' rule of the schema"
 
 
-def _parse_draft_orders(entries: list[dict[str, Any]]) -> tuple[InputResource, ...]:
+def _parse_draft_orders(
+    entries: list[dict[str, Any]], order_types: Collection[str] | None
+) -> tuple[tuple[InputResource, ...], tuple[InputIssue, ...]]:
     parsed: list[InputResource] = []
+    skipped: list[InputIssue] = []
     seen: set[str] = set()
     for index, entry in enumerate(entries):
         raw = entry["resource"]
@@ -536,6 +572,14 @@ def _parse_draft_orders(entries: list[dict[str, Any]]) -> tuple[InputResource, .
                 f"{where}: resourceType '{resource_type}' is not a FHIR R4B resource type",
                 [where],
             )
+        if order_types is not None and resource_type not in order_types:
+            # Not read at all: the sandbox's Rx View sends a MedicationRequest that is not
+            # valid R4 (no intent), and it must not cost the imaging order beside it its answer.
+            skipped.append(InputIssue(
+                where, resource_type, resource_id,
+                f"{resource_type} draft orders are not rated by this service "
+                f"(it rates {', '.join(sorted(order_types))}): not read"))
+            continue
         try:
             model = model_class.model_validate(raw)
         except _MODEL_ERRORS as exc:
@@ -551,7 +595,7 @@ def _parse_draft_orders(entries: list[dict[str, Any]]) -> tuple[InputResource, .
                 ),
                 [where],
             ) from None
-        item = InputResource(resource_type, resource_id, model, _copy_json(raw))
+        item = InputResource(resource_type, resource_id, model, _copy_resource(raw))
         if item.reference is not None:
             if item.reference in seen:
                 # Two orders with one reference make `selections` ambiguous.
@@ -560,17 +604,20 @@ def _parse_draft_orders(entries: list[dict[str, Any]]) -> tuple[InputResource, .
                 )
             seen.add(item.reference)
         parsed.append(item)
-    return tuple(parsed)
+    return tuple(parsed), tuple(skipped)
 
 
 def _resolve_selections(
-    selections: list[str], draft_orders: tuple[InputResource, ...], patient_id: str
+    selections: list[str], draft_orders: tuple[InputResource, ...], patient_id: str,
+    skipped_refs: Collection[str] = (),
 ) -> tuple[InputResource, ...]:
     by_reference = {order.reference: order for order in draft_orders if order.reference}
     resolved: list[InputResource] = []
     for index, selection in enumerate(selections):
         order = by_reference.get(selection)
         where = f"context.selections[{index}]"
+        if order is None and selection in skipped_refs:
+            continue  # an order out of scope: listed as skipped, not rated
         if order is None:
             raise RequestError(
                 400,
@@ -619,6 +666,8 @@ def _prefetched(
     patient_id: str,
     issues: list[InputIssue],
     reads: ReadsResource | None = None,
+    max_read: int = MAX_RECORD_READ,
+    not_read_counts: dict[str, int] | None = None,
 ) -> tuple[InputResource, ...] | None:
     """Resources of ``expected_type`` under prefetch ``key``; None when unavailable.
 
@@ -672,11 +721,34 @@ def _prefetched(
         return None
 
     found: list[InputResource] = []
+    tried = 0
+    not_read: list[str] = []
     for candidate_where, raw in candidates:
-        item = _prefetched_resource(candidate_where, raw, types, patient_id, issues, reads)
+        read = _would_validate(raw, types, reads)
+        if read and tried >= max_read:
+            not_read.append(candidate_where)
+            continue
+        tried += read
+        # ``reads`` has answered for this one already: not asked twice.
+        item = _prefetched_resource(candidate_where, raw, types, patient_id, issues, None if read else reads)
         if item is not None:
             found.append(item)
+    label = " or ".join(types)
+    if not_read and not_read_counts is not None:
+        not_read_counts[label] = not_read_counts.get(label, 0) + len(not_read)
+    if not_read:
+        # One issue for the lot: thousands of entries would make the response as large as the request.
+        issues.append(InputIssue(
+            not_read[0], label, None,
+            f"{len(not_read)} {label} resources from here on not read ({not_read[0]} to {not_read[-1]}): "
+            f"this service reads at most {max_read} per request (setting MAX_RECORD_READ)"))
     return tuple(found)
+
+
+def _would_validate(raw: Any, types: tuple[str, ...], reads: ReadsResource | None) -> bool:
+    """Whether :func:`_prefetched_resource` would validate ``raw`` (what ``max_read`` counts)."""
+    return (isinstance(raw, Mapping) and raw.get("resourceType") in types
+            and (reads is None or reads(raw["resourceType"], raw)))
 
 
 def _prefetched_resource(
@@ -724,7 +796,7 @@ def _prefetched_resource(
     if foreign is not None:
         issues.append(foreign)
         return None
-    return InputResource(expected_type, resource_id, model, _copy_json(dict(raw)))
+    return InputResource(expected_type, resource_id, model, _copy_resource(raw))
 
 
 def _foreign_issue(
@@ -817,6 +889,20 @@ def _copy_json(value: Any) -> Any:
         return {k: _copy_json(v) for k, v in value.items()}
     if type(value) is list:
         return [_copy_json(v) for v in value]
+    return value
+
+
+def _copy_resource(value: Any) -> Any:
+    """:func:`_copy_json` of a resource without members whose value is ``null``.
+
+    FHIR JSON has no null members (R4 §JSON representation: "null values are not allowed"),
+    but the R4B models accept them as absent; echoed back to the EHR in an update action they
+    would make the response invalid FHIR. Nulls inside arrays are kept: they align primitive
+    extensions (``"_given": [null, {...}]``)."""
+    if type(value) is dict:
+        return {k: _copy_resource(v) for k, v in value.items() if v is not None}
+    if type(value) is list:
+        return [_copy_resource(v) for v in value]
     return value
 
 

@@ -284,13 +284,17 @@ class TokenVerifier:
         replay_cache: remembers accepted ``jti`` values (keyed ``"<iss> <jti>"``) until
             ``exp`` plus the leeway.
         leeway_seconds: clock skew tolerated on ``exp``, ``iat`` and ``nbf``.
+        max_lifetime_seconds: the longest ``exp - iat`` accepted (``JWT_MAX_LIFETIME_SECONDS``):
+            a token valid for days would be a long-lived credential, and its ``jti`` would
+            have to be remembered as long.
     """
 
     def __init__(self, issuers: Mapping[str, TrustedIssuer], replay_cache: ReplayCache, *,
-                 leeway_seconds: float = 30) -> None:
+                 leeway_seconds: float = 30, max_lifetime_seconds: float = 3600) -> None:
         self._issuers = dict(issuers)
         self._replay = replay_cache
         self._leeway = leeway_seconds
+        self._max_lifetime = max_lifetime_seconds
 
     def verify_request_token(self, authorization: str | None, audience: str) -> VerifiedClient:
         """Check the ``Authorization`` header value of a call to ``audience`` (the exact URL).
@@ -327,10 +331,17 @@ class TokenVerifier:
             raise AuthError("jti is not a non-empty string")
         if tenant is not None and not isinstance(tenant, str):
             raise AuthError("tenant is not a string")
+        # RFC 7519 §2 NumericDate is a JSON number: PyJWT also takes "1700000000" (a string).
+        if any(name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float))
+               for name in ("exp", "iat", "nbf")):
+            raise AuthError("exp, iat or nbf is not a JSON number")
         try:
             expires_at = float(claims["exp"])
+            lifetime = expires_at - float(claims["iat"])
         except (OverflowError, ValueError, TypeError):
             raise AuthError("exp is out of range") from None
+        if lifetime > self._max_lifetime:
+            raise AuthError("token lifetime (exp - iat) is longer than JWT_MAX_LIFETIME_SECONDS")
         if not self._replay.remember(f"{iss} {jti}", expires_at + self._leeway):
             raise AuthError("jti replayed")
         return VerifiedClient(issuer=iss, tenant=tenant, token_id=jti, expires_at=expires_at)

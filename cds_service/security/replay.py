@@ -66,10 +66,13 @@ class MemoryReplayCache:
 class FallbackReplayCache:
     """A shared :class:`ReplayCache` (the database) with a per-process one standing in for it.
 
-    Calls go to ``primary``; when it raises (database down), the call goes to ``fallback``
-    and the failure is counted (``failures``) and logged: clients keep being served, with
-    replay detection narrowed to this process until the database answers again. Every id is
-    also recorded in ``fallback``, so a replay inside this process is caught either way.
+    Calls go to ``primary``; when it raises (database down, or not answering within its
+    bound: :class:`cds_service.store.db.DatabaseReplayCache` stops waiting after
+    ``DB_TIMEOUT_SECONDS`` and raises), the call goes to ``fallback`` and the failure is
+    counted (``failures``) and logged: clients keep being served, with replay detection
+    narrowed to this process until the database answers again. Every id is also recorded in
+    ``fallback``, so a replay inside this process is caught either way. The primary must
+    bound its own wait: this class adds none (it has no thread to leave behind).
     """
 
     def __init__(self, primary: ReplayCache, fallback: ReplayCache) -> None:

@@ -8,9 +8,10 @@ uuid, kind, indicator, summary, suggestion uuids and the order it is about. The 
 HMAC-SHA256(key, fhirServer + newline + patientId); no names, no tokens, no resources.
 
 The hook must not fail or wait on the database: :func:`record_outcome` and
-:func:`record_rejection` never raise; a failed write is counted in
-the trail's :class:`FailureCounter` (and the ``vcf_cds_audit_write_failures_total`` metric)
-and logged without patient data.
+:func:`record_rejection` never raise and wait at most ``DB_TIMEOUT_SECONDS`` for the write
+(:meth:`cds_service.store.db.Database.bounded`; a write that outlives the bound may still
+land); a failed or late write is counted in the trail's :class:`FailureCounter` (and the
+``vcf_cds_audit_write_failures_total`` metric) and logged without patient data.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def _first_coding(raw: Mapping) -> Mapping:
 
 
 def _clip(value: Any, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) else None
+    # U+0000 replaced: PostgreSQL text cannot hold it, and the record must be written anyway.
+    return value[:limit].replace("\x00", "\ufffd") if isinstance(value, str) else None
 
 
 def write_record(db: Database, record: CallRecord) -> int:
@@ -220,7 +222,7 @@ def record_outcome(trail: AuditTrail, service_id: str, outcome: Outcome, started
         record = build_record(outcome, service_id=service_id, latency_ms=latency_ms,
                               knowledge_version=trail.knowledge.version, key=trail.key,
                               knowledge=trail.knowledge)
-        write_record(trail.database, record)
+        trail.database.bounded(write_record, trail.database, record)
     except Exception as exc:
         _count_failure(trail, service_id, exc)
 
@@ -234,7 +236,7 @@ def record_rejection(trail: AuditTrail, service_id: str, body: Any, error: Reque
     try:
         call = _call_row(service_id, hook_instance, error.status, error.code, latency_ms,
                          trail.knowledge.version, None)
-        write_record(trail.database, CallRecord(call))
+        trail.database.bounded(write_record, trail.database, CallRecord(call))
     except Exception as exc:
         _count_failure(trail, service_id, exc)
 

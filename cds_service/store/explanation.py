@@ -33,6 +33,10 @@ from cds_service.store.tables import AuditCall, AuditCard, AuditOrder
 
 EVIDENCE_FORMAT = 1
 _DISPLAY_MAX = 256
+# Codes stored per order for the page. A long record repeats the same codes in hundreds of
+# resources, and every order of the call stores them again: unbounded, one call of 50
+# orders over thousands of Conditions stored 10 MB. Past this, the count is stored instead.
+FACTS_LISTED_MAX = 40
 # ACR Appropriateness Criteria, Radiation Dose Assessment: adult effective dose per level.
 RRL_ADULT_DOSE = {1: "less than 0.1 mSv", 2: "0.1-1 mSv", 3: "1-10 mSv", 4: "10-30 mSv", 5: "30-100 mSv"}
 RRL_MAX = 5
@@ -70,19 +74,27 @@ def order_evidence(knowledge: Knowledge, od: OrderDecision) -> dict[str, Any]:
                     "days_before_order": int|None,
                     "sentence": str (facts read from report text only)}],
          "missing": [[{"id", "label"}]],   # alternatives: record all facts of one of them
-         "candidates": [{"id", "title"}]}  # variants that fit (conflict) or nearly fit (missing)
+         "candidates": [{"id", "title"}],  # variants that fit (conflict) or nearly fit (missing)
+         # only when ``facts`` was cut at FACTS_LISTED_MAX entries:
+         "facts_not_listed": int, "present": [fact id]}  # every fact found, listed or not
 
     One ``facts`` entry per code of one resource, listing every fact (base, derived, acuity)
-    that code supports. ``days_before_order`` is the Condition's onset or the Procedure's
-    date counted back from the order's authoredOn (decision-rules.md §3.2), not the date.
+    that code supports, in record order; at most :data:`FACTS_LISTED_MAX` entries.
+    ``days_before_order`` is the Condition's onset or the Procedure's date counted back from
+    the order's authoredOn (decision-rules.md §3.2), not the date.
     """
     as_of = reference_date(od.raw)
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    not_listed: set[tuple[str, str, str]] = set()
     for fact, evidence in od.facts.evidence.items():
         for e in evidence:
-            row = rows.get((e.resource, e.system, e.code))
+            key = (e.resource, e.system, e.code)
+            row = rows.get(key)
             if row is None:
-                row = rows[(e.resource, e.system, e.code)] = _fact_row(e, as_of)
+                if len(rows) >= FACTS_LISTED_MAX:
+                    not_listed.add(key)
+                    continue
+                row = rows[key] = _fact_row(e, as_of)
             if all(f["id"] != fact for f in row["facts"]):
                 row["facts"].append({"id": fact, "label": knowledge.fact_label(fact)})
     oc, choice = od.order_class, od.choice
@@ -90,7 +102,7 @@ def order_evidence(knowledge: Knowledge, od: OrderDecision) -> dict[str, Any]:
     concept = None
     if oc.procedure is not None and oc.procedure.valueSet and coding.get("system") and coding.get("code"):
         concept = knowledge.terminology.concept(oc.procedure.valueSet, coding["system"], coding["code"])
-    return {
+    out = {
         "format": EVIDENCE_FORMAT,
         "order": {"display": _clip(coding.get("display")) or (concept.display if concept else None),
                   "unconfirmed": bool(concept and concept.unconfirmed),
@@ -99,6 +111,11 @@ def order_evidence(knowledge: Knowledge, od: OrderDecision) -> dict[str, Any]:
         "missing": [[{"id": f, "label": knowledge.fact_label(f)} for f in gap] for gap in (choice.missing if choice else ())],
         "candidates": [{"id": v.id, "title": v.title} for v in (choice.candidates if choice else ())],
     }
+    if not_listed:
+        # The criteria table says which facts were present: from all of them, not the listed ones.
+        out["facts_not_listed"] = len(not_listed)
+        out["present"] = list(od.facts.evidence)
+    return out
 
 
 def _fact_row(e: Evidence, as_of: Any) -> dict[str, Any]:
@@ -184,7 +201,8 @@ class Criterion:
 class OrderExplanation:
     """One order as the page shows it. Recorded values (rating, PAMA code, variant id) are
     what the card said; ``variant``, ``table`` and ``topic`` come from today's knowledge.
-    ``facts_recorded`` is False for records written before the evidence was kept."""
+    ``facts_recorded`` is False for records written before the evidence was kept;
+    ``facts_not_listed`` counts the codes found but not stored (past ``FACTS_LISTED_MAX``)."""
 
     code_system: str | None
     code: str | None
@@ -211,6 +229,7 @@ class OrderExplanation:
     table: tuple[RatingRow, ...]
     ordered_in_table: bool
     unconfirmed: tuple[str, ...]
+    facts_not_listed: int = 0
 
 
 @dataclass(frozen=True)
@@ -272,7 +291,8 @@ def _order(knowledge: Knowledge, row: Mapping[str, Any]) -> OrderExplanation:
     variant = knowledge.variants.get(row["variant"]) if row["variant"] else None
     topic = knowledge.variant_topic.get(variant.id) if variant else None
     facts = tuple(_fact(f) for f in ev.get("facts") or ())
-    present = {fid for f in ev.get("facts") or () for fid in (x["id"] for x in f["facts"])}
+    present = set(ev["present"]) if "present" in ev else {fid for f in ev.get("facts") or ()
+                                                          for fid in (x["id"] for x in f["facts"])}
     criteria: tuple[Criterion, ...] = ()
     table: tuple[RatingRow, ...] = ()
     score = None
@@ -295,7 +315,7 @@ def _order(knowledge: Knowledge, row: Mapping[str, Any]) -> OrderExplanation:
         pama_display=PAMA_RATING_DISPLAY.get(row["pama_rating"]), scenario=row["scenario"],
         scenario_text=_scenario_text(row, procedure is not None, variant, topic),
         variant_id=row["variant"], variant=variant, topic=topic, criteria=criteria, facts=facts,
-        facts_recorded=bool(ev),
+        facts_recorded=bool(ev), facts_not_listed=int(ev.get("facts_not_listed") or 0),
         missing=tuple(" and ".join(f["label"] for f in gap) for gap in ev.get("missing") or ()),
         candidates=tuple((c["id"], c["title"]) for c in ev.get("candidates") or ()),
         table=table, ordered_in_table=any(r.ordered for r in table),

@@ -67,9 +67,14 @@ def store_feedback(db: Database, service_id: str, entries: list[FeedbackEntry],
     An entry whose content was stored before (same card, outcome, suggestions, reason,
     comment and instant) is skipped, also when two requests race: the unique
     ``dedup_key`` decides. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database
-    cannot be read or written (nothing of the request is then stored).
+    cannot be read or written (nothing of the request is then stored), and its subclass
+    :class:`cds_service.store.db.DatabaseTimeout` when it does not answer within
+    ``DB_TIMEOUT_SECONDS`` (the write may still land: the client's retry is then a duplicate).
     """
-    now = now or datetime.now(UTC)
+    return db.bounded(_store, db, service_id, entries, now or datetime.now(UTC))
+
+
+def _store(db: Database, service_id: str, entries: list[FeedbackEntry], now: datetime) -> StoreResult:
     cards = sorted({e.card.lower() for e in entries})
     # Read outside the write transaction, which then only inserts: it stays short, and a
     # SQLite transaction never has to upgrade a read lock (that fails at once when busy).

@@ -45,13 +45,21 @@ def _reject_constant(name: str) -> Any:
 def read_service_body(service_id: str) -> Any:
     """The decoded JSON body of a POST to service ``service_id``.
 
-    Raises :class:`RequestError`: 404 unknown service; 400 body that is not JSON (NaN and
-    Infinity included) or nested too deeply for the decoder. Werkzeug raises 413 past
+    Raises :class:`RequestError`: 404 unknown service; 400 body that cannot be read
+    (malformed chunked encoding), is not JSON (NaN and Infinity included) or is nested too
+    deeply for the decoder. Werkzeug raises 413 past
     ``MAX_CONTENT_LENGTH``.
     """
     if service_id not in current_state().knowledge.services:
         raise RequestError(404, "not-found", f"no CDS service with id '{service_id}'")
-    raw = request.get_data(cache=False)
+    try:
+        raw = request.get_data(cache=False)
+    except HTTPException:
+        raise  # 413 past MAX_CONTENT_LENGTH
+    except Exception as exc:
+        # Only the client can make reading its body fail: malformed chunked framing (the WSGI
+        # server's parse error) or a body cut short.
+        raise RequestError(400, "structure", f"request body could not be read ({type(exc).__name__})") from None
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:

@@ -48,7 +48,8 @@ def install_security(app: Flask, settings: Settings, *, replay_cache: ReplayCach
                 f"setting {ENV_PREFIX}TRUSTED_ISSUERS: required while {ENV_PREFIX}AUTH is on: name the JSON file of "
                 f"trusted CDS Clients (see README, 'Client authentication'), or set {ENV_PREFIX}AUTH=off for local use only")
         issuers = load_trusted_issuers(settings.trusted_issuers)
-        verifier = TokenVerifier(issuers, replay_cache, leeway_seconds=settings.jwt_leeway_seconds)
+        verifier = TokenVerifier(issuers, replay_cache, leeway_seconds=settings.jwt_leeway_seconds,
+                                 max_lifetime_seconds=settings.jwt_max_lifetime_seconds)
         app.before_request(_authenticator(verifier, settings.public_base_url))
         log.info("client authentication on: %d trusted issuer(s)", len(issuers))
         if settings.public_base_url is None:

@@ -14,6 +14,7 @@ from plain_fhir import (
     CAUDA_EQUINA,
     CT_LUMBAR_WITHOUT,
     KYPHOPLASTY_LUMBAR,
+    LOW_BACK_PAIN,
     MRI_LUMBAR_WITH,
     MRI_LUMBAR_WITHOUT,
     OSTEOPOROTIC_VCF_INITIAL,
@@ -58,11 +59,12 @@ def test_an_inappropriate_order_gets_one_warning_card_offering_the_usual_studies
     assert "**ACR variant V1**" in card["detail"]
     assert card["selectionBehavior"] == "at-most-one"
     assert [s.get("isRecommended", False) for s in card["suggestions"]] == [True, False]
-    first = card["suggestions"][0]["actions"]
-    assert first[0] == {"type": "delete", "description": "Remove the draft order ServiceRequest/o1",
-                        "resourceId": "ServiceRequest/o1"}
-    assert first[1]["resource"]["code"]["coding"][0]["code"] == "72148"  # the lumbar MRI without contrast
-    assert first[1]["resource"]["reasonCode"][0]["coding"][0]["code"] == OSTEOPOROTIC_VCF_INITIAL
+    # Each alternative is one update of the draft order itself (Argonaut PAMA suggestion shape).
+    (update,) = card["suggestions"][0]["actions"]
+    assert update["type"] == "update" and update["resource"]["id"] == "o1"
+    assert update["resource"]["code"]["coding"][0]["code"] == "72148"  # the lumbar MRI without contrast
+    assert update["resource"]["reasonCode"] == []  # the order gave none; kept as an empty list
+    assert pama_coding(update) == [{"system": PAMA_SYSTEM, "code": "appropriate", "display": "Appropriate"}]
     assert {r["code"] for r in card["overrideReasons"]} >= {"patient-specific", "advice-disagree"}
     assert out.card_kinds == {card["uuid"]: "not-appropriate"}
     assert out.card_orders == {card["uuid"]: 0}
@@ -85,6 +87,21 @@ def test_may_be_appropriate_is_an_info_card_and_a_finer_coding_beside_appropriat
     assert card["indicator"] == "info" and "overrideReasons" not in card
     assert [(c["code"], c["display"]) for c in pama_coding(out.response["systemActions"][0])] == [
         ("appropriate", "Appropriate"), ("MBA", "May be appropriate")]
+
+
+def test_a_replacement_in_two_regions_updates_the_order_to_the_first_and_creates_the_second(knowledge):
+    # M48.55XA: a thoracolumbar fracture; a whole-body bone scan has no spine region of its own.
+    scan = order(BONE_SCAN_WHOLE_BODY, id="scan", reasons=("M48.55XA",))
+    out = rendered(knowledge, [scan], [condition("M48.55XA"), condition(LOW_BACK_PAIN)])
+    (card,) = out.response["cards"]
+    mri = card["suggestions"][0]
+    assert mri["label"] == "Replace with MRI thoracic and lumbar spine WITHOUT contrast"
+    update, create = mri["actions"]
+    assert (update["type"], update["resource"]["id"]) == ("update", "scan")
+    assert update["resource"]["reasonCode"] == scan["reasonCode"]
+    assert update["resource"]["code"]["coding"][0]["code"] == "72146"  # MRI thoracic without contrast
+    assert create["type"] == "create" and create["resource"]["id"] != "scan"
+    assert create["resource"]["code"]["coding"][0]["code"] == "72148"  # MRI lumbar without contrast
 
 
 def test_a_neurologic_red_flag_comes_first_as_a_critical_card_with_urgent_orders(knowledge):

@@ -1,0 +1,169 @@
+"""A database that hangs instead of refusing never holds a call beyond its stated bound.
+
+PostgreSQL is reached through a TCP proxy on loopback that can be frozen (it keeps the
+connections open and stops forwarding: what a server under SIGSTOP looks like); SQLite is
+held by another connection's write lock. Under either: hook calls are answered (the replay
+check falls back to this process, and still refuses a replay), feedback gets its 503 with
+Retry-After, ``/readyz`` says not ready, each within ``DB_TIMEOUT_SECONDS`` plus a generous
+margin; once the database answers again, everything is written again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+
+import pytest
+from client_tokens import BASE, SANDBOX_ISSUERS_FILE, bearer, sandbox_token
+from conftest import FIXTURES, load_json, make_app
+from dbsupport import TEST_HMAC_KEY, postgres_or_skip
+from faults import FreezableProxy
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from cds_service.store.db import CUT_AFTER_SECONDS
+from cds_service.store.tables import AuditCall, Feedback
+from cds_service.web.state import state_of
+
+SERVICE = "/cds-services/vcf-order-select"
+REQUEST = load_json(FIXTURES / "requests" / "v1-new-vcf-mri-with-contrast.json")
+DB_TIMEOUT_S = 0.5
+MARGIN_S = 2.5  # generous, for a shared machine; the bound itself is DB_TIMEOUT_SECONDS per step
+
+
+def feedback_body() -> dict:
+    return {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
+                          "outcomeTimestamp": "2026-01-02T03:04:05Z"}]}
+
+
+def timed(fn, *args, **kwargs):
+    started = time.monotonic()
+    out = fn(*args, **kwargs)
+    return out, time.monotonic() - started
+
+
+class Caller:
+    """A CDS Client with auth on: every call signed with a fresh sandbox token (jti)."""
+
+    def __init__(self, app) -> None:
+        self.client = app.test_client()
+
+    def hook(self, token: str | None = None):
+        token = token or sandbox_token(BASE + SERVICE)
+        return timed(self.client.post, SERVICE, json=REQUEST, headers=bearer(token))
+
+    def feedback(self, body=None):
+        token = sandbox_token(BASE + SERVICE + "/feedback")
+        return timed(self.client.post, SERVICE + "/feedback", json=body or feedback_body(), headers=bearer(token))
+
+    def readyz(self):
+        return timed(self.client.get, "/readyz")
+
+
+def bounded_app(**config):
+    return make_app(AUTH="on", TRUSTED_ISSUERS=str(SANDBOX_ISSUERS_FILE), DB_TIMEOUT_SECONDS=DB_TIMEOUT_S, **config)
+
+
+def check_hung_database_is_bounded(caller: Caller) -> None:
+    token = sandbox_token(BASE + SERVICE)
+    (resp, elapsed) = caller.hook(token)
+    assert resp.status_code == 200 and elapsed < DB_TIMEOUT_S * 2 + MARGIN_S, elapsed
+    (resp, elapsed) = caller.hook(token)  # the same jti again: caught by this process's cache
+    assert resp.status_code == 401 and elapsed < DB_TIMEOUT_S * 2 + MARGIN_S, elapsed
+    (resp, elapsed) = caller.feedback()
+    assert resp.status_code == 503 and resp.headers["Retry-After"], resp.get_data(as_text=True)
+    assert resp.get_json()["resourceType"] == "OperationOutcome" and elapsed < DB_TIMEOUT_S + MARGIN_S, elapsed
+    (resp, elapsed) = caller.readyz()
+    assert resp.status_code == 503 and resp.get_json()["checks"]["database"].startswith("failed")
+    assert elapsed < DB_TIMEOUT_S + MARGIN_S, elapsed
+
+
+def wait_until_written(caller: Caller, within: float = 20) -> None:
+    """Feedback stored again (the cool-down has passed and the connections were replaced)."""
+    end = time.monotonic() + within
+    while True:
+        (resp, _) = caller.feedback()
+        if resp.status_code == 200:
+            return
+        assert time.monotonic() < end, f"still {resp.status_code} {within} s after the database came back"
+        time.sleep(0.5)
+
+
+def wait_until_ready(caller: Caller, within: float = 20) -> None:
+    end = time.monotonic() + within
+    while caller.readyz()[0].status_code != 200:
+        assert time.monotonic() < end, f"/readyz not ready {within} s after the database came back"
+        time.sleep(0.5)
+
+
+@pytest.fixture()
+def postgres_behind_proxy():
+    """(proxy, settings) for a fresh migrated schema of the test server, reached through a FreezableProxy."""
+    url = make_url(postgres_or_skip())
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    proxy = FreezableProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxied = url.set(port=proxy.port).update_query_dict({"options": f"-csearch_path={schema}"})
+    config = {"DATABASE_URL": proxied.render_as_string(hide_password=False), "AUDIT_HMAC_KEY": TEST_HMAC_KEY}
+    from cds_service.settings import Settings
+    from cds_service.store.db import Database
+
+    with Database.from_settings(Settings.load(config)) as db:
+        db.upgrade()
+    try:
+        yield proxy, config, url.update_query_dict({"options": f"-csearch_path={schema}"})
+    finally:
+        proxy.thaw()
+        proxy.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_a_hanging_postgresql_never_holds_a_call(postgres_behind_proxy):
+    proxy, config, direct_url = postgres_behind_proxy
+    app = bounded_app(**config)
+    caller = Caller(app)
+    try:
+        assert caller.hook()[0].status_code == 200
+        assert caller.feedback()[0].status_code == 200
+        proxy.freeze()
+        check_hung_database_is_bounded(caller)
+        # The steps left waiting on the frozen server have their sockets cut (CUT_AFTER_SECONDS)
+        # and end, even though the server still does not answer: no thread stays stuck.
+        db = state_of(app).database
+        end = time.monotonic() + CUT_AFTER_SECONDS + 15
+        while db.pending and time.monotonic() < end:
+            time.sleep(0.2)
+        assert db.pending == 0, "database steps still stuck on a frozen server"
+        proxy.thaw()
+        wait_until_written(caller)
+        assert caller.hook()[0].status_code == 200
+        wait_until_ready(caller)
+    finally:
+        proxy.thaw()
+        state_of(app).database.dispose()
+    direct = create_engine(direct_url)
+    with direct.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Feedback)).scalar_one() >= 2
+        assert conn.execute(select(func.count()).select_from(AuditCall)).scalar_one() >= 2
+    direct.dispose()
+
+
+def test_a_locked_sqlite_database_never_holds_a_call(tmp_path):
+    app = bounded_app()
+    caller = Caller(app)
+    assert caller.hook()[0].status_code == 200
+    path = state_of(app).database.engine.url.database
+    holder = sqlite3.connect(path, timeout=0, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+    try:
+        check_hung_database_is_bounded(caller)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    wait_until_written(caller)
+    state_of(app).database.dispose()
