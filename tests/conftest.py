@@ -8,6 +8,7 @@ default ``DATA_DIR``) was created or changed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -27,6 +28,18 @@ FIXTURES = ROOT / "fhir_fixtures"
 
 def load_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def request_body(case_id: str) -> dict:
+    """The fixture request ``fhir_fixtures/requests/<case_id>.json`` as an EHR posts it."""
+    return load_json(FIXTURES / "requests" / f"{case_id}.json")
+
+
+def counter_ids():
+    """Card and suggestion ids from a counter, as ``fhir_fixtures/make_expected.py`` makes
+    them, so a whole response can be compared with its reviewed expected file."""
+    n = itertools.count(1)
+    return lambda: f"00000000-0000-4000-8000-{next(n):012d}"
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import json
 import shutil
 
 import pytest
-from conftest import FIXTURES, load_json
+from conftest import FIXTURES, counter_ids, load_json, request_body
 
 from cds_service.decision.knowledge import KnowledgeError, load_knowledge
 from cds_service.decision.render import RenderOptions, md_escape
@@ -26,13 +26,8 @@ CASES = load_json(FIXTURES / "cases.json")
 OK_CASES = [c["id"] for c in CASES if c["expect"]["status"] == 200]
 
 
-def counter_ids():
-    n = itertools.count(1)
-    return lambda: f"00000000-0000-4000-8000-{next(n):012d}"
-
-
 def run(knowledge, schemas, case_id, body=None, **options):
-    body = body if body is not None else load_json(FIXTURES / "requests" / f"{case_id}.json")
+    body = body if body is not None else request_body(case_id)
     return evaluate(knowledge, schemas, body, service_id=SERVICE,
                     options=RenderOptions(new_id=counter_ids(), **options))
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import copy
 import html
-import itertools
 import json
 import re
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import FIXTURES, load_json, make_app
+from conftest import counter_ids, make_app, request_body
 
 from cds_service.decision.render import PAMA_BASE, RenderOptions
 from cds_service.pipeline import evaluate
@@ -26,13 +25,6 @@ SCT = "http://snomed.info/sct"
 CPT = "http://www.ama-assn.org/go/cpt"
 
 
-def counter_ids():
-    n = itertools.count(1)
-    return lambda: f"00000000-0000-4000-8000-{next(n):012d}"
-
-
-def body_of(case_id: str) -> dict:
-    return load_json(FIXTURES / "requests" / f"{case_id}.json")
 
 
 def respond(knowledge, schemas, body, **options) -> dict:
@@ -81,7 +73,7 @@ def order(body: dict) -> dict:
 # ---- §6.1 malignancy ------------------------------------------------------------------
 
 def test_active_breast_cancer_routes_to_v2_where_mri_with_contrast_is_appropriate(knowledge, schemas):
-    response = respond(knowledge, schemas, body_of("facts-active-breast-cancer-v2-mri"))
+    response = respond(knowledge, schemas, request_body("facts-active-breast-cancer-v2-mri"))
     assert ratings(response) == ["appropriate"]
     assert response["cards"] == []  # no 'replace with MRI without contrast'
 
@@ -98,14 +90,14 @@ def test_skin_carcinoma_in_situ_and_skin_cancer_history_are_not_malignancy(knowl
 
 
 def test_skin_cancer_history_leaves_an_osteoporotic_fracture_in_v7(knowledge, schemas):
-    response = respond(knowledge, schemas, body_of("facts-skin-cancer-history-kyphoplasty"))
+    response = respond(knowledge, schemas, request_body("facts-skin-cancer-history-kyphoplasty"))
     assert ratings(response) == ["appropriate"]
     assert not any("radiotherap" in json.dumps(c).lower() for c in response["cards"])
     assert {c["indicator"] for c in response["cards"]} == {"info"}
 
 
 def test_renal_osteodystrophy_fracture_is_not_neoplastic(knowledge, schemas):
-    body = body_of("facts-renal-osteodystrophy-kyphoplasty")
+    body = request_body("facts-renal-osteodystrophy-kyphoplasty")
     response = respond(knowledge, schemas, body)
     assert ratings(response) == []
     assert not any("V8" in json.dumps(c) or "radiotherap" in json.dumps(c).lower() for c in response["cards"])
@@ -117,22 +109,22 @@ def test_renal_osteodystrophy_fracture_is_not_neoplastic(knowledge, schemas):
 # ---- §6.2 neurologic red flags ---------------------------------------------------------
 
 def test_incontinence_since_2012_with_chronic_back_pain_gets_no_critical_card(knowledge, schemas):
-    response = respond(knowledge, schemas, body_of("facts-chronic-incontinence-lumbar-xr"))
+    response = respond(knowledge, schemas, request_body("facts-chronic-incontinence-lumbar-xr"))
     assert cards(response, "critical") == []
     assert response["cards"] == [] and ratings(response) == []
 
 
 def test_unspecific_symptom_counts_when_recent_or_on_the_order(knowledge, schemas):
-    recent = body_of("facts-chronic-incontinence-lumbar-xr")
+    recent = request_body("facts-chronic-incontinence-lumbar-xr")
     condition(recent, "-ui")["onsetDateTime"] = "2026-11-06"
     assert len(cards(respond(knowledge, schemas, recent), "critical")) == 1
-    on_order = body_of("facts-chronic-incontinence-lumbar-xr")
+    on_order = request_body("facts-chronic-incontinence-lumbar-xr")
     order(on_order)["reasonCode"].append({"coding": [{"system": ICD, "code": "R32"}]})
     assert len(cards(respond(knowledge, schemas, on_order), "critical")) == 1
 
 
 def test_unspecific_symptom_needs_a_spine_problem(knowledge, schemas):
-    body = body_of("facts-chronic-incontinence-lumbar-xr")
+    body = request_body("facts-chronic-incontinence-lumbar-xr")
     condition(body, "-ui")["onsetDateTime"] = "2026-11-06"
     body["prefetch"]["conditions"]["entry"] = [e for e in body["prefetch"]["conditions"]["entry"]
                                                if not e["resource"]["id"].endswith("-lbp")]
@@ -141,19 +133,19 @@ def test_unspecific_symptom_needs_a_spine_problem(knowledge, schemas):
 
 
 def test_cauda_equina_counts_whatever_its_date(knowledge, schemas):
-    body = body_of("facts-chronic-incontinence-lumbar-xr")
+    body = request_body("facts-chronic-incontinence-lumbar-xr")
     add_condition(body, "c-ces", ICD, "G83.4", onset="2015-01-01")
     (card,) = cards(respond(knowledge, schemas, body), "critical")
     assert "G83.4" in card["detail"]
 
 
 def test_encounter_diagnosis_of_this_encounter_is_a_red_flag(knowledge, schemas):
-    response = respond(knowledge, schemas, body_of("facts-retention-encounter-diagnosis-mri"))
+    response = respond(knowledge, schemas, request_body("facts-retention-encounter-diagnosis-mri"))
     (card,) = cards(response, "critical")
     assert "R33.9" in card["detail"] and "R32" not in card["detail"]  # 2012 incontinence is not the flag
     assert ratings(response) == ["appropriate"]  # MRI without contrast, ACR Low Back Pain variant 4
     # Diagnosed at another encounter and undated: no longer a red flag.
-    body = body_of("facts-retention-encounter-diagnosis-mri")
+    body = request_body("facts-retention-encounter-diagnosis-mri")
     condition(body, "-ret")["encounter"] = {"reference": "Encounter/enc-last-year"}
     assert cards(respond(knowledge, schemas, body), "critical") == []
 
@@ -161,13 +153,13 @@ def test_encounter_diagnosis_of_this_encounter_is_a_red_flag(knowledge, schemas)
 # ---- §6.3 time ----------------------------------------------------------------------------
 
 def test_sequela_fracture_with_old_copd_dyspnea_is_not_rated_for_kyphoplasty(knowledge, schemas):
-    response = respond(knowledge, schemas, body_of("facts-sequela-fracture-copd-kyphoplasty"))
+    response = respond(knowledge, schemas, request_body("facts-sequela-fracture-copd-kyphoplasty"))
     assert ratings(response) == []
     assert any("current vertebral fracture" in c["detail"] for c in cards(response, "info"))
 
 
 def test_worsening_needs_recent_onset(knowledge, schemas):
-    body = body_of("facts-sequela-fracture-copd-kyphoplasty")
+    body = request_body("facts-sequela-fracture-copd-kyphoplasty")
     condition(body, "-vcf")["code"] = {"coding": [{"system": ICD, "code": "M80.08XA"}]}
     condition(body, "-vcf")["onsetDateTime"] = "2026-10-26"
     assert ratings(respond(knowledge, schemas, body)) == []  # a current fracture, but dyspnea since 2019
@@ -176,7 +168,7 @@ def test_worsening_needs_recent_onset(knowledge, schemas):
 
 
 def test_fracture_healed_long_ago_is_not_current(knowledge, schemas):
-    body = body_of("facts-skin-cancer-history-kyphoplasty")
+    body = request_body("facts-skin-cancer-history-kyphoplasty")
     condition(body, "-vcf")["code"] = {"coding": [{"system": SCT, "code": "42942008"}]}
     condition(body, "-vcf")["onsetDateTime"] = "2023-05-01"
     assert ratings(respond(knowledge, schemas, body)) == []
@@ -185,7 +177,7 @@ def test_fracture_healed_long_ago_is_not_current(knowledge, schemas):
 # ---- §6.4 fragility fracture -------------------------------------------------------------
 
 def test_traumatic_code_in_osteoporosis_is_read_as_fragility_fracture(knowledge, schemas):
-    response = respond(knowledge, schemas, body_of("facts-fragility-traumatic-code-mri"))
+    response = respond(knowledge, schemas, request_body("facts-fragility-traumatic-code-mri"))
     assert ratings(response) == ["appropriate"]
     (card,) = response["cards"]
     assert card["indicator"] == "info" and "fragility" in card["summary"] and "I.C.13.d.2" in card["summary"]
@@ -194,7 +186,7 @@ def test_traumatic_code_in_osteoporosis_is_read_as_fragility_fracture(knowledge,
 
 
 def test_traumatic_code_without_osteoporosis_stays_outside_the_criteria(knowledge, schemas):
-    body = body_of("facts-fragility-traumatic-code-mri")
+    body = request_body("facts-fragility-traumatic-code-mri")
     body["prefetch"]["conditions"]["entry"] = [e for e in body["prefetch"]["conditions"]["entry"]
                                                if not e["resource"]["id"].endswith("-op")]
     response = respond(knowledge, schemas, body)
@@ -206,7 +198,7 @@ def test_traumatic_code_without_osteoporosis_stays_outside_the_criteria(knowledg
 
 @pytest.mark.parametrize("code", ["M46.24", "M46.46", "M46.56"])
 def test_spinal_infection_with_augmentation_is_critical_and_unrated(knowledge, schemas, code):
-    body = body_of("facts-osteomyelitis-kyphoplasty")
+    body = request_body("facts-osteomyelitis-kyphoplasty")
     condition(body, "-osm")["code"] = {"coding": [{"system": ICD, "code": code}]}
     response = respond(knowledge, schemas, body)
     (card,) = response["cards"]
@@ -220,12 +212,12 @@ def test_spinal_infection_with_augmentation_is_critical_and_unrated(knowledge, s
 # ---- §6.10 ratings when candidate variants agree -------------------------------------------
 
 def test_v2_and_v4_agree_on_mri_without_and_with_contrast(knowledge, schemas):
-    response = respond(knowledge, schemas, body_of("v4-asymptomatic-malignancy"))
+    response = respond(knowledge, schemas, request_body("v4-asymptomatic-malignancy"))
     assert ratings(response) == ["appropriate"] and response["cards"] == []
 
 
 def test_v6_and_v7_agree_that_ablation_is_not_appropriate(knowledge, schemas):
-    response = respond(knowledge, schemas, body_of("seed-003-ablation"))
+    response = respond(knowledge, schemas, request_body("seed-003-ablation"))
     assert ratings(response) == ["not-appropriate"]
     (card,) = response["cards"]
     assert card["indicator"] == "warning" and "V6 or V7" in card["detail"]
@@ -234,7 +226,7 @@ def test_v6_and_v7_agree_that_ablation_is_not_appropriate(knowledge, schemas):
 def test_agreement_on_appropriate_needs_variants_that_cover_every_case(knowledge, schemas):
     # V6 (marrow edema) and V7 (recent worsening) both rate augmentation Usually appropriate,
     # but a fracture with neither is in neither: no guess, the missing fact is asked for.
-    response = respond(knowledge, schemas, body_of("seed-003-v6-augmentation"))
+    response = respond(knowledge, schemas, request_body("seed-003-v6-augmentation"))
     assert ratings(response) == []
     assert "bone marrow edema" in response["cards"][0]["detail"]
 
@@ -242,7 +234,7 @@ def test_agreement_on_appropriate_needs_variants_that_cover_every_case(knowledge
 # ---- §6.8 region ---------------------------------------------------------------------------
 
 def test_cervical_mri_for_a_lumbar_fracture_is_a_mismatch(knowledge, schemas):
-    response = respond(knowledge, schemas, body_of("facts-cervical-mri-for-lumbar-fracture"))
+    response = respond(knowledge, schemas, request_body("facts-cervical-mri-for-lumbar-fracture"))
     assert ratings(response) == []
     (card,) = response["cards"]
     assert card["indicator"] == "warning"
@@ -250,7 +242,7 @@ def test_cervical_mri_for_a_lumbar_fracture_is_a_mismatch(knowledge, schemas):
 
 
 def test_lumbar_kyphoplasty_for_a_thoracic_fracture_is_a_mismatch(knowledge, schemas):
-    body = body_of("facts-lumbar-kyphoplasty-for-thoracic-fracture")
+    body = request_body("facts-lumbar-kyphoplasty-for-thoracic-fracture")
     response = respond(knowledge, schemas, body)
     assert ratings(response) == []
     (warning,) = cards(response, "warning")
@@ -264,7 +256,7 @@ def test_lumbar_kyphoplasty_for_a_thoracic_fracture_is_a_mismatch(knowledge, sch
 # ---- §6.9 asymptomatic ---------------------------------------------------------------------
 
 def test_augmentation_for_an_asymptomatic_fracture_gets_a_warning(knowledge, schemas):
-    response = respond(knowledge, schemas, body_of("facts-asymptomatic-fracture-kyphoplasty"))
+    response = respond(knowledge, schemas, request_body("facts-asymptomatic-fracture-kyphoplasty"))
     (warning,) = cards(response, "warning")
     assert "Asymptomatic" in warning["summary"] and "medical management" in warning["summary"]
     assert "appropriate" not in ratings(response)
@@ -273,10 +265,10 @@ def test_augmentation_for_an_asymptomatic_fracture_gets_a_warning(knowledge, sch
 # ---- PAMA_OFFICIAL_ONLY ----------------------------------------------------------------------
 
 def test_official_only_sends_no_rating_for_secondary_or_seed_cells(knowledge, schemas):
-    assert ratings(respond(knowledge, schemas, body_of("v2-malignancy-mri"))) == ["appropriate"]
-    assert ratings(respond(knowledge, schemas, body_of("v2-malignancy-mri"), pama_official_only=True)) == []
-    assert ratings(respond(knowledge, schemas, body_of("seed-001-v3-ct-without"), pama_official_only=True)) == []
-    official = respond(knowledge, schemas, body_of("v1-new-vcf-mri-with-contrast"), pama_official_only=True)
+    assert ratings(respond(knowledge, schemas, request_body("v2-malignancy-mri"))) == ["appropriate"]
+    assert ratings(respond(knowledge, schemas, request_body("v2-malignancy-mri"), pama_official_only=True)) == []
+    assert ratings(respond(knowledge, schemas, request_body("seed-001-v3-ct-without"), pama_official_only=True)) == []
+    official = respond(knowledge, schemas, request_body("v1-new-vcf-mri-with-contrast"), pama_official_only=True)
     assert ratings(official) == ["not-appropriate"]
 
 
@@ -284,7 +276,7 @@ def test_official_only_is_a_setting(tmp_path):
     assert Settings.load({"PAMA_OFFICIAL_ONLY": "true"}).pama_official_only is True
     assert Settings.load({}).pama_official_only is False
     client = make_app(PAMA_OFFICIAL_ONLY="true", DATA_DIR=str(tmp_path)).test_client()
-    resp = client.post("/cds-services/vcf-order-select", data=json.dumps(body_of("v2-malignancy-mri")),
+    resp = client.post("/cds-services/vcf-order-select", data=json.dumps(request_body("v2-malignancy-mri")),
                        content_type="application/json")
     assert resp.status_code == 200 and "systemActions" not in resp.get_json()
 
@@ -301,7 +293,7 @@ def _page(client, body: dict, summary_part: str) -> str:
 
 
 def test_explanation_says_variants_agreed_or_an_absolute_exclusion(client):
-    agreed = _page(client, body_of("seed-003-ablation"), "")
+    agreed = _page(client, request_body("seed-003-ablation"), "")
     assert "each rates this order alike" in agreed
-    excluded = _page(client, body_of("facts-osteomyelitis-kyphoplasty"), "")
+    excluded = _page(client, request_body("facts-osteomyelitis-kyphoplasty"), "")
     assert "absolute exclusion" in excluded and "CMS LCD L34228" in excluded

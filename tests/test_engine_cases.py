@@ -7,11 +7,10 @@ written from decision-rules.md; fhir_fixtures/expected/ holds the reviewed full 
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 
 import pytest
-from conftest import FIXTURES, load_json
+from conftest import FIXTURES, counter_ids, load_json, request_body
 
 from cds_service.decision.render import PAMA_BASE, RenderOptions
 from cds_service.pipeline import evaluate
@@ -22,17 +21,10 @@ CASES = load_json(FIXTURES / "cases.json")
 SERVICE = "vcf-order-select"
 
 
-def counter_ids():
-    n = itertools.count(1)
-    return lambda: f"00000000-0000-4000-8000-{next(n):012d}"
-
-
 def run(knowledge, schemas, body):
     return evaluate(knowledge, schemas, body, service_id=SERVICE, options=RenderOptions(new_id=counter_ids()))
 
 
-def body_of(case_id):
-    return load_json(FIXTURES / "requests" / f"{case_id}.json")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
@@ -70,12 +62,12 @@ def test_full_response_equals_reviewed_expected(case, knowledge, schemas):
 
 
 def test_not_appropriate_card_replaces_order_with_same_region_alternatives(knowledge, schemas):
-    out = run(knowledge, schemas, body_of("v1-new-vcf-mri-with-contrast"))
+    out = run(knowledge, schemas, request_body("v1-new-vcf-mri-with-contrast"))
     (card,) = out.rendered.response["cards"]
     assert card["indicator"] == "warning" and card["selectionBehavior"] == "at-most-one"
     assert card["source"]["topic"]["code"] == "V1"
     assert all(r["display"] for r in card["overrideReasons"])
-    draft = body_of("v1-new-vcf-mri-with-contrast")["context"]["draftOrders"]["entry"][0]["resource"]
+    draft = request_body("v1-new-vcf-mri-with-contrast")["context"]["draftOrders"]["entry"][0]["resource"]
     created = []
     for s in card["suggestions"]:
         # One update of the selected draft order: same id, every other field kept, code replaced.
@@ -93,7 +85,7 @@ def test_not_appropriate_card_replaces_order_with_same_region_alternatives(knowl
 
 
 def test_rating_action_carries_argonaut_pama_extensions(knowledge, schemas):
-    body = body_of("v1-new-vcf-mri-with-contrast")
+    body = request_body("v1-new-vcf-mri-with-contrast")
     sr = body["context"]["draftOrders"]["entry"][0]["resource"]
     sr["extension"] = [{"url": "http://example.org/ehr-ext", "valueString": "kept"}]
     out = run(knowledge, schemas, body)
@@ -110,14 +102,14 @@ def test_rating_action_carries_argonaut_pama_extensions(knowledge, schemas):
 
 
 def test_argonaut_copy_can_be_turned_off(knowledge, schemas):
-    out = evaluate(knowledge, schemas, body_of("v1-new-vcf-mri-with-contrast"), service_id=SERVICE,
+    out = evaluate(knowledge, schemas, request_body("v1-new-vcf-mri-with-contrast"), service_id=SERVICE,
                    options=RenderOptions(argonaut_copy=False))
     assert "systemActions" in out.rendered.response
     assert "extension" not in out.rendered.response
 
 
 def test_red_flag_suggests_only_what_is_not_already_ordered(knowledge, schemas):
-    body = body_of("seed-000-neuro-red-flags-mri")
+    body = request_body("seed-000-neuro-red-flags-mri")
     out = run(knowledge, schemas, body)
     critical = [c for c in out.rendered.response["cards"] if c["indicator"] == "critical"]
     assert len(critical) == 1
@@ -156,7 +148,7 @@ SCT = "http://snomed.info/sct"
 
 
 def test_traumatic_fracture_is_outside_the_criteria(knowledge, schemas):
-    body = _with_conditions(body_of("v1-new-vcf-mri-with-contrast"), ({"system": ICD, "code": "S32.010A"}, {}))
+    body = _with_conditions(request_body("v1-new-vcf-mri-with-contrast"), ({"system": ICD, "code": "S32.010A"}, {}))
     out = run(knowledge, schemas, body)
     assert out.decision.orders[0].choice.status == "excluded"
     assert out.decision.orders[0].pama is None
@@ -165,7 +157,7 @@ def test_traumatic_fracture_is_outside_the_criteria(knowledge, schemas):
 
 
 def test_malignancy_moves_the_same_patient_to_v2_with_secondary_provenance(knowledge, schemas):
-    body = _with_conditions(body_of("v1-new-vcf-mri-with-contrast"), ({"system": ICD, "code": "C79.51"}, {}))
+    body = _with_conditions(request_body("v1-new-vcf-mri-with-contrast"), ({"system": ICD, "code": "C79.51"}, {}))
     out = run(knowledge, schemas, body)
     od = out.decision.orders[0]
     assert od.variant.id == "V2" and od.pama == "appropriate" and od.rating.score == 9
@@ -179,7 +171,7 @@ def test_malignancy_moves_the_same_patient_to_v2_with_secondary_provenance(knowl
 
 
 def test_acuity_from_onset_when_no_seventh_character(knowledge, schemas):
-    body = body_of("v1-new-vcf-mri-with-contrast")
+    body = request_body("v1-new-vcf-mri-with-contrast")
     for e in body["prefetch"]["conditions"]["entry"]:
         if e["resource"]["id"] == "c-e0b69c73-vcf":
             e["resource"]["code"] = {"coding": [{"system": SCT, "code": "42942008"}]}
@@ -191,7 +183,7 @@ def test_acuity_from_onset_when_no_seventh_character(knowledge, schemas):
 
 
 def test_may_be_appropriate_gets_one_info_card_and_finer_coding(knowledge, schemas):
-    body = body_of("seed-001-v3-ct-without")
+    body = request_body("seed-001-v3-ct-without")
     body["context"]["draftOrders"]["entry"][0]["resource"]["code"]["coding"][0]["code"] = "78306"
     out = run(knowledge, schemas, body)
     (card,) = out.rendered.response["cards"]
@@ -202,7 +194,7 @@ def test_may_be_appropriate_gets_one_info_card_and_finer_coding(knowledge, schem
 
 
 def test_surgical_consultation_in_v7_is_steered_to_ir_referral(knowledge, schemas):
-    body = body_of("seed-004-v7-augmentation")
+    body = request_body("seed-004-v7-augmentation")
     body["context"]["draftOrders"]["entry"][0]["resource"]["code"] = {
         "coding": [{"system": SCT, "code": "308482002", "display": "Referral to neurosurgeon"}]}
     out = run(knowledge, schemas, body)
@@ -215,7 +207,7 @@ def test_surgical_consultation_in_v7_is_steered_to_ir_referral(knowledge, schema
 
 
 def test_ablation_in_v7_is_not_appropriate_and_offers_augmentation(knowledge, schemas):
-    body = body_of("seed-004-v7-augmentation")
+    body = request_body("seed-004-v7-augmentation")
     body["context"]["draftOrders"]["entry"][0]["resource"]["code"]["coding"][0]["code"] = "20982"
     out = run(knowledge, schemas, body)
     assert out.decision.orders[0].pama == "not-appropriate"
@@ -226,7 +218,7 @@ def test_ablation_in_v7_is_not_appropriate_and_offers_augmentation(knowledge, sc
 
 
 def test_inactive_and_refuted_conditions_are_not_facts(knowledge, schemas):
-    body = body_of("v1-new-vcf-mri-with-contrast")
+    body = request_body("v1-new-vcf-mri-with-contrast")
     for e in body["prefetch"]["conditions"]["entry"]:
         e["resource"]["clinicalStatus"]["coding"][0]["code"] = "resolved"
     out = run(knowledge, schemas, body)
@@ -241,20 +233,20 @@ def test_inactive_and_refuted_conditions_are_not_facts(knowledge, schemas):
 
 
 def test_same_request_same_response(knowledge, schemas):
-    body = body_of("seed-000-neuro-red-flags-mri")
+    body = request_body("seed-000-neuro-red-flags-mri")
     assert run(knowledge, schemas, body).rendered.response == run(knowledge, schemas, body).rendered.response
 
 
 @pytest.mark.parametrize("status", ["entered-in-error", "revoked", "completed"])
 def test_orders_no_longer_being_placed_are_not_rated(status, knowledge, schemas):
-    body = body_of("v1-new-vcf-mri-with-contrast")
+    body = request_body("v1-new-vcf-mri-with-contrast")
     body["context"]["draftOrders"]["entry"][0]["resource"]["status"] = status
     out = run(knowledge, schemas, body)
     assert out.decision.orders[0].pama is None and out.rendered.response["cards"] == []
 
 
 def test_an_order_for_another_patient_is_refused(knowledge, schemas):
-    body = body_of("v1-new-vcf-mri-with-contrast")
+    body = request_body("v1-new-vcf-mri-with-contrast")
     body["context"]["draftOrders"]["entry"][0]["resource"]["subject"] = {"reference": "Patient/someone-else"}
     with pytest.raises(RequestError) as err:
         run(knowledge, schemas, body)

@@ -5,7 +5,6 @@ render_response -> validate_response, and evaluate as their composition."""
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import shutil
 from dataclasses import replace
@@ -13,7 +12,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, load_json
+from conftest import FIXTURES, counter_ids, load_json
 
 from cds_service.decision.knowledge import load_knowledge
 from cds_service.decision.render import PAMA_BASE, RenderOptions
@@ -38,11 +37,6 @@ TYPICAL = FIXTURES / "bench" / "typical-request.json"
 V1 = FIXTURES / "requests" / "v1-new-vcf-mri-with-contrast.json"
 CONSULT_ID_URL = PAMA_BASE + "pama-rating-consult-id"
 OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "forbidden"}]}
-
-
-def counter_ids():
-    n = itertools.count(1)
-    return lambda: f"00000000-0000-4000-8000-{next(n):012d}"
 
 
 READING = ["radiologyReports", "medicationRequests", "medicationStatements", "coagulationLabs"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import base64
 import copy
-import itertools
 import json
 from urllib.parse import urlsplit
 
-from conftest import FIXTURES, load_json, make_app
+from conftest import counter_ids, make_app, request_body
 
 from cds_service.decision.render import RenderOptions
 from cds_service.pipeline import evaluate
@@ -18,17 +17,10 @@ SERVICE = "vcf-order-select"
 SENTENCE = "Extensive bone marrow edema is present throughout the vertebral body on STIR images"
 
 
-def counter_ids():
-    n = itertools.count(1)
-    return lambda: f"00000000-0000-4000-8000-{next(n):012d}"
-
-
 def run(knowledge, schemas, body):
     return evaluate(knowledge, schemas, body, service_id=SERVICE, options=RenderOptions(new_id=counter_ids()))
 
 
-def request(case_id):
-    return load_json(FIXTURES / "requests" / f"{case_id}.json")
 
 
 def cards(out):
@@ -40,7 +32,7 @@ def details(out) -> str:
 
 
 def test_seed_003_mri_report_gives_variant_6_and_augmentation_usually_appropriate(knowledge, schemas):
-    out = run(knowledge, schemas, request("reading-seed-003-mri-report-v6"))
+    out = run(knowledge, schemas, request_body("reading-seed-003-mri-report-v6"))
     [od] = out.decision.orders
     assert od.variant is not None and od.variant.id == "V6"
     assert od.rating is not None and od.rating.category == "UA"
@@ -59,7 +51,7 @@ def test_seed_003_mri_report_gives_variant_6_and_augmentation_usually_appropriat
 
 
 def test_without_the_report_seed_003_is_not_rated(knowledge, schemas):
-    body = request("reading-seed-003-mri-report-v6")
+    body = request_body("reading-seed-003-mri-report-v6")
     del body["prefetch"]["radiologyReports"]
     out = run(knowledge, schemas, body)
     [od] = out.decision.orders
@@ -68,7 +60,7 @@ def test_without_the_report_seed_003_is_not_rated(knowledge, schemas):
 
 
 def test_edema_at_another_level_than_the_fracture_is_not_variant_6(knowledge, schemas):
-    body = request("reading-seed-003-mri-report-v6")
+    body = request_body("reading-seed-003-mri-report-v6")
     report = body["prefetch"]["radiologyReports"]["entry"][0]["resource"]
     report["conclusion"] = "Acute compression fracture of L3 with extensive bone marrow edema at L3."
     body["prefetch"]["conditions"]["entry"][1]["resource"]["code"]["text"] = "Acute T8 compression fracture"
@@ -83,7 +75,7 @@ def test_edema_at_another_level_than_the_fracture_is_not_variant_6(knowledge, sc
 
 
 def test_negated_edema_is_not_read_as_edema(knowledge, schemas):
-    body = request("reading-seed-003-mri-report-v6")
+    body = request_body("reading-seed-003-mri-report-v6")
     report = body["prefetch"]["radiologyReports"]["entry"][0]["resource"]
     report["conclusion"] = "Acute T8 compression fracture. No bone marrow edema. No intravertebral cleft."
     out = run(knowledge, schemas, body)
@@ -95,7 +87,7 @@ def test_negated_edema_is_not_read_as_edema(knowledge, schemas):
 
 
 def test_report_sentence_is_escaped_on_the_card(knowledge, schemas):
-    body = request("reading-seed-003-mri-report-v6")
+    body = request_body("reading-seed-003-mri-report-v6")
     report = body["prefetch"]["radiologyReports"]["entry"][0]["resource"]
     report["conclusion"] = "Acute T8 fracture with extensive bone marrow edema <img src=x> at T8 [see](http://x)."
     out = run(knowledge, schemas, body)
@@ -106,7 +98,7 @@ def test_report_sentence_is_escaped_on_the_card(knowledge, schemas):
 
 
 def test_presented_form_text_is_read_when_there_is_no_conclusion(knowledge, schemas):
-    body = request("reading-seed-003-mri-report-v6")
+    body = request_body("reading-seed-003-mri-report-v6")
     report = body["prefetch"]["radiologyReports"]["entry"][0]["resource"]
     text = "FINDINGS: Acute T8 compression fracture. STIR hyperintensity in the T8 vertebral body."
     report["presentedForm"] = [{"contentType": "text/plain; charset=utf-8",
@@ -117,7 +109,7 @@ def test_presented_form_text_is_read_when_there_is_no_conclusion(knowledge, sche
 
 
 def test_no_spine_mri_on_record_suggests_an_mri_without_contrast_first(knowledge, schemas):
-    out = run(knowledge, schemas, request("reading-seed-003-no-spine-mri"))
+    out = run(knowledge, schemas, request_body("reading-seed-003-no-spine-mri"))
     checklist = next(c for c in cards(out) if c["summary"].startswith("Before vertebral augmentation"))
     assert "order an MRI of the thoracic spine without contrast first" in checklist["summary"]
     assert "no MRI showing bone marrow edema" not in checklist["detail"]
@@ -128,7 +120,7 @@ def test_no_spine_mri_on_record_suggests_an_mri_without_contrast_first(knowledge
 
 
 def test_synthea_alendronate_record_gets_no_therapy_reminder(knowledge, schemas):
-    body = request("reading-synthea-willia-alendronate-kyphoplasty")
+    body = request_body("reading-synthea-willia-alendronate-kyphoplasty")
     out = run(knowledge, schemas, body)
     assert "Osteoporosis therapy" not in details(out)
     assert "Alendronic acid 10 MG Oral Tablet (RxNorm 904419): osteoporosis therapy" in details(out)
@@ -139,13 +131,13 @@ def test_synthea_alendronate_record_gets_no_therapy_reminder(knowledge, schemas)
     assert "Not available to this service, so not checked: radiology reports, medications, INR and platelet results." \
         in details(out)
     # With the medications read and no reports: the card asking for MRI edema says it could not read them.
-    body = request("reading-synthea-willia-alendronate-kyphoplasty")
+    body = request_body("reading-synthea-willia-alendronate-kyphoplasty")
     [card] = cards(run(knowledge, schemas, body))
     assert "Radiology reports were not available to this service" in card["detail"]
 
 
 def test_synthea_mri_fixture_carries_the_medication_requests(knowledge, schemas):
-    body = request("synthea-willia-runolfsdottir")
+    body = request_body("synthea-willia-runolfsdottir")
     entries = body["prefetch"]["medicationRequests"]["entry"]
     assert [e["resource"]["medicationCodeableConcept"]["coding"][0]["code"] for e in entries] == ["904419"]
     out = run(knowledge, schemas, body)
@@ -153,7 +145,7 @@ def test_synthea_mri_fixture_carries_the_medication_requests(knowledge, schemas)
 
 
 def test_inr_2_8_two_days_before_kyphoplasty_is_named_with_the_sir_threshold(knowledge, schemas):
-    out = run(knowledge, schemas, request("reading-inr-2-8-kyphoplasty"))
+    out = run(knowledge, schemas, request_body("reading-inr-2-8-kyphoplasty"))
     [card] = cards(out)
     assert card["indicator"] == "warning"
     assert "INR 2.8 is out of range" in card["summary"]
@@ -165,7 +157,7 @@ def test_inr_2_8_two_days_before_kyphoplasty_is_named_with_the_sir_threshold(kno
 
 
 def test_low_platelets_are_named_too(knowledge, schemas):
-    body = request("reading-inr-2-8-kyphoplasty")
+    body = request_body("reading-inr-2-8-kyphoplasty")
     labs = body["prefetch"]["coagulationLabs"]["entry"]
     labs[0]["resource"]["valueQuantity"]["value"] = 1.1
     labs[1]["resource"]["valueQuantity"]["value"] = 38
@@ -176,14 +168,14 @@ def test_low_platelets_are_named_too(knowledge, schemas):
 
 
 def test_old_labs_are_not_used(knowledge, schemas):
-    body = request("reading-inr-2-8-kyphoplasty")
+    body = request_body("reading-inr-2-8-kyphoplasty")
     for e in body["prefetch"]["coagulationLabs"]["entry"]:
         e["resource"]["effectiveDateTime"] = "2026-08-01T08:00:00-05:00"
     assert "INR 2.8" not in details(run(knowledge, schemas, body))
 
 
 def test_edema_at_a_previously_augmented_level_is_not_a_new_fracture(knowledge, schemas):
-    out = run(knowledge, schemas, request("reading-edema-at-treated-level"))
+    out = run(knowledge, schemas, request_body("reading-edema-at-treated-level"))
     [od] = out.decision.orders
     assert od.pama is None
     assert "the marrow edema in the report is at L1, a level treated by vertebral augmentation before" in details(out)
@@ -191,7 +183,7 @@ def test_edema_at_a_previously_augmented_level_is_not_a_new_fracture(knowledge, 
 
 
 def test_same_study_recently_names_the_earlier_report(knowledge, schemas):
-    out = run(knowledge, schemas, request("reading-same-study-mri-thoracic"))
+    out = run(knowledge, schemas, request_body("reading-same-study-mri-thoracic"))
     [card] = cards(out)
     assert card["indicator"] == "info"
     assert card["summary"] == "Same study reported 2026-11-09: read that report first"
@@ -200,14 +192,14 @@ def test_same_study_recently_names_the_earlier_report(knowledge, schemas):
 
 
 def test_incidental_fracture_on_a_chest_ct_without_back_pain_reads_as_asymptomatic(knowledge, schemas):
-    out = run(knowledge, schemas, request("reading-incidental-fracture-chest-ct"))
+    out = run(knowledge, schemas, request_body("reading-incidental-fracture-chest-ct"))
     [od] = out.decision.orders
     assert od.variant is not None and od.variant.id == "V5"
     warning = next(c for c in cards(out) if c["indicator"] == "warning")
     assert "“Incidental age-indeterminate compression deformity of T7" in warning["detail"]
     assert "(from report text, unconfirmed): asymptomatic" in warning["detail"]
     # With recent back pain on record the same report does not make the fracture asymptomatic.
-    body = request("reading-incidental-fracture-chest-ct")
+    body = request_body("reading-incidental-fracture-chest-ct")
     pain = copy.deepcopy(body["prefetch"]["conditions"]["entry"][0])
     pain["resource"]["id"] = "c-pain"
     pain["resource"]["code"] = {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M54.6",
@@ -219,14 +211,14 @@ def test_incidental_fracture_on_a_chest_ct_without_back_pain_reads_as_asymptomat
 
 
 def test_a_request_without_the_reading_keys_still_works_and_names_what_was_not_read(knowledge, schemas):
-    out = run(knowledge, schemas, request("seed-004-v7-augmentation"))
+    out = run(knowledge, schemas, request_body("seed-004-v7-augmentation"))
     assert out.decision.orders[0].pama == "appropriate"
     assert "Not available to this service, so not checked: radiology reports, medications, INR and platelet results." \
         in details(out)
 
 
 def test_why_this_advice_page_shows_the_report_sentence_escaped_and_unconfirmed(client):
-    body = request("reading-seed-003-mri-report-v6")
+    body = request_body("reading-seed-003-mri-report-v6")
     report = body["prefetch"]["radiologyReports"]["entry"][0]["resource"]
     report["conclusion"] = "Acute T8 compression fracture with extensive bone marrow edema at T8 <b>bold</b>."
     resp = client.post("/cds-services/vcf-order-select", json=body)
@@ -257,7 +249,7 @@ def test_warm_up_reads_a_report_sentence_before_the_first_order(app):
 
 
 def test_a_drug_known_only_by_name_counts_and_is_marked_unconfirmed(knowledge, schemas):
-    body = request("reading-synthea-willia-alendronate-kyphoplasty")
+    body = request_body("reading-synthea-willia-alendronate-kyphoplasty")
     [entry] = body["prefetch"]["medicationRequests"]["entry"]
     entry["resource"]["medicationCodeableConcept"] = {"text": "Fosamax 70 mg weekly"}
     out = run(knowledge, schemas, body)
@@ -266,7 +258,7 @@ def test_a_drug_known_only_by_name_counts_and_is_marked_unconfirmed(knowledge, s
 
 
 def test_a_stopped_order_counts_only_while_recent_and_says_so(knowledge, schemas):
-    body = request("reading-synthea-willia-alendronate-kyphoplasty")
+    body = request_body("reading-synthea-willia-alendronate-kyphoplasty")
     [entry] = body["prefetch"]["medicationRequests"]["entry"]
     entry["resource"]["status"] = "stopped"
     entry["resource"]["dispenseRequest"] = {"validityPeriod": {"start": "2025-06-01", "end": "2026-06-01"}}
@@ -278,7 +270,7 @@ def test_a_stopped_order_counts_only_while_recent_and_says_so(knowledge, schemas
 
 
 def test_a_malformed_report_is_skipped_and_listed(knowledge, schemas):
-    body = request("reading-seed-003-mri-report-v6")
+    body = request_body("reading-seed-003-mri-report-v6")
     bad = copy.deepcopy(body["prefetch"]["radiologyReports"]["entry"][0])
     bad["resource"]["id"] = "dr-broken"
     bad["resource"]["effectiveDateTime"] = "last Tuesday"
@@ -292,7 +284,7 @@ def test_a_malformed_report_is_skipped_and_listed(knowledge, schemas):
 
 
 def test_reading_keys_from_a_server_not_allowlisted_are_not_read_and_not_refused():
-    body = request("reading-seed-003-mri-report-v6")
+    body = request_body("reading-seed-003-mri-report-v6")
     for key in ("radiologyReports", "medicationRequests", "medicationStatements", "coagulationLabs"):
         del body["prefetch"][key]
     client = make_app(FHIR_ALLOWLIST="https://another-ehr.example.org/fhir").test_client()
@@ -303,7 +295,7 @@ def test_reading_keys_from_a_server_not_allowlisted_are_not_read_and_not_refused
 
 
 def test_edema_whose_level_cannot_be_tied_to_the_fracture_is_shown_for_confirmation(knowledge, schemas):
-    body = request("reading-seed-003-mri-report-v6")
+    body = request_body("reading-seed-003-mri-report-v6")
     body["prefetch"]["conditions"]["entry"][1]["resource"]["code"]["text"] = "Osteoporotic compression fracture"
     report = body["prefetch"]["radiologyReports"]["entry"][0]["resource"]
     report["conclusion"] = "Bone marrow edema is present in a mid-thoracic vertebral body."
