@@ -73,8 +73,8 @@ class TextFinding:
 
 
 @dataclass(frozen=True)
-class ReportFinding:
-    """A finding read from one report, with its evidence.
+class ReportFinding(TextFinding):
+    """A finding read from one report: the :class:`TextFinding` plus the report it was read from.
 
     ``present`` is True when the mention is affirmed (or uncertain, for findings whose
     ``uncertainCounts`` is set, e.g. features suspicious for malignancy). ``levels`` are
@@ -82,16 +82,6 @@ class ReportFinding:
     ``unconfirmed``: it comes from free text, not a coded fact.
     """
 
-    finding: str
-    label: str
-    status: Status
-    present: bool
-    levels: tuple[str, ...]
-    level_inferred: bool
-    acuity: str | None
-    incidental: bool
-    sentence: str
-    matched: str
     report_id: str | None
     report_date: str | None
     modality: str | None
