@@ -17,13 +17,20 @@ here, in this order (each failure raises :class:`AuthError`):
 5. PyJWT verifies the signature and the claims: ``iss``, ``aud``, ``exp``, ``iat``, ``jti``
    required; ``aud`` equal to the exact URL called; ``exp``/``iat``/``nbf`` with a small
    leeway; ``tenant`` (optional) a string;
-6. ``jti`` was not seen before from this issuer within the token's lifetime (:mod:`.replay`).
+6. ``jti`` was not seen before from this issuer within the token's lifetime (:mod:`.replay`);
+   a caller may take this step over (``record_replay=False``) to record the ``jti`` in the
+   same database transaction as the call's audit record.
+
+The token is decoded by PyJWT once, with the key: the JOSE header and ``iss`` that pick the
+key are read beforehand by :func:`_peek` (base64url and JSON only; nothing read there is
+trusted before PyJWT has verified the signature and ``iss``).
 
 Nothing here knows about HTTP; ``security.py`` turns :class:`AuthError` into a 401.
 """
 
 from __future__ import annotations
 
+import binascii
 import json
 import re
 import threading
@@ -35,6 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+from jwt.utils import base64url_decode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cds_service.fhir.policy import is_loopback
@@ -98,12 +106,20 @@ class VerifiedClient:
         tenant: the optional ``tenant`` claim (the healthcare organization), or None.
         token_id: the ``jti`` claim.
         expires_at: the ``exp`` claim, POSIX seconds.
+        replay_until: until when (POSIX seconds: ``exp`` plus the leeway) the ``jti`` must be
+            remembered to refuse a replay.
     """
 
     issuer: str
     tenant: str | None
     token_id: str
     expires_at: float
+    replay_until: float = 0.0
+
+    @property
+    def replay_key(self) -> str:
+        """The replay cache key of this token: ``"<iss> <jti>"`` (jti values are unique per issuer)."""
+        return f"{self.issuer} {self.token_id}"
 
 
 # ------------------------------------------------------------------ trusted issuers
@@ -201,6 +217,9 @@ class TrustedIssuer:
                  clock: Clock = time.monotonic) -> None:
         self.iss = iss
         self._jwks = jwks
+        # kid -> parsed key of the pinned set (the first of a kid wins, as in PyJWKSet): one
+        # dict lookup per call instead of a scan.
+        self._pinned = {k.key_id: k for k in reversed(jwks.keys) if k.key_id is not None} if jwks is not None else {}
         self._key_sets = {url: IssuerKeySet(url, clock=clock) for url in jku}
 
     def signing_key(self, kid: str, jku: str | None) -> jwt.PyJWK:
@@ -211,10 +230,9 @@ class TrustedIssuer:
         ``jku`` off the allowlist (not fetched) or an unreachable or unusable JWK Set.
         """
         if self._jwks is not None:
-            try:
-                key = self._jwks[kid]
-            except KeyError:
-                raise AuthError("no key with this kid in the issuer's jwks_file") from None
+            key = self._pinned.get(kid)
+            if key is None:
+                raise AuthError("no key with this kid in the issuer's jwks_file")
             if key.public_key_use not in ("sig", None):
                 raise AuthError("the kid names a key not meant for signatures")
             return key
@@ -295,18 +313,21 @@ class TokenVerifier:
         self._replay = replay_cache
         self._leeway = leeway_seconds
         self._max_lifetime = max_lifetime_seconds
+        # One PyJWT decoder with its options merged once, rather than per call.
+        self._jwt = jwt.PyJWT({"require": list(REQUIRED_CLAIMS)})
 
-    def verify_request_token(self, authorization: str | None, audience: str) -> VerifiedClient:
+    def verify_request_token(self, authorization: str | None, audience: str, *,
+                             record_replay: bool = True) -> VerifiedClient:
         """Check the ``Authorization`` header value of a call to ``audience`` (the exact URL).
+
+        ``record_replay=False`` leaves step 6 (the ``jti`` replay check) to the caller, which
+        then records :attr:`VerifiedClient.replay_key` until :attr:`VerifiedClient.replay_until`
+        itself (the hook call does, in its audit transaction).
 
         Returns the :class:`VerifiedClient`. Raises :class:`AuthError` with the reason.
         """
         token = _bearer_token(authorization)
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise AuthError("token is not a well-formed JWT") from None
+        header, unverified = _peek(token)
         alg, kid, jku = header.get("alg"), header.get("kid"), header.get("jku")
         if alg not in ACCEPTED_ALGORITHMS:
             raise AuthError("alg is not an accepted asymmetric algorithm")
@@ -322,8 +343,8 @@ class TokenVerifier:
         try:
             # The key object, not the PyJWK: a JWK Set entry without "alg" would otherwise pin
             # RSA keys to RS256. The algorithm list is ours, so the token cannot pick HMAC.
-            claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=iss,
-                                leeway=self._leeway, options={"require": list(REQUIRED_CLAIMS)})
+            claims = self._jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=iss,
+                                      leeway=self._leeway)
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
             raise AuthError(_pyjwt_reason(exc)) from None
         jti, tenant = claims["jti"], claims.get("tenant")
@@ -342,9 +363,28 @@ class TokenVerifier:
             raise AuthError("exp is out of range") from None
         if lifetime > self._max_lifetime:
             raise AuthError("token lifetime (exp - iat) is longer than JWT_MAX_LIFETIME_SECONDS")
-        if not self._replay.remember(f"{iss} {jti}", expires_at + self._leeway):
+        client = VerifiedClient(issuer=iss, tenant=tenant, token_id=jti, expires_at=expires_at,
+                                replay_until=expires_at + self._leeway)
+        if record_replay and not self._replay.remember(client.replay_key, client.replay_until):
             raise AuthError("jti replayed")
-        return VerifiedClient(issuer=iss, tenant=tenant, token_id=jti, expires_at=expires_at)
+        return client
+
+
+def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JOSE header and the claims of a compact JWS (RFC 7515 §7.1), unverified: only to
+    pick the issuer and key; PyJWT then decodes and verifies the token itself.
+
+    Raises :class:`AuthError` when either part is not base64url of a JSON object.
+    """
+    try:
+        header_b64, payload_b64, _ = token.split(".")
+        header = json.loads(base64url_decode(header_b64))
+        payload = json.loads(base64url_decode(payload_b64))
+    except (ValueError, binascii.Error, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise AuthError("token is not a well-formed JWT") from None
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise AuthError("token is not a well-formed JWT")
+    return header, payload
 
 
 def _pyjwt_reason(exc: Exception) -> str:
