@@ -39,6 +39,7 @@ from client_tokens import (
 from conftest import FIXTURES, load_json, make_app
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from replay import table_rows
 
 from cds_service.observability import MULTIPROC_ENV
 from cds_service.ops import server
@@ -46,6 +47,8 @@ from cds_service.ops.cli import main as cli_main
 from cds_service.security.auth import AuthError, TokenVerifier, load_trusted_issuers
 from cds_service.security.replay import MemoryReplayCache
 from cds_service.settings import SettingsError
+from cds_service.store.tables import AuditCall
+from cds_service.web.state import state_of
 
 SERVICE = "/cds-services/vcf-order-select"
 REQUEST = load_json(FIXTURES / "requests" / "v1-new-vcf-mri-with-contrast.json")
@@ -448,16 +451,37 @@ def test_replay_on_another_worker_is_refused_through_the_database(issuers_file, 
     assert_refused(post(second, token))
 
 
+def test_a_replay_found_in_the_database_leaves_no_record_and_refused_calls_consume_their_jti(issuers_file,
+                                                                                           jwks_server):
+    # Two workers on one database: a replay reaching the other one is found when the call's
+    # audit record and jti are written (one transaction), after the call was evaluated.
+    first = make_app(AUTH="on", TRUSTED_ISSUERS=str(issuers_file)).test_client()
+    second = make_app(AUTH="on", TRUSTED_ISSUERS=str(issuers_file)).test_client()
+    token = sandbox(jwks_server)
+    assert post(first, token).status_code == 200
+    assert_refused(post(second, token))
+    refused = sandbox(jwks_server)  # a call answered 400 has used its token all the same
+    assert post(first, refused, body={"hook": "order-select"}).status_code == 400
+    assert_refused(post(second, refused))
+    unknown = "/cds-services/unknown-service"  # so has one answered 404, which has no audit record
+    not_found = sandbox(jwks_server, unknown)
+    assert post(first, not_found, unknown).status_code == 404
+    assert_refused(post(second, not_found, unknown))
+    calls = table_rows(state_of(first.application).database, AuditCall)
+    assert sorted(c["status"] for c in calls) == [200, 400]  # nothing of the replayed calls
+
+
 def test_replay_cache_falls_back_to_the_process_while_the_database_is_down(issuers_file, jwks_server, caplog,
                                                                           monkeypatch):
     from sqlalchemy.exc import OperationalError
 
-    from cds_service.store.db import DatabaseReplayCache
+    from cds_service.store.db import Database
 
-    def database_down(self, key, expires_at):
+    def database_down(self, conn, key, expires_at):
         raise OperationalError("INSERT ...", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(DatabaseReplayCache, "remember", database_down)
+    # The replay entry cannot be written, whether alone or in the hook call's audit transaction.
+    monkeypatch.setattr(Database, "remember_token", database_down)
     client = make_app(AUTH="on", TRUSTED_ISSUERS=str(issuers_file)).test_client()
     token = sandbox(jwks_server)
     with caplog.at_level(logging.ERROR, logger="cds_service"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from datetime import UTC, datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,6 +17,7 @@ from sqlalchemy import inspect, text
 from cds_service.app import state_of
 from cds_service.ops.cli import main
 from cds_service.settings import Settings, SettingsError
+from cds_service.store.audit import CallRecord, TokenReplayed, write_record
 from cds_service.store.db import Database, DatabaseError, DatabaseReplayCache, head_revision
 from cds_service.store.tables import Base
 
@@ -169,6 +171,28 @@ def test_replay_cache_admits_a_token_once_across_processes(database):
 
     results = run_in_processes(remember, ["iss|raced"] * 4)
     assert sorted(results) == [False, False, False, True]
+
+
+def test_racing_calls_with_one_jti_keep_one_audit_record(database):
+    """Workers writing their calls' audit records with the same jti at the same moment: one
+    transaction wins, the others are refused as replays and leave nothing behind."""
+    database.dispose()
+
+    def write(n: int) -> bool:
+        database.engine.dispose(close=False)  # never reuse the parent's pooled connections
+        call = {"called_at": datetime.now(UTC), "service_id": "vcf-order-select", "hook_instance": f"call-{n}",
+                "patient_hmac": None, "status": 200, "issue_code": None, "latency_ms": 1.0,
+                "knowledge_version": "test"}
+        try:
+            write_record(database, CallRecord(call), ("iss|raced", time.time() + 300))
+        except TokenReplayed:
+            return False
+        return True
+
+    assert sorted(run_in_processes(write, [0, 1, 2, 3])) == [False, False, False, True]
+    with database.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit_call")).scalar_one() == 1
+    assert DatabaseReplayCache(database).remember("iss|raced", time.time() + 300) is False
 
 
 def test_replay_cache_refuses_when_the_database_is_down():

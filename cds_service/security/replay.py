@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 log = logging.getLogger("cds_service.security.replay")
@@ -73,6 +74,11 @@ class FallbackReplayCache:
     narrowed to this process until the database answers again. Every id is also recorded in
     ``fallback``, so a replay inside this process is caught either way. The primary must
     bound its own wait: this class adds none (it has no thread to leave behind).
+
+    :meth:`remember` is :meth:`remember_here` then :meth:`remember_shared`. A caller that
+    writes the shared record itself, in a transaction of its own (the hook call's audit
+    record), calls :meth:`remember_here` first, then :meth:`pending` for what to write, and
+    reports a failed write with :meth:`shared_unavailable`.
     """
 
     def __init__(self, primary: ReplayCache, fallback: ReplayCache) -> None:
@@ -82,10 +88,45 @@ class FallbackReplayCache:
 
     def remember(self, key: str, expires_at: float) -> bool:
         """See :meth:`ReplayCache.remember`."""
-        local = self._fallback.remember(key, expires_at)
+        local = self.remember_here(key, expires_at)
+        return self.remember_shared(key, expires_at) and local
+
+    def remember_here(self, key: str, expires_at: float) -> bool:
+        """:meth:`ReplayCache.remember` in this process only (no I/O)."""
+        return self._fallback.remember(key, expires_at)
+
+    def remember_shared(self, key: str, expires_at: float) -> bool:
+        """:meth:`ReplayCache.remember` in the shared cache; True (not a replay, as far as is
+        known) when it cannot answer, after :meth:`shared_unavailable`."""
         try:
-            return self._primary.remember(key, expires_at) and local
+            return self._primary.remember(key, expires_at)
         except Exception as exc:  # any driver error: the database is not answering
-            self.failures += 1
-            log.error("replay cache database unavailable (%s); checking this process only", type(exc).__name__)
-            return local
+            self.shared_unavailable(exc)
+            return True
+
+    def shared_unavailable(self, exc: BaseException) -> None:
+        """Count and log a shared record that could not be written (the exception type only:
+        driver messages repeat the statement's parameters)."""
+        self.failures += 1
+        log.error("replay cache database unavailable (%s); checking this process only", type(exc).__name__)
+
+    def pending(self, key: str, expires_at: float) -> PendingToken:
+        """The shared record still to write for ``key`` (already accepted by :meth:`remember_here`)."""
+        return PendingToken(key, expires_at, self)
+
+
+@dataclass(frozen=True)
+class PendingToken:
+    """A token id accepted by this process whose shared record is still to be written, by
+    whoever takes it (:func:`cds_service.store.audit.record_outcome`: in the audit transaction).
+
+    Attributes:
+        key: the issuer-namespaced token id (``"<iss> <jti>"``).
+        expires_at: POSIX seconds until which it must be remembered.
+        cache: where a failed write is reported (:meth:`FallbackReplayCache.shared_unavailable`)
+            and where it is written alone (:meth:`FallbackReplayCache.remember_shared`).
+    """
+
+    key: str
+    expires_at: float
+    cache: FallbackReplayCache

@@ -12,6 +12,11 @@ The hook must not fail or wait on the database: :func:`record_outcome` and
 (:meth:`cds_service.store.db.Database.bounded`; a write that outlives the bound may still
 land); a failed or late write is counted in the trail's :class:`FailureCounter` (and the
 ``vcf_cds_audit_write_failures_total`` metric) and logged without patient data.
+
+With client authentication on, the call's ``jti`` replay entry is written in the same
+transaction as its audit record (one database step per call, see :func:`write_record`): a
+``jti`` another process recorded first makes the call a 401 and leaves no record; a call
+refused with 400/412 consumes its ``jti`` too.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from cds_service.decision.knowledge import Knowledge
 from cds_service.decision.outcome import Outcome
 from cds_service.observability import count_audit_write_failure
 from cds_service.protocol.errors import RequestError
+from cds_service.security.replay import PendingToken
 from cds_service.settings import Settings, SettingsError
 from cds_service.store.db import Database, DatabaseReplayCache, ensure_data_dir
 from cds_service.store.explanation import order_evidence
@@ -160,19 +166,40 @@ def _clip(value: Any, limit: int) -> str | None:
     return value[:limit].replace("\x00", "\ufffd") if isinstance(value, str) else None
 
 
-def write_record(db: Database, record: CallRecord) -> int:
-    """Insert one call with its orders and cards in one transaction; return the call id.
+class TokenReplayed(Exception):
+    """The call's ``jti`` is already recorded and live: a replay. Nothing of the call was written."""
 
-    Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot be written.
+
+# Built once: SQLAlchemy compiles each once per dialect and reuses it (its compiled cache).
+_INSERT_CALL = insert(AuditCall.__table__)
+_INSERT_ORDER = insert(AuditOrder.__table__)
+_INSERT_CARD = insert(AuditCard.__table__)
+
+
+def write_record(db: Database, record: CallRecord | None, token: tuple[str, float] | None = None) -> int | None:
+    """Insert one call with its orders and cards, and the replay entry of the call's ``jti``
+    (``token``: issuer-namespaced key, POSIX seconds to keep it), in one transaction: one
+    statement per table (orders and cards each one multi-row insert). Returns the call id
+    (None without ``record``: the replay entry alone).
+
+    The replay entry goes first (:meth:`Database.remember_token`): a replay raises
+    :class:`TokenReplayed` and the transaction is rolled back, so a refused call leaves no
+    audit record; two calls racing with one ``jti`` are ordered by its primary key and the
+    second one is refused. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot
+    be written (then nothing was written: neither the record nor the replay entry).
     """
     with db.transaction() as conn:
-        inserted = conn.execute(insert(AuditCall).values(**record.call)).inserted_primary_key
+        if token is not None and not db.remember_token(conn, *token):
+            raise TokenReplayed
+        if record is None:
+            return None
+        inserted = conn.execute(_INSERT_CALL, record.call).inserted_primary_key
         assert inserted is not None  # a single-row INSERT always has one
         call_id = inserted[0]
         if record.orders:
-            conn.execute(insert(AuditOrder), [{**o, "call_id": call_id} for o in record.orders])
+            conn.execute(_INSERT_ORDER, [{**o, "call_id": call_id} for o in record.orders])
         if record.cards:
-            conn.execute(insert(AuditCard), [{**c, "call_id": call_id} for c in record.cards])
+            conn.execute(_INSERT_CARD, [{**c, "call_id": call_id} for c in record.cards])
     return call_id
 
 
@@ -214,31 +241,55 @@ class AuditTrail:
     failures: FailureCounter = field(default_factory=FailureCounter)
 
 
-def record_outcome(trail: AuditTrail, service_id: str, outcome: Outcome, started: float) -> None:
+def record_outcome(trail: AuditTrail, service_id: str, outcome: Outcome, started: float,
+                   token: PendingToken | None = None) -> bool:
     """Write the audit record of an answered call (``started``: ``time.perf_counter()`` at
-    request start). Never raises: a failure is counted and logged (see module doc)."""
+    request start), with the shared replay entry of its ``jti`` (``token``, when client
+    authentication left it pending) in the same transaction (:func:`write_record`): one
+    database step of at most ``DB_TIMEOUT_SECONDS`` per call.
+
+    Returns False when the ``jti`` turns out to be a replay (another process or host recorded
+    it first): the caller answers 401 and nothing of the call is kept. Never raises: a failed
+    write is counted and logged (see module doc); the token then counts as not replayed,
+    having been checked in this process (``security.replay.FallbackReplayCache``).
+    """
     latency_ms = (time.perf_counter() - started) * 1000
     try:
-        record = build_record(outcome, service_id=service_id, latency_ms=latency_ms,
-                              knowledge_version=trail.knowledge.version, key=trail.key,
-                              knowledge=trail.knowledge)
-        trail.database.bounded(write_record, trail.database, record)
-    except Exception as exc:
+        record: CallRecord | None = build_record(
+            outcome, service_id=service_id, latency_ms=latency_ms, knowledge_version=trail.knowledge.version,
+            key=trail.key, knowledge=trail.knowledge)
+    except Exception as exc:  # a bug: the jti is still recorded
         _count_failure(trail, service_id, exc)
+        record = None
+    return _write(trail, service_id, record, token)
 
 
 def record_rejection(trail: AuditTrail, service_id: str, body: Any, error: RequestError,
-                     started: float) -> None:
+                     started: float, token: PendingToken | None = None) -> bool:
     """Write the audit record of a call refused with ``error`` (400/412): status, issue
-    code and hookInstance when the body has one; no patient hash. Never raises."""
+    code and hookInstance when the body has one; no patient hash. The refused call consumes
+    its ``jti`` all the same (``token``, as in :func:`record_outcome`). Returns False when the
+    ``jti`` is a replay (the caller answers 401 instead). Never raises."""
     latency_ms = (time.perf_counter() - started) * 1000
     hook_instance = body.get("hookInstance") if isinstance(body, Mapping) else None
+    call = _call_row(service_id, hook_instance, error.status, error.code, latency_ms, trail.knowledge.version, None)
+    return _write(trail, service_id, CallRecord(call), token)
+
+
+def _write(trail: AuditTrail, service_id: str, record: CallRecord | None, token: PendingToken | None) -> bool:
+    if record is None and token is None:
+        return True
     try:
-        call = _call_row(service_id, hook_instance, error.status, error.code, latency_ms,
-                         trail.knowledge.version, None)
-        trail.database.bounded(write_record, trail.database, CallRecord(call))
+        trail.database.bounded(write_record, trail.database, record,
+                               (token.key, token.expires_at) if token is not None else None)
+    except TokenReplayed:
+        return False
     except Exception as exc:
-        _count_failure(trail, service_id, exc)
+        if record is not None:
+            _count_failure(trail, service_id, exc)
+        if token is not None:
+            token.cache.shared_unavailable(exc)
+    return True
 
 
 def _count_failure(trail: AuditTrail, service_id: str, exc: Exception) -> None:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,7 +46,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, delete, event
+from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -348,6 +349,31 @@ class Database:
             raise DatabaseError(f"the {self.backend} database schema is at revision {current or 'none'}, "
                                 f"this version needs {head}: run 'vcf-cds db upgrade'")
 
+    def remember_token(self, conn: Connection, key: str, expires_at: float) -> bool:
+        """Record token id ``key`` until ``expires_at`` (POSIX seconds) on ``conn``, inside the
+        caller's transaction: one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` statement
+        (RFC 7519 §4.1.7 "jti"), built and compiled once per database.
+
+        Returns True when first seen (or seen before but expired: the old entry is replaced),
+        False when a live entry exists (a replay). Atomic across processes and hosts: of two
+        transactions recording the same key, the second waits for the first on the primary
+        key and, once it commits, finds the live entry (False); if the first rolls back, the
+        second records it. Raises ``sqlalchemy.exc.SQLAlchemyError`` when it cannot write.
+        """
+        row = conn.execute(self._replay_upsert, {"key_hash": _key_hash(key), "expires_at": float(expires_at),
+                                                 "now": time.time()}).first()
+        return row is not None
+
+    @cached_property
+    def _replay_upsert(self) -> Any:
+        table = ReplayEntry.__table__
+        stmt = self.insert(table).values(key_hash=bindparam("key_hash"), expires_at=bindparam("expires_at"))
+        # The row is replaced only when expired; a live row makes the statement a no-op.
+        # RETURNING, not rowcount: psycopg reports no row count for INSERT ... ON CONFLICT.
+        return stmt.on_conflict_do_update(index_elements=[table.c.key_hash],
+                                          set_={"expires_at": stmt.excluded.expires_at},
+                                          where=table.c.expires_at <= bindparam("now")).returning(table.c.key_hash)
+
     def insert(self, table: Any) -> Any:
         """A dialect INSERT for ``table`` (a Table or mapped class) offering
         ``on_conflict_do_nothing`` / ``on_conflict_do_update`` (SQLite >= 3.24, PostgreSQL)."""
@@ -415,15 +441,8 @@ class DatabaseReplayCache:
         return self.db.bounded(self._remember, key, expires_at)
 
     def _remember(self, key: str, expires_at: float) -> bool:
-        table = ReplayEntry.__table__
-        stmt = self.db.insert(table).values(key_hash=_key_hash(key), expires_at=float(expires_at))
-        # The row is replaced only when expired; a live row makes the statement a no-op.
-        stmt = stmt.on_conflict_do_update(index_elements=[table.c.key_hash],
-                                          set_={"expires_at": stmt.excluded.expires_at},
-                                          where=table.c.expires_at <= time.time())
-        # RETURNING, not rowcount: psycopg reports no row count for INSERT ... ON CONFLICT.
         with self.db.transaction() as conn:
-            return conn.execute(stmt.returning(table.c.key_hash)).first() is not None
+            return self.db.remember_token(conn, key, expires_at)
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete entries that expired before ``now`` (default: the current time); return how many."""

@@ -19,6 +19,7 @@ from cds_service.pipeline import discovery, evaluate
 from cds_service.protocol.errors import RequestError, operation_outcome
 from cds_service.store.audit import record_outcome, record_rejection
 from cds_service.web.explain import render_options
+from cds_service.web.security import refuse_replay, take_pending_token
 from cds_service.web.state import current_state
 
 log = logging.getLogger("cds_service.web.hooks")
@@ -88,13 +89,15 @@ def call_service(service_id: str) -> Response:
                            **st.settings.request_limits)
     except RequestError as exc:
         log.info("service %s: %d %s", service_id, exc.status, exc.code)
-        record_rejection(st.audit, service_id, body, exc, started)
+        if not record_rejection(st.audit, service_id, body, exc, started, take_pending_token()):
+            return refuse_replay()
         return json_response(exc.to_operation_outcome(), exc.status)
     observe_outcome(outcome)
     log.info("service %s: 200 in %.1f ms, %d cards, %d ratings", service_id,
              (time.perf_counter() - started) * 1000, len(outcome.rendered.response["cards"]),
              len(outcome.rendered.response.get("systemActions", ())))
-    record_outcome(st.audit, service_id, outcome, started)
+    if not record_outcome(st.audit, service_id, outcome, started, take_pending_token()):
+        return refuse_replay()
     return json_response(outcome.rendered.response)
 
 
