@@ -93,6 +93,16 @@ class Metrics:
             ["prefetch_key", "outcome"], registry=reg)
         self.audit_write_failures = Counter("vcf_cds_audit_write_failures_total",
                                             "Audit records that could not be written", registry=reg)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: the label sets are small closed sets (see module
+        doc), and a dict lookup spares prometheus-client's lock and label checks on every call."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
 
 _metrics: Metrics | None = None
@@ -119,10 +129,10 @@ def observe_outcome(outcome: Any) -> None:
     m = get_metrics()
     for od in outcome.decision.orders:
         if od.pama is not None:
-            m.ratings.labels(od.pama, od.variant.id if od.variant is not None else "none").inc()
+            m.child(m.ratings, od.pama, od.variant.id if od.variant is not None else "none").inc()
     kinds = outcome.rendered.card_kinds
     for card in outcome.rendered.response["cards"]:
-        m.cards.labels(card["indicator"], kinds.get(card["uuid"], "unknown")).inc()
+        m.child(m.cards, card["indicator"], kinds.get(card["uuid"], "unknown")).inc()
 
 
 def observe_fhir_fetch(prefetch_key: str, outcome: str, seconds: float | None = None) -> None:

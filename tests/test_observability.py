@@ -114,9 +114,14 @@ def test_audit_write_failures_are_exposed():
 
 
 def test_metrics_endpoint_can_be_switched_off():
-    resp = make_app(METRICS_ENABLED=False).test_client().get("/metrics")
+    client = make_app(METRICS_ENABLED=False).test_client()
+    before = sample("vcf_cds_http_requests_total", endpoint=ROUTE, method="POST", status="200")
+    assert post(client, load_json(FIXTURES / "bench" / "typical-request.json")).status_code == 200
+    resp = client.get("/metrics")
     assert resp.status_code == 404
     assert resp.get_json()["resourceType"] == "OperationOutcome"
+    # Nobody can read them, so they are not kept.
+    assert sample("vcf_cds_http_requests_total", endpoint=ROUTE, method="POST", status="200") == before
 
 
 def test_fhir_fetch_latency_and_failures_by_prefetch_key(httpserver):

@@ -54,29 +54,36 @@ def _timed(wsgi_app: Any) -> Any:
     return app
 
 
-def _after_request(response: Response) -> Response:
-    seconds = time.perf_counter() - request.environ[_STARTED]
-    # The route, not the path: a path is free text and would make unbounded label values.
-    endpoint = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
-    method = request.method if request.method in _METHODS else "other"  # clients may send any token
-    status = str(response.status_code)
-    m = get_metrics()
-    m.requests.labels(endpoint, method, status).inc()
-    m.request_seconds.labels(endpoint, method, status).observe(seconds)
-    # Probes and scrapes come every few seconds; their lines would drown the hook calls.
-    log = access_log.debug if endpoint in _PROBES else access_log.info
-    log("request", method=method, endpoint=endpoint, status=response.status_code,
-        duration_ms=round(seconds * 1000, 2))
-    return response
+def _finisher(metrics_enabled: bool) -> Any:
+    def finish(response: Response) -> Response:
+        seconds = time.perf_counter() - request.environ[_STARTED]
+        # The route, not the path: a path is free text and would make unbounded label values.
+        endpoint = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+        method = request.method if request.method in _METHODS else "other"  # clients may send any token
+        if metrics_enabled:  # nobody can read them otherwise
+            m = get_metrics()
+            status = str(response.status_code)
+            m.child(m.requests, endpoint, method, status).inc()
+            m.child(m.request_seconds, endpoint, method, status).observe(seconds)
+        # Probes and scrapes come every few seconds; their lines would drown the hook calls.
+        log = access_log.debug if endpoint in _PROBES else access_log.info
+        log("request", method=method, endpoint=endpoint, status=response.status_code,
+            duration_ms=round(seconds * 1000, 2))
+        return response
+
+    return finish
 
 
 def init_app(app: Flask, *, metrics_enabled: bool = True) -> None:
-    """Register request timing, metrics and the access log on ``app`` (called by
-    ``create_app``), and ``GET /metrics`` when ``metrics_enabled`` (the ``METRICS_ENABLED``
-    setting)."""
+    """Register request timing, the access log and, when ``metrics_enabled`` (the
+    ``METRICS_ENABLED`` setting), the HTTP request metrics and ``GET /metrics`` on ``app``
+    (called by ``create_app``). The access log and metrics see the response as sent: their
+    hook runs after every other ``after_request`` hook (one may still replace the response,
+    as the ``jti`` check of :mod:`cds_service.web.security` does)."""
     configure_structlog()
     get_metrics()  # created before gunicorn forks, so every worker shares the definitions
     app.wsgi_app = _timed(app.wsgi_app)  # type: ignore[method-assign]
-    app.after_request(_after_request)
+    # Flask runs after_request hooks last-registered first: first in the list runs last.
+    app.after_request_funcs.setdefault(None, []).insert(0, _finisher(metrics_enabled))
     if metrics_enabled:
         app.add_url_rule("/metrics", "metrics", metrics_response, methods=["GET"])
