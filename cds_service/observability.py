@@ -213,8 +213,17 @@ def configure_structlog() -> None:
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """JSON lines on stderr for the whole process (``vcf-cds serve``)."""
+    """JSON lines on stderr for the whole process (``vcf-cds serve``).
+
+    The JSON lines carry no source location, thread or process name (the worker is ``pid``),
+    so the standard library is told not to gather them for each record (the logging HOWTO's
+    "Optimization" settings): a few microseconds of every line, two lines per hook call.
+    """
     configure_structlog()
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # documented in the HOWTO: skips findCaller
     logging.config.dictConfig(logging_config(level))
 
 

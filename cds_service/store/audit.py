@@ -45,7 +45,7 @@ from cds_service.security.replay import PendingToken
 from cds_service.settings import Settings, SettingsError
 from cds_service.store.db import Database, DatabaseReplayCache, ensure_data_dir
 from cds_service.store.explanation import order_evidence
-from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Feedback, ReplayEntry
+from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Base, Feedback, ReplayEntry
 
 log = logging.getLogger("cds_service.store.audit")
 
@@ -171,9 +171,9 @@ class TokenReplayed(Exception):
 
 
 # Built once: SQLAlchemy compiles each once per dialect and reuses it (its compiled cache).
-_INSERT_CALL = insert(AuditCall.__table__)
-_INSERT_ORDER = insert(AuditOrder.__table__)
-_INSERT_CARD = insert(AuditCard.__table__)
+_INSERT_CALL = insert(Base.metadata.tables[AuditCall.__tablename__])
+_INSERT_ORDER = insert(Base.metadata.tables[AuditOrder.__tablename__])
+_INSERT_CARD = insert(Base.metadata.tables[AuditCard.__tablename__])
 
 
 def write_record(db: Database, record: CallRecord | None, token: tuple[str, float] | None = None) -> int | None:
