@@ -179,7 +179,7 @@ _INSERT_CARD = insert(Base.metadata.tables[AuditCard.__tablename__])
 def write_record(db: Database, record: CallRecord | None, token: tuple[str, float] | None = None) -> int | None:
     """Insert one call with its orders and cards, and the replay entry of the call's ``jti``
     (``token``: issuer-namespaced key, POSIX seconds to keep it), in one transaction: one
-    statement per table (orders and cards each one multi-row insert). Returns the call id
+    statement per table (orders and cards: one executemany each). Returns the call id
     (None without ``record``: the replay entry alone).
 
     The replay entry goes first (:meth:`Database.remember_token`): a replay raises
