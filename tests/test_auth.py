@@ -452,7 +452,7 @@ def test_replay_on_another_worker_is_refused_through_the_database(issuers_file, 
 
 
 def test_a_replay_found_in_the_database_leaves_no_record_and_refused_calls_consume_their_jti(issuers_file,
-                                                                                           jwks_server):
+                                                                                           jwks_server, caplog):
     # Two workers on one database: a replay reaching the other one is found when the call's
     # audit record and jti are written (one transaction), after the call was evaluated.
     first = make_app(AUTH="on", TRUSTED_ISSUERS=str(issuers_file)).test_client()
@@ -466,7 +466,10 @@ def test_a_replay_found_in_the_database_leaves_no_record_and_refused_calls_consu
     unknown = "/cds-services/unknown-service"  # so has one answered 404, which has no audit record
     not_found = sandbox(jwks_server, unknown)
     assert post(first, not_found, unknown).status_code == 404
-    assert_refused(post(second, not_found, unknown))
+    with caplog.at_level(logging.INFO, logger="cds_service"):
+        assert_refused(post(second, not_found, unknown))
+    # The access log has the status sent, not the 404 the view made before the jti was written.
+    assert [r.msg["status"] for r in caplog.records if r.name == "cds_service.access"] == [401]
     calls = table_rows(state_of(first.application).database, AuditCall)
     assert sorted(c["status"] for c in calls) == [200, 400]  # nothing of the replayed calls
 
