@@ -22,6 +22,7 @@ refused with 400/412 consumes its ``jti`` too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -35,7 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import JSON, bindparam, column, delete, exists, func, insert, select, true
+from sqlalchemy.dialects import postgresql
 
 from cds_service.decision.knowledge import Knowledge
 from cds_service.decision.outcome import Outcome
@@ -43,7 +45,7 @@ from cds_service.observability import count_audit_write_failure
 from cds_service.protocol.errors import RequestError
 from cds_service.security.replay import PendingToken
 from cds_service.settings import Settings, SettingsError
-from cds_service.store.db import Database, DatabaseReplayCache, ensure_data_dir
+from cds_service.store.db import Database, DatabaseReplayCache, ensure_data_dir, replay_params, replay_upsert
 from cds_service.store.explanation import order_evidence
 from cds_service.store.tables import AuditCall, AuditCard, AuditOrder, Base, Feedback, ReplayEntry
 
@@ -171,24 +173,35 @@ class TokenReplayed(Exception):
 
 
 # Built once: SQLAlchemy compiles each once per dialect and reuses it (its compiled cache).
-_INSERT_CALL = insert(Base.metadata.tables[AuditCall.__tablename__])
-_INSERT_ORDER = insert(Base.metadata.tables[AuditOrder.__tablename__])
-_INSERT_CARD = insert(Base.metadata.tables[AuditCard.__tablename__])
+_TABLES = Base.metadata.tables
+_INSERT_CALL = insert(_TABLES[AuditCall.__tablename__])
+_INSERT_ORDER = insert(_TABLES[AuditOrder.__tablename__])
+_INSERT_CARD = insert(_TABLES[AuditCard.__tablename__])
 
 
 def write_record(db: Database, record: CallRecord | None, token: tuple[str, float] | None = None) -> int | None:
     """Insert one call with its orders and cards, and the replay entry of the call's ``jti``
-    (``token``: issuer-namespaced key, POSIX seconds to keep it), in one transaction: one
-    statement per table (orders and cards: one executemany each). Returns the call id
-    (None without ``record``: the replay entry alone).
+    (``token``: issuer-namespaced key, POSIX seconds to keep it), in one transaction. Returns
+    the call id (None without ``record``: the replay entry alone).
 
-    The replay entry goes first (:meth:`Database.remember_token`): a replay raises
-    :class:`TokenReplayed` and the transaction is rolled back, so a refused call leaves no
+    The replay entry comes first (:func:`cds_service.store.db.replay_upsert`): a replay raises
+    :class:`TokenReplayed` and nothing of the call is written, so a refused call leaves no
     audit record; two calls racing with one ``jti`` are ordered by its primary key and the
     second one is refused. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot
     be written (then nothing was written: neither the record nor the replay entry).
+
+    PostgreSQL: one statement (:func:`_pg_write_statement`). SQLite, which has no
+    data-modifying WITH: one statement per table (orders and cards: one executemany each).
     """
     with db.transaction() as conn:
+        if record is not None and db.backend == "postgresql":
+            params = {**record.call, _ORDER_ROWS: record.orders, _CARD_ROWS: record.cards}
+            if token is not None:
+                params.update(replay_params(*token))
+            call_id = conn.execute(_pg_write_statement(token is not None), params).scalar()
+            if call_id is None:
+                raise TokenReplayed
+            return int(call_id)
         if token is not None and not db.remember_token(conn, *token):
             raise TokenReplayed
         if record is None:
@@ -201,6 +214,41 @@ def write_record(db: Database, record: CallRecord | None, token: tuple[str, floa
         if record.cards:
             conn.execute(_INSERT_CARD, [{**c, "call_id": call_id} for c in record.cards])
     return call_id
+
+
+_ORDER_ROWS, _CARD_ROWS = "order_rows", "card_rows"
+
+
+@functools.cache
+def _pg_write_statement(with_token: bool) -> Any:
+    """The PostgreSQL statement writing a whole :class:`CallRecord` (one round trip, compiled
+    once), with data-modifying WITH queries::
+
+        WITH fresh_token AS (INSERT INTO jwt_replay ... ON CONFLICT ... RETURNING key_hash),
+             new_call AS (INSERT INTO audit_call SELECT <call> WHERE EXISTS (SELECT FROM fresh_token) RETURNING id),
+             new_orders AS (INSERT INTO audit_order SELECT new_call.id, r.* FROM new_call, json_to_recordset(<orders>) r),
+             new_cards AS (INSERT INTO audit_card ...)
+        SELECT id FROM new_call
+
+    No row back: the token was a replay and nothing was written. ``with_token=False``: no
+    replay entry (client authentication off). Parameters: the call's columns,
+    :func:`cds_service.store.db.replay_params`, and the orders and cards as JSON lists.
+    """
+    call_table = _TABLES[AuditCall.__tablename__]
+    columns = [c for c in call_table.c if c.name != "id"]
+    source = select(*[bindparam(c.name, type_=c.type) for c in columns])
+    if with_token:
+        fresh = replay_upsert(postgresql.insert).cte("fresh_token")
+        source = source.where(exists(select(fresh.c.key_hash)))
+    new_call = insert(call_table).from_select([c.name for c in columns], source).returning(call_table.c.id).cte("new_call")
+    children = []
+    for table, param in ((_TABLES[AuditOrder.__tablename__], _ORDER_ROWS), (_TABLES[AuditCard.__tablename__], _CARD_ROWS)):
+        kept = [c for c in table.c if c.name not in ("id", "call_id")]
+        rows = (func.json_to_recordset(bindparam(param, type_=JSON)).table_valued(*[column(c.name, c.type) for c in kept])
+                .render_derived(name=param, with_types=True))
+        rows_with_call = select(new_call.c.id, *[rows.c[c.name] for c in kept]).select_from(new_call).join(rows, true())
+        children.append(insert(table).from_select(["call_id", *[c.name for c in kept]], rows_with_call).cte(f"new_{param}"))
+    return select(new_call.c.id).add_cte(*children)
 
 
 class FailureCounter:

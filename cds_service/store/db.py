@@ -360,19 +360,11 @@ class Database:
         key and, once it commits, finds the live entry (False); if the first rolls back, the
         second records it. Raises ``sqlalchemy.exc.SQLAlchemyError`` when it cannot write.
         """
-        row = conn.execute(self._replay_upsert, {"key_hash": _key_hash(key), "expires_at": float(expires_at),
-                                                 "now": time.time()}).first()
-        return row is not None
+        return conn.execute(self._replay_upsert, replay_params(key, expires_at)).first() is not None
 
     @cached_property
     def _replay_upsert(self) -> Any:
-        table = ReplayEntry.__table__
-        stmt = self.insert(table).values(key_hash=bindparam("key_hash"), expires_at=bindparam("expires_at"))
-        # The row is replaced only when expired; a live row makes the statement a no-op.
-        # RETURNING, not rowcount: psycopg reports no row count for INSERT ... ON CONFLICT.
-        return stmt.on_conflict_do_update(index_elements=[table.c.key_hash],
-                                          set_={"expires_at": stmt.excluded.expires_at},
-                                          where=table.c.expires_at <= bindparam("now")).returning(table.c.key_hash)
+        return replay_upsert(self.insert)
 
     def insert(self, table: Any) -> Any:
         """A dialect INSERT for ``table`` (a Table or mapped class) offering
@@ -453,6 +445,25 @@ class DatabaseReplayCache:
 
 def _key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def replay_upsert(dialect_insert: Callable[[Any], Any]) -> Any:
+    """The statement recording a token id (``jwt_replay``), for ``dialect_insert`` (SQLite's or
+    PostgreSQL's ``insert``): ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING key_hash``, a row
+    back when the id is new or its old entry had expired, none for a live entry (a replay).
+    Parameters: :func:`replay_params`."""
+    table = ReplayEntry.__table__
+    stmt = dialect_insert(table).values(key_hash=bindparam("key_hash"), expires_at=bindparam("expires_at"))
+    # The row is replaced only when expired; a live row makes the statement a no-op.
+    # RETURNING, not rowcount: psycopg reports no row count for INSERT ... ON CONFLICT.
+    return stmt.on_conflict_do_update(index_elements=[table.c.key_hash], set_={"expires_at": stmt.excluded.expires_at},
+                                      where=table.c.expires_at <= bindparam("now")).returning(table.c.key_hash)
+
+
+def replay_params(key: str, expires_at: float) -> dict[str, Any]:
+    """The parameters of :func:`replay_upsert` for token id ``key`` (issuer-namespaced) kept
+    until ``expires_at`` (POSIX seconds)."""
+    return {"key_hash": _key_hash(key), "expires_at": float(expires_at), "now": time.time()}
 
 
 _DB_POOL: tuple[int, ThreadPoolExecutor] | None = None
