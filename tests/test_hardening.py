@@ -60,6 +60,19 @@ def test_cors_headers_on_get_post_and_errors(cors_client):
     assert all(r.headers["Access-Control-Allow-Origin"] == SANDBOX_ORIGIN for r in answers)
 
 
+def test_a_replay_found_after_the_view_still_gets_cors_headers():
+    # Two workers on one database. A call to an unknown service has no audit record: its jti
+    # is written after the view, and the other worker's 401 for the same token must still be
+    # readable by the browser.
+    first, second = (sandbox_file_app(CORS_ORIGINS=SANDBOX_ORIGIN).test_client() for _ in range(2))
+    path = "/cds-services/unknown-service"
+    headers = {"Origin": SANDBOX_ORIGIN, **token_for(path)}
+    assert first.post(path, json={}, headers=headers).status_code == 404
+    resp = second.post(path, json={}, headers=headers)
+    assert resp.status_code == 401
+    assert resp.headers["Access-Control-Allow-Origin"] == SANDBOX_ORIGIN
+
+
 def test_other_origins_get_no_cors_headers(cors_client):
     resp = cors_client.options(SERVICE, headers={"Origin": "https://evil.example",
                                                  "Access-Control-Request-Method": "POST"})

@@ -61,7 +61,6 @@ def install_security(app: Flask, settings: Settings, *, replay_cache: FallbackRe
         verifier = TokenVerifier(issuers, replay_cache, leeway_seconds=settings.jwt_leeway_seconds,
                                  max_lifetime_seconds=settings.jwt_max_lifetime_seconds)
         app.before_request(_authenticator(verifier, replay_cache, settings.public_base_url))
-        app.after_request(_record_untaken_token)
         log.info("client authentication on: %d trusted issuer(s)", len(issuers))
         if settings.public_base_url is None:
             log.warning("%sPUBLIC_BASE_URL is not set: the JWT aud is checked against the URL built from the "
@@ -73,6 +72,10 @@ def install_security(app: Flask, settings: Settings, *, replay_cache: FallbackRe
     if settings.cors_origin_list:
         CORS(app, origins=settings.cors_origin_list, methods=["GET", "POST", "OPTIONS"],
              allow_headers=["Authorization", "Content-Type"], max_age=CORS_MAX_AGE_SECONDS)
+    if settings.auth:
+        # Registered after flask-cors, so it runs before it (Flask runs them last first): a
+        # response it turns into a 401 still gets the CORS headers.
+        app.after_request(_record_untaken_token)
 
 
 def _no_client() -> None:
