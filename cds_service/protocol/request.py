@@ -24,10 +24,12 @@ import json
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
+import jsonschema_rs
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
@@ -116,6 +118,7 @@ ORDER_SIGN = "order-sign"
 
 _REQUEST_SCHEMA = "cds-hooks-request.schema.json"
 _ORDER_SELECT_CONTEXT_SCHEMA = "order-select-context.schema.json"
+_RECORD_RESOURCES_SCHEMA = "record-resources.schema.json"
 
 
 # --------------------------------------------------------------------------- types
@@ -135,6 +138,19 @@ class RequestSchemas:
     request: Draft202012Validator
     order_select_context: Draft202012Validator
     order_sign_context: Draft202012Validator
+    # The same schemas compiled by jsonschema_rs, several times faster: asked first, and
+    # python-jsonschema only for a body they refuse, for its best_match error message.
+    _compiled: dict[int, jsonschema_rs.Validator] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        validators = (self.request, self.order_select_context, self.order_sign_context)
+        object.__setattr__(self, "_compiled", {id(v): _compile(v.schema) for v in validators})
+
+    def is_valid(self, validator: Draft202012Validator, instance: Any) -> bool:
+        """Whether ``instance`` is valid against ``validator`` (one of this object's), by its
+        compiled twin. A False is final only from ``validator`` itself: the two regex engines
+        differ on corner cases (``$`` before a final newline)."""
+        return bool(self._compiled[id(validator)].is_valid(instance))
 
     def context_for(self, hook: str) -> Draft202012Validator:
         """The context validator of ``hook`` (``order-select`` or ``order-sign``)."""
@@ -148,7 +164,9 @@ class InputResource:
     Attributes:
         resource_type: ``resourceType`` as sent.
         id: ``id`` as sent, or None.
-        model: the validated ``fhir.resources.R4B`` model.
+        model: the validated ``fhir.resources.R4B`` model of a draft order; None for a
+            prefetched resource, which is only read, and checked only as far as it is read
+            (see :func:`parse_record`).
         raw: a private deep copy of the JSON dict as sent, so renderers can echo
             it (plus their extensions) without losing anything the EHR sent and
             without aliasing the caller's request body.
@@ -156,7 +174,7 @@ class InputResource:
 
     resource_type: str
     id: str | None
-    model: Resource
+    model: Resource | None
     raw: dict[str, Any]
 
     @property
@@ -280,6 +298,34 @@ def load_request_schemas() -> RequestSchemas:
     )
 
 
+def _compile(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+    # Formats are annotations in draft 2020-12, as python-jsonschema reads them without a
+    # format checker: not asserted by either.
+    return jsonschema_rs.validator_for(schema, validate_formats=False)
+
+
+@cache
+def _record_validators() -> Mapping[str, jsonschema_rs.Validator]:
+    """Resource type -> the compiled check of ``schemas/record-resources.schema.json`` for it."""
+    schema = _nullable_members(_load_schema(_RECORD_RESOURCES_SCHEMA))
+    types = (*RECORD_KEYS.values(), *(t for ts in READING_KEYS.values() for t in ts))
+    return MappingProxyType({t: _compile({**schema, "$ref": f"#/$defs/{t}"}) for t in dict.fromkeys(types)})
+
+
+def _nullable_members(schema: Any) -> Any:
+    """``schema`` with every object member also allowed to be ``null``: FHIR JSON has no null
+    members, but the R4B models read one as absent (a required one included), and the record
+    check keeps their verdict. A ``null`` inside an array stays an error, as for the models."""
+    if isinstance(schema, list):
+        return [_nullable_members(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _nullable_members(v) for k, v in schema.items()}
+    if isinstance(schema.get("properties"), dict) and schema.get("type") == "object":
+        out["properties"] = {k: {"anyOf": [{"type": "null"}, v]} for k, v in out["properties"].items()}
+    return out
+
+
 def _load_schema(name: str) -> dict[str, Any]:
     path = resources.files("cds_service.protocol").joinpath("schemas").joinpath(name)
     try:
@@ -353,7 +399,7 @@ def parse_envelope(
         )
     _check_counts(body, max_draft_orders, max_prefetch_entries)
 
-    _check_schema(schemas.request, body, prefix="")
+    _check_schema(schemas, schemas.request, body, prefix="")
     if body["hook"] != hook:
         raise RequestError(
             400,
@@ -363,7 +409,7 @@ def parse_envelope(
             ["hook"],
         )
     context = body["context"]
-    _check_schema(schemas.context_for(hook), context, prefix="context")
+    _check_schema(schemas, schemas.context_for(hook), context, prefix="context")
 
     patient_id: str = context["patientId"]
     authorization = body.get("fhirAuthorization")
@@ -516,7 +562,9 @@ def _check_counts(body: Mapping[str, Any], max_draft_orders: int, max_prefetch_e
             )
 
 
-def _check_schema(validator: Draft202012Validator, instance: Any, *, prefix: str) -> None:
+def _check_schema(schemas: RequestSchemas, validator: Draft202012Validator, instance: Any, *, prefix: str) -> None:
+    if schemas.is_valid(validator, instance):
+        return
     try:
         error = best_match(validator.iter_errors(instance))
     except RecursionError:
@@ -767,36 +815,65 @@ def _prefetched_resource(
         return None
     expected_type = str(resource_type)
     if reads is not None and not reads(expected_type, raw):
-        # Validating costs about 0.1 ms per resource, and a record holds dozens the
-        # decision never reads; only a record of another patient is still worth reporting.
+        # A record holds dozens of resources the decision never reads; only a record of
+        # another patient is still worth reporting.
         foreign = _foreign_issue(where, raw, expected_type, resource_id, patient_id)
         if foreign is not None:
             issues.append(foreign)
         return None
-    model_class = _resource_class(expected_type)
-    assert model_class is not None  # expected_type is one of ours
-    try:
-        model = model_class.model_validate(raw)
-    except _MODEL_ERRORS as exc:
-        issues.append(
-            InputIssue(
-                where,
-                resource_type,
-                resource_id,
-                _clip(
-                    f"not a valid FHIR R4B {expected_type} "
-                    f"({_model_error_summary(exc, with_messages=False)}); skipped",
-                    _DIAGNOSTIC_MAX,
-                ),
-            )
-        )
+    problem = _record_problem(expected_type, raw)
+    copy: dict[str, Any] = {}
+    if problem is None:
+        try:
+            copy = _copy_resource(raw)
+        except RecursionError:  # deep in elements the check does not read
+            problem = "nested too deeply"
+    if problem is not None:
+        issues.append(InputIssue(
+            where, resource_type, resource_id,
+            _clip(f"not a valid FHIR R4B {expected_type} ({problem}); skipped", _DIAGNOSTIC_MAX)))
         return None
 
     foreign = _foreign_issue(where, raw, expected_type, resource_id, patient_id)
     if foreign is not None:
         issues.append(foreign)
         return None
-    return InputResource(expected_type, resource_id, model, _copy_resource(raw))
+    return InputResource(expected_type, resource_id, None, copy)
+
+
+def _record_problem(resource_type: str, resource: Mapping[str, Any]) -> str | None:
+    """Why a prefetched resource breaks FHIR R4 where the decision reads it, or None.
+
+    The decision only reads a prefetched resource, and only some of its elements: those are
+    checked (``schemas/record-resources.schema.json``: data types, primitive patterns,
+    cardinality), in a few microseconds, where building the full R4B model costs about 0.1 ms.
+    A resource that fails is then given to the R4B model, for the reason it has always been
+    reported with; the check's own reason where the model lets it pass (a number given as a
+    date). Reasons name field paths and rules only, never values (which may identify the patient).
+    """
+    validator = _record_validators()[resource_type]
+    try:
+        if validator.is_valid(resource):
+            return None
+        errors = list(validator.iter_errors(resource))
+    except ValueError:  # what jsonschema_rs raises for a value it cannot read
+        errors = []
+    model_class = _resource_class(resource_type)
+    assert model_class is not None  # resource_type is one of ours
+    try:
+        model_class.model_validate(resource)
+    except _MODEL_ERRORS as exc:
+        return _model_error_summary(exc, with_messages=False)
+    shown = []
+    for error in errors[:3]:
+        path, kind = list(error.instance_path), type(error.kind).__name__
+        if kind == "Required":
+            path, kind = [*path, getattr(error.kind, "property", "")], "missing"
+        elif kind == "AnyOf":  # a member is null, or else breaks its rule (see _nullable_members)
+            kind = "invalid"
+        shown.append(f"{_json_path('', path) or '(resource)'} ({kind.lower()})")
+    more = len(errors) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "") or "could not be validated"
 
 
 def _foreign_issue(
