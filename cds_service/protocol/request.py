@@ -1,4 +1,4 @@
-"""CDS Hooks request body -> a checked envelope, and prefetch -> typed FHIR R4B resources.
+"""CDS Hooks request body -> a checked envelope, and prefetch -> the checked FHIR resources the decision reads.
 
 Two steps, each on its own (the pipeline calls them in turn, fetching what prefetch lacks in
 between, see :mod:`cds_service.pipeline`):
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib import resources
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 import jsonschema_rs
 import pydantic
@@ -68,8 +68,8 @@ MAX_JSON_DEPTH = 100
 # resources. Counted before any schema or model runs, since those are what large input costs.
 MAX_DRAFT_ORDERS = 50
 MAX_PREFETCH_ENTRIES = 5000
-# Validating a prefetched resource as FHIR R4B costs about 0.2 ms, and the decision's work
-# grows with the resources it reads: this bounds both, per prefetch key. A record rarely
+# The decision's work grows with the resources it reads, and so does checking and copying
+# them: this bounds both, per prefetch key. A record rarely
 # holds more than a few dozen resources with a code the decision reads.
 MAX_RECORD_READ = 200
 
@@ -456,9 +456,11 @@ def parse_record(
     Template": each value ``null``, a Bundle, a single resource or an OperationOutcome), and
     the radiology reports, medications and labs of :data:`READING_KEYS` when present.
 
-    Reads the keys of :data:`RECORD_KEYS`. Each resource of the expected type is validated
-    as FHIR R4B and kept unless it belongs to another patient; malformed or foreign
-    resources are skipped and listed in ``issues``, they never fail the request.
+    Reads the keys of :data:`RECORD_KEYS`. Each resource of the expected type is checked
+    against FHIR R4 where the decision reads it (``schemas/record-resources.schema.json``;
+    the decision only reads these, so the full R4B model is not built) and kept unless it
+    belongs to another patient; malformed or foreign resources are skipped and listed in
+    ``issues`` (with the R4B model's reason), they never fail the request.
 
     Args:
         prefetch: key -> value, as sent or completed from the FHIR server.
@@ -930,8 +932,6 @@ def _refers_to_other_patient(reference: Any, patient_id: str) -> bool:
     """
     if not isinstance(reference, str) or not reference or reference.startswith("#"):
         return False
-    if reference == "Patient/" + patient_id:
-        return False  # how nearly every record names its patient
     if reference.startswith("urn:uuid:"):
         return reference[len("urn:uuid:") :] != patient_id
     parts = reference.split("?", 1)[0].rstrip("/").split("/")
@@ -1011,7 +1011,7 @@ def _copy_resource(value: Any) -> Any:
     return value
 
 
-def _is_object(value: Any) -> bool:
+def _is_object(value: Any) -> TypeGuard[Mapping[str, Any]]:
     """Whether ``value`` is a JSON object; runs per prefetched resource, so a decoded body's
     own dict is told by exact type, before the slower check against the Mapping ABC."""
     return type(value) is dict or isinstance(value, Mapping)
