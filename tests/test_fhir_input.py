@@ -346,7 +346,7 @@ def test_single_condition_resource_instead_of_a_bundle(body, schemas):
     body["prefetch"]["conditions"] = _condition("only-one")
     envelope, record = parse(body, schemas)
     assert [c.id for c in record.conditions] == ["only-one"]
-    assert record.conditions[0].model.code.coding[0].code == "M80.08XA"
+    assert record.conditions[0].raw["code"]["coding"][0]["code"] == "M80.08XA"
     assert record.issues == ()
 
 

@@ -60,3 +60,18 @@ def test_yields_facts_reads_codes_only_and_survives_junk(knowledge):
     for junk in ({"coding": [{"system": {"a": 1}, "code": "M80.08XA"}]}, {"coding": "M80.08XA"}, "M80.08XA", None):
         assert not yields_facts(knowledge, "Condition", {"code": junk})
     assert yields_facts(knowledge, "Patient", {})
+
+
+def test_read_condition_is_checked_only_where_the_decision_reads_it(client):
+    clean = normalise_uuids(post(client, with_condition()).get_json())
+    # `note` is not read: junk there no longer costs the Condition its place in the decision
+    junk = post(client, with_condition(note="not an array of Annotations")).get_json()
+    assert skipped(junk) == [] and normalise_uuids(junk) == clean
+    # a member sent as null is read as absent, as the R4B model reads it
+    assert normalise_uuids(post(client, with_condition(abatementDateTime=None)).get_json()) == clean
+
+
+def test_read_condition_with_a_number_for_its_onset_is_skipped_and_reported(client):
+    [issue] = skipped(post(client, with_condition(onsetDateTime=20240101)).get_json())
+    assert issue["resource_id"] == "c-extra"
+    assert issue["diagnostic"] == "not a valid FHIR R4B Condition (onsetDateTime (invalid)); skipped"

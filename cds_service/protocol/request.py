@@ -1,4 +1,4 @@
-"""CDS Hooks request body -> a checked envelope, and prefetch -> typed FHIR R4B resources.
+"""CDS Hooks request body -> a checked envelope, and prefetch -> the checked FHIR resources the decision reads.
 
 Two steps, each on its own (the pipeline calls them in turn, fetching what prefetch lacks in
 between, see :mod:`cds_service.pipeline`):
@@ -24,10 +24,12 @@ import json
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from importlib import resources
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
+import jsonschema_rs
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
@@ -66,8 +68,8 @@ MAX_JSON_DEPTH = 100
 # resources. Counted before any schema or model runs, since those are what large input costs.
 MAX_DRAFT_ORDERS = 50
 MAX_PREFETCH_ENTRIES = 5000
-# Validating a prefetched resource as FHIR R4B costs about 0.2 ms, and the decision's work
-# grows with the resources it reads: this bounds both, per prefetch key. A record rarely
+# The decision's work grows with the resources it reads, and so does checking and copying
+# them: this bounds both, per prefetch key. A record rarely
 # holds more than a few dozen resources with a code the decision reads.
 MAX_RECORD_READ = 200
 
@@ -116,6 +118,7 @@ ORDER_SIGN = "order-sign"
 
 _REQUEST_SCHEMA = "cds-hooks-request.schema.json"
 _ORDER_SELECT_CONTEXT_SCHEMA = "order-select-context.schema.json"
+_RECORD_RESOURCES_SCHEMA = "record-resources.schema.json"
 
 
 # --------------------------------------------------------------------------- types
@@ -135,6 +138,19 @@ class RequestSchemas:
     request: Draft202012Validator
     order_select_context: Draft202012Validator
     order_sign_context: Draft202012Validator
+    # The same schemas compiled by jsonschema_rs, several times faster: asked first, and
+    # python-jsonschema only for a body they refuse, for its best_match error message.
+    _compiled: dict[int, jsonschema_rs.Validator] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        validators = (self.request, self.order_select_context, self.order_sign_context)
+        object.__setattr__(self, "_compiled", {id(v): _compile(v.schema) for v in validators})
+
+    def is_valid(self, validator: Draft202012Validator, instance: Any) -> bool:
+        """Whether ``instance`` is valid against ``validator`` (one of this object's), by its
+        compiled twin. A False is final only from ``validator`` itself: the two regex engines
+        differ on corner cases (``$`` before a final newline)."""
+        return bool(self._compiled[id(validator)].is_valid(instance))
 
     def context_for(self, hook: str) -> Draft202012Validator:
         """The context validator of ``hook`` (``order-select`` or ``order-sign``)."""
@@ -148,7 +164,9 @@ class InputResource:
     Attributes:
         resource_type: ``resourceType`` as sent.
         id: ``id`` as sent, or None.
-        model: the validated ``fhir.resources.R4B`` model.
+        model: the validated ``fhir.resources.R4B`` model of a draft order; None for a
+            prefetched resource, which is only read, and checked only as far as it is read
+            (see :func:`parse_record`).
         raw: a private deep copy of the JSON dict as sent, so renderers can echo
             it (plus their extensions) without losing anything the EHR sent and
             without aliasing the caller's request body.
@@ -156,7 +174,7 @@ class InputResource:
 
     resource_type: str
     id: str | None
-    model: Resource
+    model: Resource | None
     raw: dict[str, Any]
 
     @property
@@ -280,6 +298,34 @@ def load_request_schemas() -> RequestSchemas:
     )
 
 
+def _compile(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+    # Formats are annotations in draft 2020-12, as python-jsonschema reads them without a
+    # format checker: not asserted by either.
+    return jsonschema_rs.validator_for(schema, validate_formats=False)
+
+
+@cache
+def _record_validators() -> Mapping[str, jsonschema_rs.Validator]:
+    """Resource type -> the compiled check of ``schemas/record-resources.schema.json`` for it."""
+    schema = _nullable_members(_load_schema(_RECORD_RESOURCES_SCHEMA))
+    types = (*RECORD_KEYS.values(), *(t for ts in READING_KEYS.values() for t in ts))
+    return MappingProxyType({t: _compile({**schema, "$ref": f"#/$defs/{t}"}) for t in dict.fromkeys(types)})
+
+
+def _nullable_members(schema: Any) -> Any:
+    """``schema`` with every object member also allowed to be ``null``: FHIR JSON has no null
+    members, but the R4B models read one as absent (a required one included), and the record
+    check keeps their verdict. A ``null`` inside an array stays an error, as for the models."""
+    if isinstance(schema, list):
+        return [_nullable_members(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _nullable_members(v) for k, v in schema.items()}
+    if isinstance(schema.get("properties"), dict) and schema.get("type") == "object":
+        out["properties"] = {k: {"anyOf": [{"type": "null"}, v]} for k, v in out["properties"].items()}
+    return out
+
+
 def _load_schema(name: str) -> dict[str, Any]:
     path = resources.files("cds_service.protocol").joinpath("schemas").joinpath(name)
     try:
@@ -353,7 +399,7 @@ def parse_envelope(
         )
     _check_counts(body, max_draft_orders, max_prefetch_entries)
 
-    _check_schema(schemas.request, body, prefix="")
+    _check_schema(schemas, schemas.request, body, prefix="")
     if body["hook"] != hook:
         raise RequestError(
             400,
@@ -363,7 +409,7 @@ def parse_envelope(
             ["hook"],
         )
     context = body["context"]
-    _check_schema(schemas.context_for(hook), context, prefix="context")
+    _check_schema(schemas, schemas.context_for(hook), context, prefix="context")
 
     patient_id: str = context["patientId"]
     authorization = body.get("fhirAuthorization")
@@ -410,9 +456,11 @@ def parse_record(
     Template": each value ``null``, a Bundle, a single resource or an OperationOutcome), and
     the radiology reports, medications and labs of :data:`READING_KEYS` when present.
 
-    Reads the keys of :data:`RECORD_KEYS`. Each resource of the expected type is validated
-    as FHIR R4B and kept unless it belongs to another patient; malformed or foreign
-    resources are skipped and listed in ``issues``, they never fail the request.
+    Reads the keys of :data:`RECORD_KEYS`. Each resource of the expected type is checked
+    against FHIR R4 where the decision reads it (``schemas/record-resources.schema.json``;
+    the decision only reads these, so the full R4B model is not built) and kept unless it
+    belongs to another patient; malformed or foreign resources are skipped and listed in
+    ``issues`` (with the R4B model's reason), they never fail the request.
 
     Args:
         prefetch: key -> value, as sent or completed from the FHIR server.
@@ -472,6 +520,30 @@ _JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 def nested_deeper_than(value: Any, limit: int) -> bool:
     """Whether a JSON value (dicts, lists, scalars) nests more than ``limit`` levels; a
     scalar is level 0, ``{}`` and ``[]`` level 1. Never raises RecursionError."""
+    if type(value) is not dict or limit < 0:
+        return _walk_deeper_than(value, limit)
+    try:
+        # Compiled, it visits the body about 4 times faster than the walk below, and never
+        # below ``limit`` + 1 levels.
+        return not _depth_validator(limit).is_valid(value)
+    except ValueError:  # a value that is not JSON's (a Mapping that is not a dict ...)
+        return _walk_deeper_than(value, limit)
+
+
+@lru_cache(maxsize=8)
+def _depth_validator(limit: int) -> jsonschema_rs.Validator:
+    """A compiled JSON Schema that accepts a value nested at most ``limit`` levels: ``dN``
+    accepts a scalar, or an object or array whose members ``d(N-1)`` accepts."""
+    scalar = {"not": {"type": ["object", "array"]}}
+    defs: dict[str, Any] = {"d0": scalar}
+    for n in range(1, limit + 1):
+        below = {"$ref": f"#/$defs/d{n - 1}"}
+        defs[f"d{n}"] = {"anyOf": [scalar, {"type": "object", "additionalProperties": below},
+                                   {"type": "array", "items": below}]}
+    return _compile({"$defs": defs, "$ref": f"#/$defs/d{limit}"})
+
+
+def _walk_deeper_than(value: Any, limit: int) -> bool:
     # Level by level, not recursive: a recursive walk would itself overflow on the input
     # it is meant to reject. It visits every value of the body, so JSON's own types are
     # told apart by exact type first: an isinstance check against the Mapping ABC costs
@@ -516,7 +588,9 @@ def _check_counts(body: Mapping[str, Any], max_draft_orders: int, max_prefetch_e
             )
 
 
-def _check_schema(validator: Draft202012Validator, instance: Any, *, prefix: str) -> None:
+def _check_schema(schemas: RequestSchemas, validator: Draft202012Validator, instance: Any, *, prefix: str) -> None:
+    if schemas.is_valid(validator, instance):
+        return
     try:
         error = best_match(validator.iter_errors(instance))
     except RecursionError:
@@ -693,16 +767,16 @@ def _prefetched(
             return None
         for index, entry in enumerate(entries):
             entry_where = f"{where}.entry[{index}]"
-            if not isinstance(entry, Mapping):
+            if not _is_object(entry):
                 issues.append(InputIssue(entry_where, None, None, "Bundle entry is not an object; skipped"))
                 continue
             if "resource" not in entry:
                 continue  # e.g. a deleted-resource or link-only entry: nothing to read
             search = entry.get("search")
             if (
-                isinstance(entry["resource"], Mapping)
+                _is_object(entry["resource"])
                 and entry["resource"].get("resourceType") == "OperationOutcome"
-                and isinstance(search, Mapping)
+                and _is_object(search)
                 and search.get("mode") == "outcome"
             ):
                 continue  # server warnings about the search, not patient data
@@ -730,7 +804,7 @@ def _prefetched(
             continue
         tried += read
         # ``reads`` has answered for this one already: not asked twice.
-        item = _prefetched_resource(candidate_where, raw, types, patient_id, issues, None if read else reads)
+        item = _prefetched_resource(candidate_where, raw, types, patient_id, issues, read)
         if item is not None:
             found.append(item)
     label = " or ".join(types)
@@ -746,16 +820,18 @@ def _prefetched(
 
 
 def _would_validate(raw: Any, types: tuple[str, ...], reads: ReadsResource | None) -> bool:
-    """Whether :func:`_prefetched_resource` would validate ``raw`` (what ``max_read`` counts)."""
-    return (isinstance(raw, Mapping) and raw.get("resourceType") in types
+    """Whether ``raw`` is a resource of ``types`` the decision reads: what :func:`_prefetched_resource`
+    checks and keeps, and what ``max_read`` counts."""
+    return (_is_object(raw) and raw.get("resourceType") in types
             and (reads is None or reads(raw["resourceType"], raw)))
 
 
 def _prefetched_resource(
-    where: str, raw: Any, types: tuple[str, ...], patient_id: str, issues: list[InputIssue],
-    reads: ReadsResource | None = None,
+    where: str, raw: Any, types: tuple[str, ...], patient_id: str, issues: list[InputIssue], read: bool,
 ) -> InputResource | None:
-    if not isinstance(raw, Mapping):
+    """``raw`` checked and copied when ``read`` (:func:`_would_validate`), else None; what is
+    wrong with it, or that it is another patient's, noted in ``issues``."""
+    if not _is_object(raw):
         issues.append(InputIssue(where, None, None, "resource is not an object; skipped"))
         return None
     resource_type = _str_or_none(raw.get("resourceType"))
@@ -766,37 +842,66 @@ def _prefetched_resource(
         )
         return None
     expected_type = str(resource_type)
-    if reads is not None and not reads(expected_type, raw):
-        # Validating costs about 0.1 ms per resource, and a record holds dozens the
-        # decision never reads; only a record of another patient is still worth reporting.
+    if not read:
+        # A record holds dozens of resources the decision never reads; only a record of
+        # another patient is still worth reporting.
         foreign = _foreign_issue(where, raw, expected_type, resource_id, patient_id)
         if foreign is not None:
             issues.append(foreign)
         return None
-    model_class = _resource_class(expected_type)
-    assert model_class is not None  # expected_type is one of ours
-    try:
-        model = model_class.model_validate(raw)
-    except _MODEL_ERRORS as exc:
-        issues.append(
-            InputIssue(
-                where,
-                resource_type,
-                resource_id,
-                _clip(
-                    f"not a valid FHIR R4B {expected_type} "
-                    f"({_model_error_summary(exc, with_messages=False)}); skipped",
-                    _DIAGNOSTIC_MAX,
-                ),
-            )
-        )
+    problem = _record_problem(expected_type, raw)
+    copy: dict[str, Any] = {}
+    if problem is None:
+        try:
+            copy = _copy_resource(raw)
+        except RecursionError:  # deep in elements the check does not read
+            problem = "nested too deeply"
+    if problem is not None:
+        issues.append(InputIssue(
+            where, resource_type, resource_id,
+            _clip(f"not a valid FHIR R4B {expected_type} ({problem}); skipped", _DIAGNOSTIC_MAX)))
         return None
 
     foreign = _foreign_issue(where, raw, expected_type, resource_id, patient_id)
     if foreign is not None:
         issues.append(foreign)
         return None
-    return InputResource(expected_type, resource_id, model, _copy_resource(raw))
+    return InputResource(expected_type, resource_id, None, copy)
+
+
+def _record_problem(resource_type: str, resource: Mapping[str, Any]) -> str | None:
+    """Why a prefetched resource breaks FHIR R4 where the decision reads it, or None.
+
+    The decision only reads a prefetched resource, and only some of its elements: those are
+    checked (``schemas/record-resources.schema.json``: data types, primitive patterns,
+    cardinality), in a few microseconds, where building the full R4B model costs about 0.1 ms.
+    A resource that fails is then given to the R4B model, for the reason it has always been
+    reported with; the check's own reason where the model lets it pass (a number given as a
+    date). Reasons name field paths and rules only, never values (which may identify the patient).
+    """
+    validator = _record_validators()[resource_type]
+    try:
+        if validator.is_valid(resource):
+            return None
+        errors = list(validator.iter_errors(resource))
+    except ValueError:  # what jsonschema_rs raises for a value it cannot read
+        errors = []
+    model_class = _resource_class(resource_type)
+    assert model_class is not None  # resource_type is one of ours
+    try:
+        model_class.model_validate(resource)
+    except _MODEL_ERRORS as exc:
+        return _model_error_summary(exc, with_messages=False)
+    shown = []
+    for error in errors[:3]:
+        path, kind = list(error.instance_path), type(error.kind).__name__
+        if kind == "Required":
+            path, kind = [*path, getattr(error.kind, "property", "")], "missing"
+        elif kind == "AnyOf":  # a member is null, or else breaks its rule (see _nullable_members)
+            kind = "invalid"
+        shown.append(f"{_json_path('', path) or '(resource)'} ({kind.lower()})")
+    more = len(errors) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "") or "could not be validated"
 
 
 def _foreign_issue(
@@ -806,7 +911,7 @@ def _foreign_issue(
     # Prefetch is a convenience of the EHR; a record of another patient slipping
     # in would put someone else's history into this patient's rating.
     subject = raw.get("subject")
-    reference = subject.get("reference") if isinstance(subject, Mapping) else None
+    reference = subject.get("reference") if _is_object(subject) else None
     if _refers_to_other_patient(reference, patient_id):
         return InputIssue(
             where,
@@ -904,6 +1009,12 @@ def _copy_resource(value: Any) -> Any:
     if type(value) is list:
         return [_copy_resource(v) for v in value]
     return value
+
+
+def _is_object(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    """Whether ``value`` is a JSON object; runs per prefetched resource, so a decoded body's
+    own dict is told by exact type, before the slower check against the Mapping ABC."""
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
@@ -28,10 +30,57 @@ bp = Blueprint("cds", __name__)
 _HTTP_ISSUE = {400: "invalid", 404: "not-found", 405: "not-supported", 413: "too-long", 415: "not-supported"}
 
 
+# A number orjson writes otherwise than ``json.dumps``: below 1e-4 it writes "0.00001" and "2.5e-7"
+# where Python's float repr writes "1e-05" and "2.5e-07". Matched as a value (after ':', ',' or
+# '['); a string that happens to look alike only costs the slower, identical encoding.
+_SMALL_FLOAT = re.compile(rb"[:,\[]-?(?:0\.0000|[0-9.]+e-)")
+
+
+def encode_json(payload: Any) -> bytes:
+    """``payload`` as compact UTF-8 JSON: the bytes of ``json.dumps(payload, ensure_ascii=False,
+    separators=(",", ":"))``, encoded by orjson where that gives the same bytes.
+
+    orjson writes keys in insertion order, non-ASCII as UTF-8 and the same string escapes; it
+    refuses what ``json.dumps`` handles otherwise (keys that are not strings, integers beyond
+    64 bits, lone surrogates, nesting past its limit of 254 levels, a dataclass or datetime),
+    and writes floats below 1e-4 differently. Those payloads are encoded with ``json.dumps``,
+    so the response is the same whichever encoder ran. NaN and infinities (which no decoded
+    request holds) are the exception: orjson writes ``null`` where ``json.dumps`` writes ``NaN``.
+
+    Raises:
+        TypeError, ValueError: from ``json.dumps``, for a payload it cannot encode either.
+    """
+    try:
+        out = orjson.dumps(payload, option=orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        out = None
+    if out is None or _SMALL_FLOAT.search(out):
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return out
+
+
+def decode_json(raw: bytes) -> Any:
+    """The JSON value of ``raw`` (UTF-8, or UTF-16/32 and a BOM as ``json.loads`` reads them), as
+    ``json.loads`` decodes it: decoded by orjson, and by ``json.loads`` when orjson refuses.
+
+    orjson refuses what ``json.loads`` also refuses here (malformed JSON, ``NaN`` and
+    ``Infinity``) and some it reads (a BOM, UTF-16/32, numbers beyond 64 bits or a double,
+    lone surrogate escapes, nesting past 1024 levels): ``json.loads`` then gives today's
+    answer or error.
+
+    Raises:
+        ValueError: not JSON (``NaN`` and ``Infinity`` included); UnicodeDecodeError for bytes
+            that are no Unicode text; RecursionError when nested too deeply for ``json.loads``.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw, parse_constant=_reject_constant)
+
+
 def json_response(payload: Any, status: int = 200) -> Response:
-    """``payload`` as a compact JSON response."""
-    return Response(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), status=status,
-                    mimetype="application/json")
+    """``payload`` as a compact JSON response (:func:`encode_json`)."""
+    return Response(encode_json(payload), status=status, mimetype="application/json")
 
 
 def error_response(status: int, code: str, diagnostic: str) -> Response:
@@ -62,7 +111,7 @@ def read_service_body(service_id: str) -> Any:
         # server's parse error) or a body cut short.
         raise RequestError(400, "structure", f"request body could not be read ({type(exc).__name__})") from None
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return decode_json(raw)
     except RecursionError:
         raise RequestError(400, "too-long", "request JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
