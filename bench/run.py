@@ -1,11 +1,23 @@
 """Benchmark: the real server (``vcf-cds serve``) on loopback, driven by wrk.
 
-Prints one table: scenario x concurrency (1, 8, 32) with req/s, p50 / p95 / p99 latency and
-the throughput as a share of the floor (a no-op Flask endpoint under the same gunicorn
-settings, bench/floor.py), then cold start (process start to the first 200 of a hook call),
-RSS per worker, a per-stage profile of one request in this process, and the issue's targets.
+First the configuration table: the typical request at concurrency 8 against
+  floor (no-op Flask)        a no-op Flask endpoint under the same gunicorn settings (bench/floor.py)
+  ours, auth off, SQLite     the embedded database, no client authentication (local use)
+  ours, auth on, SQLite      client JWTs verified (ES384), the jti replay cache in SQLite
+  ours, auth on, PostgreSQL  what a hospital runs: a throwaway PostgreSQL cluster this script
+                             starts on 127.0.0.1 (bench/postgres.py; skipped, with a message,
+                             when PostgreSQL is not installed)
+in interleaved rounds (each round runs every configuration once, so the machine's other load
+falls on all of them alike), with the median over the rounds of req/s, p50 / p99, server CPU
+ms per request (master and workers, utime + stime from /proc over the requests answered),
+the PostgreSQL processes' CPU ms per request, and the share of the floor's req/s in the same
+round. With auth on, every request carries its own client JWT (the service refuses a jti it
+has seen): minted before each run with cds_service.ops.tokens from the CDS Hooks sandbox's
+published test key pair (../shared/interop/cds-hooks-sandbox/, which the trusted-issuers file
+names), ``aud`` the exact URL called, one list per wrk thread (bench/post.lua). Any answer
+other than 2xx stops the benchmark.
 
-Scenarios (request bodies):
+Then scenario x concurrency (1, 8, 32) on the auth-off service, with the share of the floor:
   typical      fhir_fixtures/bench/typical-request.json: Patient, 25 Conditions, 5 Procedures,
                2 draft orders in prefetch (built by fhir_fixtures/build_typical_request.py)
   large        fhir_fixtures/requests/synthea-keira-huel.json: the largest Synthea record of
@@ -16,15 +28,23 @@ Scenarios (request bodies):
                report of tests/corpus/ three times, different ids): the report reading's cost
                at steady state (its results are cached per report text), as CPU ms per
                request over the typical scenario (target: at most 2 ms more)
+then cold start (process start to the first 200 of a hook call), RSS per worker and a
+per-stage profile of one request in this process.
 
-Then the worst request within the default limits (fhir_fixtures/build_worst_request.py: 50
+Growth: server CPU ms per call (sequential calls) of the typical request grown to 100, 500
+and 2,000 Conditions and to 2, 10 and 50 selected orders (copies of its own), and the cost
+per extra Condition and order between those counts.
+
+The worst request within the default limits (fhir_fixtures/build_worst_request.py: 50
 selected draft orders, 4,800 Conditions and 200 Procedures the decision reads, 7.4 MB): the
-server's CPU milliseconds per call over sequential calls (worker CPU time / calls) and the
-response size, and the same call in this process (CPU time of decode + evaluate + encode).
+server's CPU milliseconds per call over sequential calls and the response size, and the
+same call in this process (CPU time of decode + evaluate + encode).
 
-Needs wrk on PATH (``make bench`` installs it from Debian). Not part of ``make test``.
+Last, the targets, each met or not met. Needs wrk on PATH (``make bench`` installs it from
+Debian). Not part of ``make test``.
 
-    .venv/bin/python bench/run.py [--duration 10] [--workers N] [--skip-load]
+    .venv/bin/python bench/run.py [--duration 8] [--rounds 3] [--configs floor,on-postgresql]
+        [--scenarios typical] [--servers sync,gthread] [--workers N] [--skip-load]
 """
 
 from __future__ import annotations
