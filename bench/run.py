@@ -435,6 +435,13 @@ class Target:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
 
+def write_trusted_issuers(path: Path) -> Path:
+    """Write ``path``: a trusted-issuers file (README, "Client authentication") trusting the
+    CDS Hooks sandbox through its published JWK Set, whose key signs :func:`mint_tokens`'."""
+    path.write_text(json.dumps([{"iss": SANDBOX_ISS, "jwks_file": str(SANDBOX / "jwks.json")}]), encoding="utf-8")
+    return path
+
+
 def mint_tokens(url: str, count: int, files: int, prefix: Path) -> None:
     """``files`` files ``<prefix>.1`` .. ``<prefix>.<files>`` of ``count`` client JWTs each, one a
     line, every one with its own jti and ``aud`` = ``url``: signed with the CDS Hooks sandbox's
@@ -566,8 +573,7 @@ def main() -> int:
     worst_file = tmp / "worst-request.json"
     worst_file.write_text(json.dumps(build_worst(), ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VCF_CDS_", "PROMETHEUS_"))}
-    issuers = tmp / "trusted-issuers.json"
-    issuers.write_text(json.dumps([{"iss": SANDBOX_ISS, "jwks_file": str(SANDBOX / "jwks.json")}]))
+    issuers = write_trusted_issuers(tmp / "trusted-issuers.json")
     # Each configuration its own data directory (SQLite file, audit key); no-prefetch needs the
     # loopback FHIR server allowed.
     config_env = {
