@@ -174,6 +174,7 @@ def memory_mb(pid: int) -> tuple[float, float]:
 
 
 def wrk_threads(concurrency: int) -> int:
+    """wrk threads for ``concurrency`` connections: at most 2, wrk shares the 2 cores too."""
     return min(concurrency, 2)
 
 
@@ -431,7 +432,7 @@ class Target:
     url: str
     auth: bool = False
     cluster: Cluster | None = None
-    rate: float = FIRST_RATE  # highest 2xx req/s seen so far
+    rate: float = FIRST_RATE  # highest req/s seen so far: sizes the next token batch
     runs: list[dict[str, Any]] = field(default_factory=list)
 
 
