@@ -67,7 +67,10 @@ CHAOS_ROUNDS ?= 40
 chaos: $(STAMP)
 	CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(BIN)/python -m pytest tests/test_chaos.py
 
-# Load benchmark (not part of test/CI): installs wrk from Debian when missing.
+# Load benchmark (not part of test/CI): installs wrk from Debian when missing. The production
+# configuration's PostgreSQL is a throwaway cluster the benchmark starts on loopback with
+# initdb/pg_ctl (Debian's postgresql package); without them that row is skipped, with a message.
+# BENCH_ARGS="--duration 2 --rounds 1" for a quick look; bench/run.py --help for the rest.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y wrk || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
