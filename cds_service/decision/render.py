@@ -233,9 +233,8 @@ class _Renderer:
         out: list[str] = []
         # Each distinct code once: a code seen again names no new region.
         for system, code in dict.fromkeys((e.system, e.code) for e in evidence):
-            for rr in self.rules.recordRegions:
-                if self.k.terminology.valuesets[rr.valueSet].contains(system, code):
-                    out.append(rr.region)
+            named = self.k.terminology.memberships(system, code)
+            out += [rr.region for rr in self.rules.recordRegions if rr.valueSet in named]
         return _unique(out)
 
     @staticmethod

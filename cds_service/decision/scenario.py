@@ -204,6 +204,7 @@ class RecordFacts:
         self._tested: dict[tuple, tuple[Evidence, ...]] = {}
         # (encounter, date) -> the facts of an order with no reasonCode fact.
         self._plain: dict[tuple[str | None, date], FactSet] = {}
+        self._variants: dict[tuple[frozenset[str], str], VariantChoice] = {}
         for raw in conditions:
             if is_active_condition(raw):
                 onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
@@ -280,6 +281,16 @@ class RecordFacts:
         if not reasons:
             self._plain[(encounter, as_of)] = facts
         return facts
+
+    def variant(self, facts: FactSet, order_kind: str) -> VariantChoice:
+        """:func:`choose_variant` for ``facts`` (of an order of this call), worked out once
+        per call for each set of facts present and order kind: the orders of a call mostly
+        share both, and the choice reads nothing else."""
+        key = (frozenset(f for f, evs in facts.evidence.items() if evs), order_kind)
+        choice = self._variants.get(key)
+        if choice is None:
+            choice = self._variants[key] = choose_variant(self._knowledge, facts, order_kind)
+        return choice
 
     def _kept(self, runs: Iterable[tuple[Evidence, ...]], test: tuple,
               keep: Callable[[Evidence], bool]) -> _Runs:
