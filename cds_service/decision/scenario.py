@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from cds_service.decision.contract import RED_FLAG_ROUTING, ComputedFact, Fact
+from cds_service.decision.frozen import replaced
 from cds_service.decision.knowledge import Knowledge, Variant
 from cds_service.decision.terminology import ICD10CM
 
@@ -162,15 +163,6 @@ def yields_facts(knowledge: Knowledge, resource_type: str, raw: Mapping) -> bool
 _Runs = tuple[tuple[Evidence, ...], ...]
 
 
-def _stamped(template: Evidence, resource: str, onset: date | None) -> Evidence:
-    """``template`` for another resource and date. ``dataclasses.replace`` would run the frozen
-    ``__init__`` through ``fields()``: on a long record most of the cost of reading it, for
-    what is a copy of the instance's dict."""
-    e = object.__new__(Evidence)
-    object.__setattr__(e, "__dict__", {**template.__dict__, "resource": resource, "onset": onset})
-    return e
-
-
 def _joined(runs: _Runs) -> tuple[Evidence, ...]:
     return runs[0] if len(runs) == 1 else tuple(chain.from_iterable(runs))
 
@@ -243,7 +235,7 @@ class RecordFacts:
         for reason in order.get("reasonCode") or ():
             for c in _codings(reason):
                 for e in self._template("reasonCode", c):
-                    reasons.setdefault(e.fact, []).append(_stamped(e, order_ref, None))
+                    reasons.setdefault(e.fact, []).append(replaced(e, Evidence, resource=order_ref))
         if not reasons and (encounter, as_of) in self._plain:
             return self._plain[(encounter, as_of)]
         runs: dict[str, _Runs] = {f: (evs,) for f, evs in self.base_evidence(encounter).items()}
@@ -342,7 +334,7 @@ class RecordFacts:
                 evs = found.setdefault(e.fact, [])
                 if places is not None:
                     places.setdefault(e.fact, []).append(len(evs))
-                evs.append(_stamped(e, resource, onset))
+                evs.append(replaced(e, Evidence, resource=resource, onset=onset))
 
 
 def extract_facts(
