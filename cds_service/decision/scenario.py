@@ -158,9 +158,12 @@ def yields_facts(knowledge: Knowledge, resource_type: str, raw: Mapping) -> bool
                for vs in term.memberships(c["system"], c["code"]))
 
 
-# One fact's evidence for one order as runs: the record's run (one tuple shared by every order
-# of the call with the same encounter) and then the order's own reasonCode run; no run is empty.
+# One fact's evidence for one order as runs, in order: tuples of the record's evidence (shared
+# by the orders of the call) and of the order's own reasonCode evidence; no run is empty.
 _Runs = tuple[tuple[Evidence, ...], ...]
+
+
+_TEMPLATES_MAX = 20_000  # distinct codings whose evidence a Knowledge keeps
 
 
 def _joined(runs: _Runs) -> tuple[Evidence, ...]:
@@ -173,8 +176,8 @@ class RecordFacts:
     A request may select up to ``MAX_DRAFT_ORDERS`` orders over the same Conditions and
     Procedures. Each resource is read once here (status, date, codes); each distinct coding
     is looked up in the value sets once (an index (origin, system, code, display) -> the
-    evidence it yields), so thousands of Conditions repeating a few dozen codes cost a dict
-    lookup each. The only thing a record's base evidence owes to the order is which
+    evidence it yields, kept across calls), so thousands of Conditions repeating a few dozen
+    codes cost a dict lookup each. The only thing a record's base evidence owes to the order is which
     Conditions are encounter diagnoses of the order's encounter (``current_encounter``), so
     it is assembled once per encounter; what an order's date decides (recency, acuity,
     current fracture) is worked out once per (record evidence, date) and shared by the
@@ -184,7 +187,6 @@ class RecordFacts:
 
     def __init__(self, knowledge: Knowledge, *, conditions: Iterable[Mapping], procedures: Iterable[Mapping]):
         self._knowledge = knowledge
-        self._lookups: dict[tuple[str, str, str, str | None], tuple[Evidence, ...]] = {}
         # Fact -> its evidence in record order (current_encounter False), and per encounter
         # the places in those lists of its encounter diagnoses' evidence.
         self._found: dict[str, list[Evidence]] = {}
@@ -309,15 +311,20 @@ class RecordFacts:
 
     def _template(self, origin: Literal["condition", "procedure", "reasonCode"], c: dict) -> tuple[Evidence, ...]:
         """The evidence one coding yields from ``origin``, for no resource and no date (to be
-        stamped with them): thousands of Conditions repeat a few dozen codings, each is
-        looked up in the value sets once."""
+        stamped with them): thousands of Conditions repeat a few dozen codings, and calls the
+        same ones, so each is looked up in the value sets once per knowledge
+        (``Knowledge.evidence_templates``; codes come from requests: bounded, cleared when full)."""
+        templates = self._knowledge.evidence_templates
         key = (origin, c.get("system") or "", c["code"], c.get("display"))
-        template = self._lookups.get(key)
+        template: tuple[Evidence, ...] | None = templates.get(key)
         if template is None:
             looked: dict[str, list[Evidence]] = {}
             _add_facts(self._knowledge, looked, origin, "", {"coding": [c]}, None)
             # Grouped by fact: appended fact by fact, the lists come out the same.
-            template = self._lookups[key] = tuple(e for evs in looked.values() for e in evs)
+            template = tuple(e for evs in looked.values() for e in evs)
+            if len(templates) >= _TEMPLATES_MAX:
+                templates.clear()
+            templates[key] = template
         return template
 
     def _read(self, origin: Literal["condition", "procedure"], resource: str, concept: object,
