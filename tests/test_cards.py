@@ -244,6 +244,10 @@ def test_record_text_arrives_inert_in_commonmark(knowledge, schemas):
     ("1. first\n# heading", r"1\. first \# heading"),
     ("- dash", r"\- dash"),
     ("Muscle weakness (generalized)", "Muscle weakness (generalized)"),
+    ("  padded\tand\u00a0spaced  ", "padded and spaced"),
+    ("WWW.E.EXAMPLE or ftp://e.example", r"WWW\.E.EXAMPLE or ftp\://e.example"),
+    ("12) twelfth", r"12\) twelfth"),
+    ("= underline", r"\= underline"),
 ])
 def test_md_escape(raw, escaped):
     assert md_escape(raw) == escaped

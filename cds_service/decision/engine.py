@@ -133,8 +133,9 @@ def fracture_regions(knowledge: Knowledge, facts: FactSet) -> tuple[Region, ...]
     # Each distinct code once: a long record repeats a few codes thousands of times.
     codes = {(e.system, e.code) for f in (*knowledge.acuity.vcfFacts, Fact.VCF_TRAUMATIC)
              for e in facts.evidence.get(f, ())}
-    return tuple(r for r in knowledge.regions if r.fractureValueSet is not None
-                 and any(term.valuesets[r.fractureValueSet].contains(system, code) for system, code in codes))
+    # Membership is the terminology's (memoised) index, the same answer as ValueSetDef.contains.
+    named = {vs for system, code in codes for vs in term.memberships(system, code)}
+    return tuple(r for r in knowledge.regions if r.fractureValueSet is not None and r.fractureValueSet in named)
 
 
 def region_mismatch(oc: OrderClass, fractured: Sequence[Region]) -> bool:
@@ -263,7 +264,8 @@ def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Map
                              region=oc.region.id if oc.region else None, facts=facts, conditions=conditions,
                              procedures=procedures, as_of=day)
         facts = with_reading(knowledge, facts, reading)
-    choice = choose_variant(knowledge, facts, oc.procedure.kind)
+    choice = record.variant(facts, oc.procedure.kind) if record is not None else choose_variant(
+        knowledge, facts, oc.procedure.kind)
     choice = _agreement(choice, oc, facts) or choice
     if oc.procedure.category == AUGMENTATION and Fact.INFECTION in facts:
         # Active infection is an absolute exclusion for augmentation (LCD L34228;

@@ -24,7 +24,7 @@ import json
 import re
 import string
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
@@ -390,6 +390,10 @@ class Knowledge:
     region_by_valueset: Mapping[str, Region]
     # Radiology reports, medications and labs (``data/reading/``, its own loader and value sets).
     reading: ReadingKnowledge | None = None
+    # (origin, system, code, display) -> the evidence a record's coding yields, worked out on
+    # first sight (scenario.RecordFacts): the knowledge is frozen, so an answer never goes
+    # stale; not copied by dataclasses.replace, since a copy may hold other value sets.
+    evidence_templates: dict[tuple, tuple] = field(init=False, default_factory=dict, compare=False, repr=False)
 
     def askable(self, fact_id: str) -> bool:
         """Whether a card may ask the clinician to record this fact when it is missing

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
+from functools import partial
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -38,6 +39,7 @@ from cds_service.decision.reading.medications import MedicationFact, read_medica
 from cds_service.decision.reading.reports import (
     ReportFinding,
     ReportReading,
+    ReportsRead,
     SkippedContent,
     read_reports,
     vertebral_levels,
@@ -74,12 +76,13 @@ class RecordText:
     medications: Sequence[Mapping] = ()
     observations: Sequence[Mapping] = ()
     unavailable: tuple[str, ...] = ()
-    # Readings already made for this call, by reference date: orders of one call share them.
-    memo: dict[tuple[str, date], object] = field(default_factory=dict, compare=False, repr=False)
+    # Readings already made for this call, by what and what they depend on (the reference
+    # date, the levels, the resource read): orders of one call share them.
+    memo: dict[tuple, object] = field(default_factory=dict, compare=False, repr=False)
 
-    def once(self, what: str, as_of: date, make: Callable[[], T]) -> T:
-        """``make()`` the first time for (``what``, ``as_of``) in this call, the same result after."""
-        key = (what, as_of)
+    def once(self, key: tuple, make: Callable[[], T]) -> T:
+        """``make()`` the first time for ``key`` in this call, the same result after. ``key``
+        names what is made and everything it depends on beyond this call's record."""
         if key not in self.memo:
             self.memo[key] = make()
         return self.memo[key]  # type: ignore[return-value]
@@ -140,16 +143,67 @@ def _text_of(raw: Mapping, *fields: str) -> str:
     return " ; ".join(parts)
 
 
-def _levels(k: ReadingKnowledge, resources: Mapping[str, Mapping], evidence: Sequence[Evidence]) -> tuple[str, ...]:
+def _levels(k: ReadingKnowledge, text: RecordText, resources: Mapping[str, Mapping],
+            evidence: Sequence[Evidence]) -> tuple[str, ...]:
     """Vertebral levels named in the text of the resources behind ``evidence`` (code text,
-    body site): "Acute T8 osteoporotic compression fracture" -> T8."""
+    body site): "Acute T8 osteoporotic compression fracture" -> T8. Each resource's text is
+    read once per call (``text``), whichever order asks."""
     out: dict[str, None] = {}
-    for e in evidence:
-        raw = resources.get(e.resource)
+    for resource in dict.fromkeys(e.resource for e in evidence):
+        raw = resources.get(resource)
         if raw is None:
             continue
-        for group in vertebral_levels(_text_of(raw, "code", "bodySite"), k):
+        for group in text.once(("levels", resource), partial(_named_levels, k, raw)):
             out.update(dict.fromkeys(group))
+    return tuple(out)
+
+
+def _named_levels(k: ReadingKnowledge, raw: Mapping) -> tuple[tuple[str, ...], ...]:
+    return vertebral_levels(_text_of(raw, "code", "bodySite"), k)
+
+
+def _by_reference(text: RecordText, conditions: Sequence[Mapping],
+                  procedures: Sequence[Mapping]) -> Mapping[str, Mapping]:
+    """``Condition/<id>`` / ``Procedure/<id>`` -> the resource, built once per call (the memo
+    holds the lists, so their ids name them while it lives)."""
+    def make() -> tuple[Sequence[Mapping], Sequence[Mapping], dict[str, Mapping]]:
+        by_ref = {f"Condition/{c.get('id')}": c for c in conditions}
+        by_ref.update({f"Procedure/{p.get('id')}": p for p in procedures})
+        return conditions, procedures, by_ref
+    return text.once(("by reference", id(conditions), id(procedures)), make)[2]
+
+
+def _imaging(k: ReadingKnowledge, read: ReportsRead, now: datetime, fracture_levels: tuple[str, ...],
+             augmented_levels: tuple[str, ...]) -> tuple[ImagingFacts, tuple[Evidence, ...], tuple[Evidence, ...],
+                                                         tuple[Evidence, ...]]:
+    """The imaging facts of ``read`` and their evidence: (facts, marrow edema or cleft, edema
+    or cleft whose level is unknown, incidental fractures)."""
+    imaging = imaging_facts(read.readings, now=now, fracture_levels=fracture_levels,
+                            augmented_levels=augmented_levels, knowledge=k)
+    # The report each finding came from (by identity: reports need not have an id).
+    source = {id(f): r for r in read.readings for f in r.findings}
+    return (imaging,
+            tuple(_report_evidence(Fact.MARROW_EDEMA, f, source[id(f)]) for f in imaging.edema_or_cleft),
+            tuple(_report_evidence(Fact.MARROW_EDEMA, f, source[id(f)]) for f in imaging.level_unknown),
+            tuple(_report_evidence(Fact.ASYMPTOMATIC, f, source[id(f)]) for f in imaging.incidental_fractures))
+
+
+def _medication_evidence(k: ReadingKnowledge, meds: Sequence[MedicationFact]) -> tuple[tuple[Fact, Evidence], ...]:
+    """The decision fact each medication shows, with its evidence (in ``meds`` order)."""
+    out = []
+    for m in meds:
+        fact = MEDICATION_FACTS.get(m.drug_class)
+        if fact is None:
+            continue
+        ref = f"{m.resource_type}/{m.resource_id}" if m.resource_id else m.resource_type
+        # Only current or recent orders count; a recent one says so (status and date).
+        display = m.display if m.when == "current" else f"{m.display} ({m.status} {m.date})"
+        by_code = m.matched_by == "code"
+        out.append((fact, Evidence(
+            fact=fact, resource=f"{ref}#medication", system=(m.system or "") if by_code else "",
+            code=(m.code or "") if by_code else "", display=display,
+            valueset=next(c.valueSet for c in k.medications.classes if c.id == m.drug_class),
+            unconfirmed=m.unconfirmed, onset=date.fromisoformat(m.date) if m.date else None, origin="medication")))
     return tuple(out)
 
 
@@ -183,32 +237,28 @@ def read_order(knowledge: Knowledge, text: RecordText, *, procedure: Procedure |
         return OrderReading(unavailable=text.unavailable)
     now = reading_time(as_of)
     evidence: dict[str, list[Evidence]] = {}
-    imaging = None
+    imaging: ImagingFacts | None = None
     unplaced: tuple[Evidence, ...] = ()
     same: tuple[ReportReading, ...] = ()
     skipped: tuple[SkippedContent, ...] = ()
     if REPORTS_KEY not in text.unavailable:
-        read = text.once("reports", as_of, lambda: read_reports(text.reports, now=now, knowledge=k,
-                                                                 lookback_days=_lookback(k, REPORTS_KEY, 365)))
+        read = text.once(("reports", as_of), lambda: read_reports(text.reports, now=now, knowledge=k,
+                                                                  lookback_days=_lookback(k, REPORTS_KEY, 365)))
         skipped = read.skipped
         fracture_levels: tuple[str, ...] = ()
         augmented_levels: tuple[str, ...] = ()
         if any(r.findings for r in read.readings):
-            by_ref = {f"Condition/{c.get('id')}": c for c in conditions}
-            by_ref.update({f"Procedure/{p.get('id')}": p for p in procedures})
+            by_ref = _by_reference(text, conditions, procedures)
             current = facts.evidence.get(ComputedFact.VCF_CURRENT) or facts.evidence.get(Fact.VCF, ())
-            fracture_levels = _levels(k, by_ref, current)
-            augmented_levels = _levels(k, by_ref, facts.evidence.get(Fact.AUGMENTATION_HISTORY, ()))
-        imaging = imaging_facts(read.readings, now=now, fracture_levels=fracture_levels,
-                                augmented_levels=augmented_levels, knowledge=k)
-        # The report each finding came from (by identity: reports need not have an id).
-        source = {id(f): r for r in read.readings for f in r.findings}
-        for f in imaging.edema_or_cleft:
-            evidence.setdefault(Fact.MARROW_EDEMA, []).append(_report_evidence(Fact.MARROW_EDEMA, f, source[id(f)]))
-        unplaced = tuple(_report_evidence(Fact.MARROW_EDEMA, f, source[id(f)]) for f in imaging.level_unknown)
-        if imaging.incidental_fractures and not _recent_back_pain(facts, as_of, k.imaging.recentMriDays):
-            for f in imaging.incidental_fractures:
-                evidence.setdefault(Fact.ASYMPTOMATIC, []).append(_report_evidence(Fact.ASYMPTOMATIC, f, source[id(f)]))
+            fracture_levels = _levels(k, text, by_ref, current)
+            augmented_levels = _levels(k, text, by_ref, facts.evidence.get(Fact.AUGMENTATION_HISTORY, ()))
+        imaging, edema, unplaced, incidental = text.once(
+            ("imaging", as_of, fracture_levels, augmented_levels),
+            lambda: _imaging(k, read, now, fracture_levels, augmented_levels))
+        if edema:
+            evidence[Fact.MARROW_EDEMA] = list(edema)
+        if incidental and not _recent_back_pain(facts, as_of, k.imaging.recentMriDays):
+            evidence.setdefault(Fact.ASYMPTOMATIC, []).extend(incidental)
         if procedure is not None and procedure.kind == "imaging":
             loinc = next((str(c["code"]) for c in (order.get("code") or {}).get("coding") or ()
                           if isinstance(c, Mapping) and c.get("system") == LOINC and isinstance(c.get("code"), str)), None)
@@ -216,25 +266,17 @@ def read_order(knowledge: Knowledge, text: RecordText, *, procedure: Procedure |
                                        region=region, knowledge=k)
     meds: tuple[MedicationFact, ...] = ()
     if not all(key in text.unavailable for key in MEDICATION_KEYS):
-        referenced = {f"Medication/{m.get('id')}": m for m in text.medications if m.get("resourceType") == "Medication"}
-        meds = text.once("medications", as_of,
-                         lambda: read_medications(text.medications, now=now, knowledge=k, medications=referenced))
-        for m in meds:
-            fact = MEDICATION_FACTS.get(m.drug_class)
-            if fact is None:
-                continue
-            ref = f"{m.resource_type}/{m.resource_id}" if m.resource_id else m.resource_type
-            # Only current or recent orders count; a recent one says so (status and date).
-            display = m.display if m.when == "current" else f"{m.display} ({m.status} {m.date})"
-            by_code = m.matched_by == "code"
-            evidence.setdefault(fact, []).append(Evidence(
-                fact=fact, resource=f"{ref}#medication", system=(m.system or "") if by_code else "",
-                code=(m.code or "") if by_code else "", display=display,
-                valueset=next(c.valueSet for c in k.medications.classes if c.id == m.drug_class),
-                unconfirmed=m.unconfirmed, onset=date.fromisoformat(m.date) if m.date else None, origin="medication"))
+        def read_meds() -> tuple[tuple[MedicationFact, ...], tuple[tuple[Fact, Evidence], ...]]:
+            referenced = {f"Medication/{m.get('id')}": m for m in text.medications
+                          if m.get("resourceType") == "Medication"}
+            found = read_medications(text.medications, now=now, knowledge=k, medications=referenced)
+            return found, _medication_evidence(k, found)
+        meds, shown = text.once(("medications", as_of), read_meds)
+        for fact, ev in shown:
+            evidence.setdefault(fact, []).append(ev)
     labs: tuple[LabJudgement, ...] = ()
     if LABS_KEY not in text.unavailable and procedure is not None:
-        values = text.once("labs", as_of, lambda: read_labs(text.observations, now=now, knowledge=k))
+        values = text.once(("labs", as_of), lambda: read_labs(text.observations, now=now, knowledge=k))
         labs = out_of_range_for_procedure(values, procedure.id, k)
     return OrderReading(imaging, same, meds, labs, skipped, text.unavailable,
                         MappingProxyType({f: tuple(evs) for f, evs in evidence.items()}), unplaced)

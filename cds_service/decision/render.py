@@ -70,6 +70,9 @@ _WS = re.compile(r"\s+")
 # GFM's extended autolinks (cmark-gfm) start at "://" or "www.": escaping that ':' or '.' keeps
 # a URL in record text from becoming a link.
 _AUTOLINK = re.compile(r"(?i):(?=//)|(?<=www)\.")
+# Text none of the rules above would change: no markup character, no whitespace but single
+# inner spaces, no "://" or "www.", no block start. Most record text is such; it is returned as is.
+_MD_UNCHANGED = re.compile(r"[\\`*_\[\]#+!<>|~&]|[^\S ]|  |^ | $|://|(?i:www\.)|^(?:\d{1,9}[.)]|[-=])")
 # Canonical lab units (data/reading/bleeding-thresholds.json) as a clinician writes them.
 _UNIT_WORDS = MappingProxyType({"{INR}": "", "10*9/L": " x 10^9/L"})
 
@@ -87,7 +90,10 @@ def md_escape(text: object) -> str:
     or ``<img src=x onerror=...>`` arrives as plain text and cannot start a block; "://" and
     "www." are escaped too, so GFM's extended autolinks do not turn a URL into a link.
     """
-    flat = _MD_SPECIAL.sub(r"\\\1", _WS.sub(" ", str(text)).strip())
+    text = str(text)
+    if _MD_UNCHANGED.search(text) is None:
+        return text
+    flat = _MD_SPECIAL.sub(r"\\\1", _WS.sub(" ", text).strip())
     flat = _AUTOLINK.sub(lambda m: "\\" + m[0], flat)
     return _MD_BLOCK_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", flat)
 
@@ -168,6 +174,7 @@ class _Renderer:
         self._draft_classes: dict[str, OrderClass] = {ref: classify_order(knowledge, raw)
                                                       for ref, raw in drafts_by_ref.items()}
         self.consult_ids: dict[int, str] = {}
+        self._lines: dict[tuple, tuple[object, str]] = {}
 
     # ---- wording (cards.json; placeholders checked at load) ---------------------------
     def say(self, key: str, **fields: object) -> str:
@@ -224,10 +231,10 @@ class _Renderer:
     def record_regions(self, evidence: Iterable[Evidence]) -> list[str]:
         """Spine regions the record codes name (cards.json ``recordRegions``), in record order."""
         out: list[str] = []
-        for e in evidence:
-            for rr in self.rules.recordRegions:
-                if self.k.terminology.valuesets[rr.valueSet].contains(e.system, e.code):
-                    out.append(rr.region)
+        # Each distinct code once: a code seen again names no new region.
+        for system, code in dict.fromkeys((e.system, e.code) for e in evidence):
+            named = self.k.terminology.memberships(system, code)
+            out += [rr.region for rr in self.rules.recordRegions if rr.valueSet in named]
         return _unique(out)
 
     @staticmethod
@@ -444,42 +451,66 @@ class _Renderer:
     def evidence_block(self, labelled: Iterable[tuple[str | None, Evidence]], heading: bool = True) -> list[str]:
         """One line per resource with all its codes and the facts they show, at most
         EVIDENCE_MAX lines, then "and N more" (with the card's page link when there is one)."""
-        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        # Every resource is counted, but only the lines shown are put into words: a long
+        # record gives thousands of resources for a few lines.
+        shown: dict[tuple[str, str], list[tuple[str | None, Evidence]]] = {}
+        counted: set[tuple[str, str]] = set()
         for label, e in labelled:
             # A resource's codings are one concept; an order's reasonCodes are separate ones.
             key = (e.resource, (e.display or e.code) if e.resource.endswith("#reasonCode") else "")
-            g = groups.setdefault(key, {"display": None, "codes": [], "labels": [], "date": None})
-            if e.origin == "report":
-                # Read from free text, not a code: the sentence itself, marked unconfirmed.
-                g["display"] = g["display"] or (f"“{e.display}”" if e.display else None)
-                g["codes"].append(self.say("reportEvidence"))
-                g["date"] = e.onset
-            elif e.origin == "medication" and not e.code:
-                # Recognised by the drug's name, not by a listed RxNorm code.
-                g["display"] = g["display"] or e.display
-                g["codes"].append(self.say("medicationNameEvidence"))
-            else:
-                g["display"] = g["display"] or e.display
-                g["codes"].append(self.code_text(e))
-            if label:
-                g["labels"].append(label)
-        if not groups:
+            if key in shown:
+                shown[key].append((label, e))
+            elif key not in counted:
+                counted.add(key)
+                if len(shown) < EVIDENCE_MAX:
+                    shown[key] = [(label, e)]
+        if not counted:
             return []
         lines = [self.say("evidenceHeading")] if heading else []
-        for (resource, _), g in list(groups.items())[:EVIDENCE_MAX]:
-            ref, _, part = resource.partition("#")
-            where = self.say("orderReason") if part == "reasonCode" else md_escape(ref)
-            line = "- " + (f"{md_escape(g['display'])} " if g["display"] else "") + f"({'; '.join(_unique(g['codes']))})"
-            if g["labels"]:
-                line += ": " + ", ".join(_unique(g["labels"]))
-            if g["date"] is not None:
-                where += f", {g['date'].isoformat()}"
-            lines.append(f"{line} — {where}")
-        more = len(groups) - EVIDENCE_MAX
+        for (resource, _), members in shown.items():
+            # The record's evidence is the same for every order of the call: each line is
+            # put into words once (keyed by the evidence objects' ids; the memo holds the
+            # objects, so no id is reused while it lives).
+            memo_key = (resource, tuple((label, id(e)) for label, e in members))
+            hit = self._lines.get(memo_key)
+            if hit is None:
+                hit = self._lines[memo_key] = (members, self.evidence_line(resource, members))
+            lines.append(hit[1])
+        more = len(counted) - EVIDENCE_MAX
         if more > 0:
             more_key = "evidenceMoreLink" if self.o.explain_url is not None else "evidenceMore"
             lines.append(self.say(more_key, n=more, url=_MORE_LINK))
         return lines
+
+    def evidence_line(self, resource: str, members: Iterable[tuple[str | None, Evidence]]) -> str:
+        """The evidence line of one resource: its display, codes and facts, where it is."""
+        display: str | None = None
+        codes: list[str] = []
+        labels: list[str] = []
+        day = None
+        for label, e in members:
+            if e.origin == "report":
+                # Read from free text, not a code: the sentence itself, marked unconfirmed.
+                display = display or (f"“{e.display}”" if e.display else None)
+                codes.append(self.say("reportEvidence"))
+                day = e.onset
+            elif e.origin == "medication" and not e.code:
+                # Recognised by the drug's name, not by a listed RxNorm code.
+                display = display or e.display
+                codes.append(self.say("medicationNameEvidence"))
+            else:
+                display = display or e.display
+                codes.append(self.code_text(e))
+            if label:
+                labels.append(label)
+        ref, _, part = resource.partition("#")
+        where = self.say("orderReason") if part == "reasonCode" else md_escape(ref)
+        line = "- " + (f"{md_escape(display)} " if display else "") + f"({'; '.join(_unique(codes))})"
+        if labels:
+            line += ": " + ", ".join(_unique(labels))
+        if day is not None:
+            where += f", {day.isoformat()}"
+        return f"{line} — {where}"
 
     def order_evidence(self, od: OrderDecision, variant: Variant | None) -> list[str]:
         wanted = set(variant.criteria.all) if variant else set()
@@ -544,8 +575,11 @@ class _Renderer:
         if "SECONDARY" in provenances:
             notes.append(self.say("secondaryNote"))
         # Report text is marked where it is shown ("from report text, unconfirmed"), not a code.
+        # Each distinct code and display put into words once (a long record repeats a few).
+        distinct = {(e.system, e.code, e.display): e for evs in od.facts.evidence.values() for e in evs
+                    if e.unconfirmed and e.code and e.origin != "report"}
         unconfirmed = sorted({self.code_text(e) + (f" {md_escape(e.display)}" if e.display else "")
-                              for e in od.facts.all_evidence() if e.unconfirmed and e.code and e.origin != "report"})
+                              for e in distinct.values()})
         if unconfirmed:
             shown = "; ".join(unconfirmed[:EVIDENCE_MAX]) + (f"; and {len(unconfirmed) - EVIDENCE_MAX} more"
                                                             if len(unconfirmed) > EVIDENCE_MAX else "")

@@ -7,13 +7,16 @@ and the code that produced it, so cards and audit records can show why.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
+from functools import partial
+from itertools import chain
 from types import MappingProxyType
 from typing import Literal
 
 from cds_service.decision.contract import RED_FLAG_ROUTING, ComputedFact, Fact
+from cds_service.decision.frozen import replaced
 from cds_service.decision.knowledge import Knowledge, Variant
 from cds_service.decision.terminology import ICD10CM
 
@@ -74,8 +77,12 @@ def _codings(concept: object) -> Iterable[dict]:
 
 
 def _status_code(concept: object) -> str | None:
-    for c in _codings(concept):
-        return c["code"]
+    """The first coding's code (as :func:`_codings` would yield it), without a generator:
+    run twice for every Condition of the record."""
+    if isinstance(concept, dict):
+        for c in concept.get("coding") or ():
+            if isinstance(c, dict) and isinstance(c.get("code"), str):
+                return c["code"]
     return None
 
 
@@ -151,64 +158,190 @@ def yields_facts(knowledge: Knowledge, resource_type: str, raw: Mapping) -> bool
                for vs in term.memberships(c["system"], c["code"]))
 
 
+# One fact's evidence for one order as runs, in order: tuples of the record's evidence (shared
+# by the orders of the call) and of the order's own reasonCode evidence; no run is empty.
+_Runs = tuple[tuple[Evidence, ...], ...]
+
+
+_TEMPLATES_MAX = 20_000  # distinct codings whose evidence a Knowledge keeps
+
+
+def _joined(runs: _Runs) -> tuple[Evidence, ...]:
+    return runs[0] if len(runs) == 1 else tuple(chain.from_iterable(runs))
+
+
 class RecordFacts:
-    """The base facts of a patient's record, read once per request rather than once per order.
+    """The patient's record read once per call, and the facts of each order of the call.
 
     A request may select up to ``MAX_DRAFT_ORDERS`` orders over the same Conditions and
-    Procedures; the only thing a record's base evidence owes to the order is which
-    Conditions are encounter diagnoses of the order's encounter (``current_encounter``).
-    So each resource is read once here (status, date, codes, value-set lookups), and
-    :meth:`base_evidence` assembles the evidence for one encounter in record order.
+    Procedures. Each resource is read once here (status, date, codes); each distinct coding
+    is looked up in the value sets once (an index (origin, system, code, display) -> the
+    evidence it yields, kept across calls), so thousands of Conditions repeating a few dozen
+    codes cost a dict lookup each. The only thing a record's base evidence owes to the order is which
+    Conditions are encounter diagnoses of the order's encounter (``current_encounter``), so
+    it is assembled once per encounter; what an order's date decides (recency, acuity,
+    current fracture) is worked out once per (record evidence, date) and shared by the
+    orders of that date. :meth:`facts_for` then adds only the order's own reasonCode.
     ``conditions`` / ``procedures`` are raw FHIR R4 JSON dicts, as for :func:`extract_facts`.
     """
 
     def __init__(self, knowledge: Knowledge, *, conditions: Iterable[Mapping], procedures: Iterable[Mapping]):
         self._knowledge = knowledge
-        self._lookups: dict[tuple[str, str, str, str | None], tuple[Evidence, ...]] = {}
-        # Per resource read: its evidence (current_encounter False) and, for an encounter
-        # diagnosis, the encounter it belongs to.
-        self._read: list[tuple[tuple[Evidence, ...], str | None]] = []
-        self._by_encounter: dict[str | None, dict[str, tuple[Evidence, ...]]] = {}
+        # Fact -> its evidence in record order (current_encounter False), and per encounter
+        # the places in those lists of its encounter diagnoses' evidence.
+        self._found: dict[str, list[Evidence]] = {}
+        self._diagnoses: dict[str, dict[str, list[int]]] = {}
+        self._by_encounter: dict[str | None, Mapping[str, tuple[Evidence, ...]]] = {}
+        # Runs of record evidence, held here (by base_evidence or _tested) so that their ids
+        # stay unique: (id(run), test) -> what the test keeps of the run.
+        self._shared: set[int] = set()
+        self._tested: dict[tuple, tuple[Evidence, ...]] = {}
+        # (encounter, date) -> the facts of an order with no reasonCode fact.
+        self._plain: dict[tuple[str | None, date], FactSet] = {}
+        self._variants: dict[tuple[frozenset[str], str], VariantChoice] = {}
         for raw in conditions:
             if is_active_condition(raw):
                 onset = _to_date(raw.get("onsetDateTime")) or _to_date((raw.get("onsetPeriod") or {}).get("start"))
-                evs = self._evidence("condition", f"Condition/{raw.get('id')}", raw.get("code"), onset)
                 encounter = _reference_tail(raw.get("encounter"))
-                self._read.append((evs, encounter if _is_encounter_diagnosis_of(raw, encounter) else None))
+                self._read("condition", f"Condition/{raw.get('id')}", raw.get("code"), onset,
+                           encounter if _is_encounter_diagnosis_of(raw, encounter) else None)
         for raw in procedures:
             if raw.get("status") not in EXCLUDED_PROCEDURE_STATUS:
                 performed = (_to_date(raw.get("performedDateTime"))
                              or _to_date((raw.get("performedPeriod") or {}).get("start")))
-                self._read.append((self._evidence("procedure", f"Procedure/{raw.get('id')}", raw.get("code"),
-                                                  performed), None))
+                self._read("procedure", f"Procedure/{raw.get('id')}", raw.get("code"), performed, None)
 
-    def base_evidence(self, order_encounter: str | None) -> dict[str, list[Evidence]]:
+    def base_evidence(self, order_encounter: str | None) -> Mapping[str, tuple[Evidence, ...]]:
         """Fact -> evidence from the record, in record order, for an order of encounter
-        ``order_encounter`` (``Encounter/<id>``, or None); a new dict of new lists."""
+        ``order_encounter`` (``Encounter/<id>``, or None): one read-only mapping per encounter,
+        shared by its orders."""
         cached = self._by_encounter.get(order_encounter)
         if cached is None:
-            found: dict[str, list[Evidence]] = {}
-            for evs, diagnosis_of in self._read:
-                current = diagnosis_of is not None and diagnosis_of == order_encounter
-                for e in evs:
-                    found.setdefault(e.fact, []).append(replace(e, current_encounter=True) if current else e)
-            cached = self._by_encounter[order_encounter] = {k: tuple(v) for k, v in found.items()}
-        return {k: list(v) for k, v in cached.items()}
+            found = {f: tuple(evs) for f, evs in self._found.items()}
+            for f, places in (self._diagnoses.get(order_encounter, {}) if order_encounter else {}).items():
+                marked = list(found[f])
+                for i in places:
+                    marked[i] = replace(marked[i], current_encounter=True)
+                found[f] = tuple(marked)
+            for run in found.values():
+                self._share(run)
+            cached = self._by_encounter[order_encounter] = MappingProxyType(found)
+        return cached
 
-    def _evidence(self, origin: Literal["condition", "procedure"], resource: str, concept: object,
-                  onset: date | None) -> tuple[Evidence, ...]:
-        out: list[Evidence] = []
-        for c in _codings(concept):
-            # Thousands of Conditions repeat a few dozen codings: look each up once.
-            key = (origin, c.get("system") or "", c["code"], c.get("display"))
-            template = self._lookups.get(key)
-            if template is None:
-                looked: dict[str, list[Evidence]] = {}
-                _add_facts(self._knowledge, looked, origin, "", {"coding": [c]}, None)
-                # Grouped by fact: appended fact by fact later, the lists come out the same.
-                template = self._lookups[key] = tuple(e for evs in looked.values() for e in evs)
-            out.extend(replace(e, resource=resource, onset=onset) for e in template)
+    def facts_for(self, order: Mapping, as_of: date) -> FactSet:
+        """The facts of ``order`` (raw ServiceRequest JSON) on ``as_of``: :func:`extract_facts`."""
+        k = self._knowledge
+        encounter = _reference_tail(order.get("encounter"))
+        reasons: dict[str, list[Evidence]] = {}
+        order_ref = f"{order.get('resourceType', 'ServiceRequest')}/{order.get('id')}#reasonCode"
+        for reason in order.get("reasonCode") or ():
+            for c in _codings(reason):
+                for e in self._template("reasonCode", c):
+                    reasons.setdefault(e.fact, []).append(replaced(e, Evidence, resource=order_ref))
+        if not reasons and (encounter, as_of) in self._plain:
+            return self._plain[(encounter, as_of)]
+        runs: dict[str, _Runs] = {f: (evs,) for f, evs in self.base_evidence(encounter).items()}
+        for f, found in reasons.items():
+            runs[f] = (*runs.get(f, ()), tuple(found))
+        base = dict(runs)
+        for q in k.qualified.values():
+            if q.requires and not any(r in base for r in q.requires):
+                continue
+            days = q.recentWithinDays
+            kept = base.get(q.of, ()) if days is None else self._kept(
+                base.get(q.of, ()), ("recent", as_of, days), partial(_is_recent, as_of=as_of, within_days=days))
+            if kept:
+                runs[q.id] = kept
+        for d in k.derived.values():
+            joined: _Runs = ()
+            for a in d.anyOf:
+                joined += runs.get(a, ())
+            if joined:
+                runs[d.id] = joined
+        acu = k.acuity
+        vcf_runs = [run for f in acu.vcfFacts for run in runs.get(f, ())]
+        new = self._kept(vcf_runs, ("new", as_of), lambda e: _acuity(k, e, as_of) == "new")
+        prior = (*(run for f in acu.priorFacts for run in runs.get(f, ())),
+                 *self._kept(vcf_runs, ("prior", as_of), lambda e: _acuity(k, e, as_of) == "prior"))
+        if new:
+            runs[ComputedFact.VCF_NEW.value] = new
+        if prior:
+            runs[ComputedFact.VCF_PRIOR.value] = prior
+        current = self._kept([run for f in acu.vcfFacts for run in runs.get(f, ())], ("current", as_of),
+                             lambda e: _is_current(k, e, as_of))
+        if current:
+            runs[ComputedFact.VCF_CURRENT.value] = current
+        facts = FactSet(MappingProxyType({f: _joined(r) for f, r in runs.items()}))
+        if not reasons:
+            self._plain[(encounter, as_of)] = facts
+        return facts
+
+    def variant(self, facts: FactSet, order_kind: str) -> VariantChoice:
+        """:func:`choose_variant` for ``facts`` (of an order of this call), worked out once
+        per call for each set of facts present and order kind: the orders of a call mostly
+        share both, and the choice reads nothing else."""
+        key = (frozenset(f for f, evs in facts.evidence.items() if evs), order_kind)
+        choice = self._variants.get(key)
+        if choice is None:
+            choice = self._variants[key] = choose_variant(self._knowledge, facts, order_kind)
+        return choice
+
+    def _kept(self, runs: Iterable[tuple[Evidence, ...]], test: tuple,
+              keep: Callable[[Evidence], bool]) -> _Runs:
+        """What ``keep`` keeps of each run, empty runs dropped. ``test`` names ``keep`` with
+        the date it depends on: a run of the record's evidence is tested once per call and
+        date (an order's own reasonCode run, a few codes, each time)."""
+        out = []
+        for run in runs:
+            if id(run) in self._shared:
+                key = (id(run), test)
+                kept = self._tested.get(key)
+                if kept is None:
+                    kept = self._tested[key] = self._share(tuple(filter(keep, run)))
+            else:
+                kept = tuple(filter(keep, run))
+            if kept:
+                out.append(kept)
         return tuple(out)
+
+    def _share(self, run: tuple[Evidence, ...]) -> tuple[Evidence, ...]:
+        """Mark ``run`` as record evidence held by this object (its id stays unique while held)."""
+        self._shared.add(id(run))
+        return run
+
+    def _template(self, origin: Literal["condition", "procedure", "reasonCode"], c: dict) -> tuple[Evidence, ...]:
+        """The evidence one coding yields from ``origin``, for no resource and no date (to be
+        stamped with them): thousands of Conditions repeat a few dozen codings, and calls the
+        same ones, so each is looked up in the value sets once per knowledge
+        (``Knowledge.evidence_templates``; codes come from requests: bounded, cleared when full)."""
+        templates = self._knowledge.evidence_templates
+        key = (origin, c.get("system") or "", c["code"], c.get("display"))
+        template: tuple[Evidence, ...] | None = templates.get(key)
+        if template is None:
+            looked: dict[str, list[Evidence]] = {}
+            _add_facts(self._knowledge, looked, origin, "", {"coding": [c]}, None)
+            # Grouped by fact: appended fact by fact, the lists come out the same.
+            template = tuple(e for evs in looked.values() for e in evs)
+            if len(templates) >= _TEMPLATES_MAX:
+                templates.clear()
+            templates[key] = template
+        return template
+
+    def _read(self, origin: Literal["condition", "procedure"], resource: str, concept: object,
+              onset: date | None, diagnosis_of: str | None) -> None:
+        """Add the evidence of one resource's codes; ``diagnosis_of``: the encounter it is an
+        encounter diagnosis of."""
+        found = self._found
+        places = self._diagnoses.setdefault(diagnosis_of, {}) if diagnosis_of is not None else None
+        # The codings _codings() yields, without a generator: run for every resource read.
+        for c in (concept.get("coding") or () if isinstance(concept, dict) else ()):
+            if not isinstance(c, dict) or not isinstance(c.get("code"), str):
+                continue
+            for e in self._template(origin, c):
+                evs = found.setdefault(e.fact, [])
+                if places is not None:
+                    places.setdefault(e.fact, []).append(len(evs))
+                evs.append(replaced(e, Evidence, resource=resource, onset=onset))
 
 
 def extract_facts(
@@ -232,36 +365,9 @@ def extract_facts(
     ``record``: the same ``conditions`` and ``procedures`` already read once for every order
     of the request (:class:`RecordFacts`); the facts are the same with or without it.
     """
-    order_encounter = _reference_tail(order.get("encounter"))
     if record is None:
         record = RecordFacts(knowledge, conditions=conditions, procedures=procedures)
-    found = record.base_evidence(order_encounter)
-    order_ref = f"{order.get('resourceType', 'ServiceRequest')}/{order.get('id')}#reasonCode"
-    for reason in order.get("reasonCode") or ():
-        _add_facts(knowledge, found, "reasonCode", order_ref, reason, None)
-
-    facts = {k: tuple(v) for k, v in found.items()}
-    base = dict(facts)
-    for q in knowledge.qualified.values():
-        if q.requires and not any(base.get(r) for r in q.requires):
-            continue
-        evs = tuple(e for e in base.get(q.of, ())
-                    if q.recentWithinDays is None or _is_recent(e, as_of, q.recentWithinDays))
-        if evs:
-            facts[q.id] = evs
-    for d in knowledge.derived.values():
-        evs = tuple(e for a in d.anyOf for e in facts.get(a, ()))
-        if evs:
-            facts[d.id] = evs
-    new, prior = _acuity(knowledge, facts, as_of)
-    if new:
-        facts[ComputedFact.VCF_NEW.value] = new
-    if prior:
-        facts[ComputedFact.VCF_PRIOR.value] = prior
-    current = _current(knowledge, facts, as_of)
-    if current:
-        facts[ComputedFact.VCF_CURRENT.value] = current
-    return FactSet(MappingProxyType(facts))
+    return record.facts_for(order, as_of)
 
 
 def _is_recent(e: Evidence, as_of: date, within_days: int) -> bool:
@@ -272,20 +378,14 @@ def _is_recent(e: Evidence, as_of: date, within_days: int) -> bool:
     return e.onset is not None and (as_of - e.onset).days <= within_days
 
 
-def _current(knowledge: Knowledge, facts: Mapping[str, tuple[Evidence, ...]], as_of: date) -> tuple[Evidence, ...]:
+def _is_current(knowledge: Knowledge, e: Evidence, as_of: date) -> bool:
     """VCF evidence of a current fracture: not a sequela (7th character S) and, when the
     onset is known, not older than ``acuity.currentWithinDays`` (decision-rules.md §6.3)."""
     acu = knowledge.acuity
-    out = []
-    for f in acu.vcfFacts:
-        for e in facts.get(f, ()):
-            bare = e.code.replace(".", "").upper()
-            if e.system == ICD10CM and len(bare) == 7 and bare[-1] in acu.sequelaCharacters:
-                continue
-            if e.onset is not None and (as_of - e.onset).days > acu.currentWithinDays:
-                continue
-            out.append(e)
-    return tuple(out)
+    bare = e.code.replace(".", "").upper()
+    if e.system == ICD10CM and len(bare) == 7 and bare[-1] in acu.sequelaCharacters:
+        return False
+    return e.onset is None or (as_of - e.onset).days <= acu.currentWithinDays
 
 
 def _add_facts(knowledge: Knowledge, found: dict[str, list[Evidence]],
@@ -307,19 +407,17 @@ def _add_facts(knowledge: Knowledge, found: dict[str, list[Evidence]],
                     current_encounter=current))
 
 
-def _acuity(knowledge: Knowledge, facts: Mapping[str, tuple[Evidence, ...]], as_of: date):
-    acu = knowledge.acuity
-    new: list[Evidence] = []
-    prior: list[Evidence] = [e for f in acu.priorFacts for e in facts.get(f, ())]
-    for f in acu.vcfFacts:
-        for e in facts.get(f, ()):
-            if e.encounter == "initial":
-                new.append(e)
-            elif e.encounter == "subsequent":
-                prior.append(e)
-            elif e.onset is not None:
-                (new if (as_of - e.onset).days <= acu.newWithinDays else prior).append(e)
-    return tuple(new), tuple(prior)
+def _acuity(knowledge: Knowledge, e: Evidence, as_of: date) -> Literal["new", "prior"] | None:
+    """A VCF evidence's acuity (decision-rules.md §3.2): the encounter its code names
+    (initial: new, subsequent: prior), else its onset within ``acuity.newWithinDays`` (new)
+    or before (prior); None when neither is known."""
+    if e.encounter == "initial":
+        return "new"
+    if e.encounter == "subsequent":
+        return "prior"
+    if e.onset is not None:
+        return "new" if (as_of - e.onset).days <= knowledge.acuity.newWithinDays else "prior"
+    return None
 
 
 @dataclass(frozen=True)

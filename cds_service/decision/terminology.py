@@ -114,6 +114,9 @@ class Terminology:
     # (system, code) -> memberships: the knowledge is frozen, so an answer never goes stale;
     # cleared when full, since the codes come from requests.
     _memo: dict[tuple[str, str], tuple[str, ...]] = field(repr=False, compare=False, default_factory=dict)
+    # (value set, system, code) -> the matching concept, the same way: contains() scans the
+    # set's concepts, and every call asks again for the codes of its record and orders.
+    _concepts: dict[tuple[str, str, str], Concept | None] = field(repr=False, compare=False, default_factory=dict)
 
     @classmethod
     def build(cls, valuesets: Mapping[str, ValueSetDef]) -> Terminology:
@@ -155,4 +158,11 @@ class Terminology:
     def concept(self, valueset_id: str, system: str, code: str) -> Concept | None:
         """The concept of ``valueset_id`` that (system, code) matched, for its display,
         source and unconfirmed flag."""
-        return self.valuesets[valueset_id].contains(system, code)
+        key = (valueset_id, system, code)
+        if key in self._concepts:
+            return self._concepts[key]
+        found = self.valuesets[valueset_id].contains(system, code)
+        if len(self._concepts) >= _MEMO_MAX:
+            self._concepts.clear()
+        self._concepts[key] = found
+        return found

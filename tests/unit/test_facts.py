@@ -26,7 +26,13 @@ from plain_fhir import (
     procedure,
 )
 
-from cds_service.decision.scenario import extract_facts, is_active_condition, reference_date, yields_facts
+from cds_service.decision.scenario import (
+    RecordFacts,
+    extract_facts,
+    is_active_condition,
+    reference_date,
+    yields_facts,
+)
 
 
 def facts_of(knowledge, conditions=(), procedures=(), the_order=None):
@@ -138,3 +144,29 @@ def test_only_conditions_and_procedures_with_a_fact_code_need_reading(knowledge)
     assert yields_facts(knowledge, "Procedure", procedure(KYPHOPLASTY_LUMBAR))
     assert yields_facts(knowledge, "Observation", {"resourceType": "Observation"})
     assert not yields_facts(knowledge, "Condition", {"code": {"coding": [{"system": 7, "code": "M54.50"}]}})
+
+
+def test_orders_of_one_call_get_the_facts_each_would_get_alone(knowledge):
+    """The record is read once per call and what an order's date decides is shared by the
+    orders of that date: each order still gets exactly its own facts, whichever orders came
+    before it (dates on both sides of the 'new' and 'current' windows, own reasons)."""
+    conditions = [condition(COMPRESSION_FRACTURE_SNOMED, SNOMED, id="c-vcf", onset=days_before(60)),
+                  condition(LOW_BACK_PAIN, id="c-pain", onset=days_before(400)),
+                  condition(OSTEOPOROTIC_VCF_SUBSEQUENT, id="c-old", onset=days_before(300))]
+    procedures = [procedure(KYPHOPLASTY_LUMBAR, CPT, id="p-kp")]
+    orders = [order(MRI_LUMBAR_WITHOUT, id="o-now"),
+              order(MRI_LUMBAR_WITHOUT, id="o-later", authored="2026-07-01T10:00:00Z", reasons=("M54.50",)),
+              order(MRI_LUMBAR_WITHOUT, id="o-no-reason", authored="2026-07-01T10:00:00Z"),
+              order(MRI_LUMBAR_WITHOUT, id="o-reason", reasons=("M80.08XA",))]
+    record = RecordFacts(knowledge, conditions=conditions, procedures=procedures)
+    shared = [extract_facts(knowledge, conditions=conditions, procedures=procedures, order=o,
+                            as_of=reference_date(o), record=record) for o in orders + orders[::-1]]
+    alone = [extract_facts(knowledge, conditions=conditions, procedures=procedures, order=o, as_of=reference_date(o))
+             for o in orders + orders[::-1]]
+    assert shared == alone
+    by_order = {o["id"]: f for o, f in zip(orders, shared, strict=False)}
+    assert "vcf-new" in by_order["o-now"] and "vcf-new" not in by_order["o-later"]
+    assert [e.resource for e in by_order["o-later"].evidence["back-pain"]] == ["Condition/c-pain",
+                                                                               "ServiceRequest/o-later#reasonCode"]
+    assert "ServiceRequest/o-reason#reasonCode" in {e.resource for e in by_order["o-reason"].evidence["vcf"]}
+    assert not any(e.resource.startswith("ServiceRequest/o-reason") for e in by_order["o-now"].all_evidence())

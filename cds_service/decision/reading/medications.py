@@ -96,9 +96,11 @@ def _dates(resource: Mapping[str, Any]) -> tuple[datetime | None, datetime | Non
     return start, end
 
 
-def _name_patterns(classes: tuple[MedicationClassDef, ...]) -> list[tuple[MedicationClassDef, re.Pattern[str]]]:
-    return [(mc, re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(n) for n in sorted(mc.names, key=len, reverse=True))
-                            + r")(?![\w-])", re.IGNORECASE)) for mc in classes]
+@lru_cache(maxsize=8)
+def _name_patterns(classes: tuple[MedicationClassDef, ...]) -> tuple[tuple[MedicationClassDef, re.Pattern[str]], ...]:
+    """One pattern per class for its drug names, longest first; built once per knowledge."""
+    return tuple((mc, re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(n) for n in sorted(mc.names, key=len, reverse=True))
+                                 + r")(?![\w-])", re.IGNORECASE)) for mc in classes)
 
 
 def read_medications(resources: Iterable[Any], *, now: datetime, knowledge: ReadingKnowledge | None = None,

@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
+from cds_service.decision.frozen import replaced
 from cds_service.decision.reading._fhir import codings, concept_text, iso_date, mapping, parse_fhir_datetime
 from cds_service.decision.reading.loader import FindingDef, ReadingKnowledge, TargetPhrase, load_reading_knowledge
 
@@ -540,8 +541,11 @@ def read_report(report: Mapping[str, Any], knowledge: ReadingKnowledge | None = 
     is_spine_mri = modality == "MR" and region in k.report_types.spineRegions
     when = report_date(report)
     found = read_text(text, k) if text else ()
-    findings = tuple(ReportFinding(**vars(f), report_id=rid, report_date=iso_date(when), modality=modality,
-                                   region=region, is_spine_mri=is_spine_mri) for f in found)
+    day = iso_date(when)
+    # The cached findings of the text, each as read from this report (a copy: this runs for
+    # every finding of every report of every call).
+    findings = tuple(replaced(f, ReportFinding, report_id=rid, report_date=day, modality=modality, region=region,
+                              is_spine_mri=is_spine_mri, unconfirmed=True) for f in found)
     status = report.get("status") if isinstance(report.get("status"), str) else None
     return ReportReading(rid, status, when, loinc, code_display, _is_radiology(report, k), modality, region,
                          is_spine_mri, source, findings, tuple(skipped))
