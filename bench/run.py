@@ -194,7 +194,8 @@ def wrk(url: str, body_file: Path, concurrency: int, seconds: float, tokens: Pat
         "rps": result["requests"] / (result["duration_us"] / 1e6),
         "p50": result["p50_us"] / 1000, "p95": result["p95_us"] / 1000, "p99": result["p99_us"] / 1000,
         # wrk counts 4xx/5xx answers under errors.status too: they are non2xx here, not socket errors.
-        "errors": sum(n for kind, n in result["errors"].items() if kind != "status"), "non2xx": result["non2xx"], "exhausted": result["exhausted"],
+        "errors": sum(n for kind, n in result["errors"].items() if kind != "status"),
+        "non2xx": result["non2xx"], "exhausted": result["exhausted"],
     }
 
 
