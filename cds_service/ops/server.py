@@ -4,7 +4,8 @@ gunicorn sync workers (one request at a time per process, default one per core);
 preloaded in the master, so knowledge is loaded and checked once before forking; a warm-up
 in the master (every FHIR model class the service validates imported, one built-in request
 evaluated) whose result the workers inherit, then ``gc.freeze()`` so that the objects the
-workers share with the master stay shared; each worker repeats the warm-up in the
+workers share with the master stay shared, and the young-generation collection threshold
+raised (:data:`GC_YOUNG_THRESHOLD`) so that a call rarely pays for one; each worker repeats the warm-up in the
 ``post_fork`` hook, before it accepts a connection; graceful shutdown on SIGTERM (workers
 finish their request within ``graceful_timeout``); Prometheus multiprocess metrics:
 ``PROMETHEUS_MULTIPROC_DIR`` is a fresh temporary directory per start (removed at exit)
@@ -48,6 +49,9 @@ from cds_service.pipeline import evaluate
 from cds_service.protocol.errors import operation_outcome
 
 __all__ = ["WARM_UP_REQUEST", "JsonErrorWorker", "gunicorn_options", "load_fhir_models", "run", "serve", "warm_up"]
+
+GC_YOUNG_THRESHOLD = 20_000
+"""Allocations (net) between two young-generation collections in a serving process (Python's default: 700)."""
 
 log = logging.getLogger("cds_service.ops.server")
 
@@ -240,6 +244,11 @@ def serve(*, host: str, port: int, workers: int) -> None:
     # it, nor write to (and so copy) the pages the workers share with the master.
     gc.collect()
     gc.freeze()
+    # A hook call allocates a few thousand container objects and frees nearly all of them by
+    # reference counting; with the default threshold of 700 nearly every call paid a young
+    # collection (0.07 ms of 3.8 ms in process). Every 20,000 net allocations the young
+    # generation is collected: about once in ten calls, the same garbage cycles found later.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
     def post_fork(server: Any, worker: Any) -> None:
         log.info("worker %d warmed up in %.1f ms", worker.pid, warm_up(app) * 1000)
