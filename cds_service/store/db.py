@@ -63,8 +63,8 @@ from cds_service.store.tables import ReplayEntry
 log = logging.getLogger("cds_service.store.db")
 
 SQLITE_FILE = "vcf-cds.sqlite3"
-# How long a SQLite writer of a command-line tool waits for another writer's lock (the
-# request path waits DB_TIMEOUT_SECONDS), and a PostgreSQL client for a pooled connection.
+# How long a SQLite writer of a command-line tool waits for another writer's lock (on the
+# request path: DB_TIMEOUT_SECONDS).
 SQLITE_BUSY_TIMEOUT_S = 5.0
 # libpq's smallest connect timeout (it treats 1 as 2).
 PG_CONNECT_TIMEOUT_S = 2
