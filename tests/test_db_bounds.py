@@ -182,7 +182,7 @@ def test_calls_in_flight_together_on_a_hanging_postgresql_are_each_bounded(postg
         assert max(elapsed for _, elapsed in answers) < DB_TIMEOUT_S * 2 + MARGIN_S, answers
         assert state_of(app).database.pending == 0
         proxy.thaw()
-        wait_until_written(caller=callers[1])
+        wait_until_written(callers[1])
     finally:
         proxy.thaw()
         state_of(app).database.dispose()
