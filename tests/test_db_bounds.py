@@ -5,7 +5,8 @@ connections open and stops forwarding: what a server under SIGSTOP looks like); 
 held by another connection's write lock. Under either: hook calls are answered (the replay
 check falls back to this process, and still refuses a replay), feedback gets its 503 with
 Retry-After, ``/readyz`` says not ready, each within ``DB_TIMEOUT_SECONDS`` plus a generous
-margin; once the database answers again, everything is written again.
+margin; once the database answers again, everything is written again. A write ended at its
+bound is rolled back, not left to land later.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from client_tokens import BASE, SANDBOX_ISSUERS_FILE, bearer, sandbox_token
@@ -22,7 +24,6 @@ from faults import FreezableProxy
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from cds_service.store.db import CUT_AFTER_SECONDS
 from cds_service.store.tables import AuditCall, Feedback
 from cds_service.web.state import state_of
 
@@ -132,13 +133,9 @@ def test_a_hanging_postgresql_never_holds_a_call(postgres_behind_proxy):
         assert caller.feedback()[0].status_code == 200
         proxy.freeze()
         check_hung_database_is_bounded(caller)
-        # The steps left waiting on the frozen server have their sockets cut (CUT_AFTER_SECONDS)
-        # and end, even though the server still does not answer: no thread stays stuck.
-        db = state_of(app).database
-        end = time.monotonic() + CUT_AFTER_SECONDS + 15
-        while db.pending and time.monotonic() < end:
-            time.sleep(0.2)
-        assert db.pending == 0, "database steps still stuck on a frozen server"
+        # The steps blocked on the frozen server were ended with their calls (their sockets
+        # cut), though the server still does not answer: nothing is left waiting on it.
+        assert state_of(app).database.pending == 0, "database steps still stuck on a frozen server"
         proxy.thaw()
         wait_until_written(caller)
         assert caller.hook()[0].status_code == 200
@@ -153,12 +150,50 @@ def test_a_hanging_postgresql_never_holds_a_call(postgres_behind_proxy):
     direct.dispose()
 
 
+def test_a_postgresql_that_hangs_before_the_first_connection_never_holds_a_call(postgres_behind_proxy):
+    """No connection is pooled yet: each step has to open one from a frozen server."""
+    proxy, config, _ = postgres_behind_proxy
+    app = bounded_app(**config)
+    caller = Caller(app)
+    try:
+        proxy.freeze()
+        check_hung_database_is_bounded(caller)
+        assert state_of(app).database.pending == 0
+        proxy.thaw()
+        wait_until_written(caller)
+        assert caller.hook()[0].status_code == 200
+    finally:
+        proxy.thaw()
+        state_of(app).database.dispose()
+
+
+def test_calls_in_flight_together_on_a_hanging_postgresql_are_each_bounded(postgres_behind_proxy):
+    """A threaded worker: several hook calls blocked on the frozen server at once (one on the
+    pooled connection, the others opening their own) are all answered within the bound."""
+    proxy, config, _ = postgres_behind_proxy
+    app = bounded_app(**config)
+    callers = [Caller(app) for _ in range(3)]
+    try:
+        assert callers[0].hook()[0].status_code == 200
+        proxy.freeze()
+        with ThreadPoolExecutor(len(callers)) as pool:
+            answers = list(pool.map(Caller.hook, callers))
+        assert [resp.status_code for resp, _ in answers] == [200, 200, 200]
+        assert max(elapsed for _, elapsed in answers) < DB_TIMEOUT_S * 2 + MARGIN_S, answers
+        assert state_of(app).database.pending == 0
+        proxy.thaw()
+        wait_until_written(callers[1])
+    finally:
+        proxy.thaw()
+        state_of(app).database.dispose()
+
+
 def test_a_locked_sqlite_database_never_holds_a_call(tmp_path):
     app = bounded_app()
     caller = Caller(app)
     assert caller.hook()[0].status_code == 200
-    path = state_of(app).database.engine.url.database
-    holder = sqlite3.connect(path, timeout=0, isolation_level=None)
+    database = state_of(app).database
+    holder = sqlite3.connect(database.engine.url.database, timeout=0, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
     try:
         check_hung_database_is_bounded(caller)
@@ -166,4 +201,9 @@ def test_a_locked_sqlite_database_never_holds_a_call(tmp_path):
         holder.execute("ROLLBACK")
         holder.close()
     wait_until_written(caller)
-    state_of(app).database.dispose()
+    # The audit write ended at its bound was rolled back, not left to land once the lock was
+    # released: the call answered meanwhile is counted as not written, and only the first is kept.
+    assert state_of(app).audit.failures.value == 1
+    with database.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(AuditCall)).scalar_one() == 1
+    database.dispose()

@@ -10,21 +10,26 @@ The URL can hold a password: nothing here puts it in a message or a log.
 
 Bounds on the request path (the app's database, :func:`open_database` without ``strict``):
 every database step of a hook call, a feedback request or ``/readyz`` runs through
-:meth:`Database.bounded`, which stops waiting after ``DB_TIMEOUT_SECONDS`` (default 1 s) and
-raises :class:`DatabaseTimeout`; the callers then fall back (replay check on this process
-only, audit record counted as not written, feedback 503 with Retry-After). After a timeout
-the database is given :data:`COOLDOWN_SECONDS` before it is tried again (calls fail fast
-meanwhile), and a step still running :data:`CUT_AFTER_SECONDS` past its bound has its
-connections shut down, so no thread stays stuck on a database that hangs. PostgreSQL
+:meth:`Database.bounded`, on the request's own thread, and is ended once it has run
+``DB_TIMEOUT_SECONDS`` (default 1 s): the caller gets :class:`DatabaseTimeout` and falls back
+(replay check on this process only, audit record counted as not written, feedback 503 with
+Retry-After). A step past its bound is aborted, not left to finish: its transaction is
+rolled back, unless its commit had already reached the database. SQLite ends its own waits:
+the bounded engine's ``busy_timeout`` is ``DB_TIMEOUT_SECONDS``. PostgreSQL: a watchdog
+thread per process (:class:`_Watchdog`) shuts down the sockets of a database whose step
+outlived its bound, so the blocked call raises in the request thread; a connection opened
+within a step is given what is left of the bound. After a timeout the database is given
+:data:`COOLDOWN_SECONDS` before it is tried again (calls fail fast meanwhile). PostgreSQL
 connections also get a connect timeout, TCP keepalives, ``statement_timeout``
 (``DB_STATEMENT_TIMEOUT_SECONDS``), ``lock_timeout`` (``DB_TIMEOUT_SECONDS``) and
 ``idle_in_transaction_session_timeout``; the pool pings a connection before lending it.
-SQLite waits :data:`SQLITE_BUSY_TIMEOUT_S` for another writer's lock.
+Command-line tools are not bounded; their SQLite waits :data:`SQLITE_BUSY_TIMEOUT_S` for
+another writer's lock.
 """
 
 from __future__ import annotations
 
-import contextvars
+import contextlib
 import hashlib
 import logging
 import os
@@ -34,7 +39,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from functools import cached_property
@@ -58,8 +63,8 @@ from cds_service.store.tables import ReplayEntry
 log = logging.getLogger("cds_service.store.db")
 
 SQLITE_FILE = "vcf-cds.sqlite3"
-# How long a SQLite writer waits for another writer's lock, and a PostgreSQL client for
-# a connection, before the call fails (and the hook answers without its audit record).
+# How long a SQLite writer of a command-line tool waits for another writer's lock (on the
+# request path: DB_TIMEOUT_SECONDS).
 SQLITE_BUSY_TIMEOUT_S = 5.0
 # libpq's smallest connect timeout (it treats 1 as 2).
 PG_CONNECT_TIMEOUT_S = 2
@@ -69,9 +74,9 @@ PG_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 5,
                 "tcp_user_timeout": 15_000}
 PG_IDLE_IN_TRANSACTION_TIMEOUT_S = 30
 COOLDOWN_SECONDS = 2.0
-CUT_AFTER_SECONDS = 5.0
-# Database steps waiting for a thread in one process; beyond it a step fails at once.
-MAX_PENDING_STEPS = 64
+# How often the watchdog looks at the PostgreSQL steps in flight (or a quarter of the bound,
+# when smaller): a step is ended at most this long after its bound.
+WATCH_INTERVAL_S = 0.25
 # /readyz on the embedded database: not ready below this much free space in DATA_DIR.
 MIN_FREE_BYTES = 1024 * 1024
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
@@ -129,14 +134,16 @@ def ensure_data_dir(settings: Settings) -> Path:
 def make_engine(url: URL, *, statement_timeout: float | None = None, lock_timeout: float | None = None) -> Engine:
     """An engine for ``url`` with this service's connection settings.
 
-    SQLite: WAL journal, foreign keys on, ``busy_timeout`` 5 s. PostgreSQL: 2 s connect
+    SQLite: WAL journal, foreign keys on, ``busy_timeout`` ``lock_timeout`` seconds (default
+    :data:`SQLITE_BUSY_TIMEOUT_S`): how long a write waits for another writer's lock before it
+    fails with "database is locked". PostgreSQL: 2 s connect
     timeout, TCP keepalives (:data:`PG_KEEPALIVE`), a ping before a pooled connection is lent
     (one round trip, well under a millisecond on a LAN; it spares the first call after a
     server restart its failure), and, when given (seconds), ``statement_timeout`` and
     ``lock_timeout`` on every connection plus ``idle_in_transaction_session_timeout``.
     """
     if url.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        engine = create_engine(url, connect_args={"timeout": lock_timeout or SQLITE_BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     engine = create_engine(url, pool_pre_ping=True, pool_timeout=PG_CONNECT_TIMEOUT_S,
@@ -196,12 +203,22 @@ class Database:
         self.timeout = timeout
         self.data_dir = data_dir
         self._retry_at = 0.0
-        self._pending = 0
-        self._lock = threading.Lock()
+        # Steps in flight: request thread id -> time.monotonic() at the step's start. Each
+        # thread writes only its own entry, one dict operation at a time (atomic under the
+        # GIL): no lock on the request path. Read by the watchdog.
+        self._steps: dict[int, float] = {}
+        self._cut_steps: set[float] = set()  # start times of the steps the watchdog cut (its own)
         # Every DB-API connection this engine opened, so a hung step can have its sockets cut.
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._watched = engine.dialect.name == "postgresql" and timeout is not None
         if engine.dialect.name == "postgresql":  # SQLite has no socket to cut (nor weak references)
-            event.listen(engine, "connect", lambda dbapi_connection, _record: self._connections.add(dbapi_connection))
+            # First among the connect listeners: the SETs of make_engine can hang too.
+            event.listen(engine, "connect", lambda dbapi_connection, _record: self._connections.add(dbapi_connection),
+                         insert=True)
+        if timeout is not None:
+            _WATCHDOG.register(self)
+            if self._watched:
+                event.listen(engine, "do_connect", self._connect_within_bound)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, bounded: bool = False) -> Database:
@@ -221,56 +238,103 @@ class Database:
                    data_dir=data_dir)
 
     def bounded(self, step: Callable[..., _T], *args: Any) -> _T:
-        """``step(*args)``, waited on for at most ``timeout`` seconds (unbounded: called here).
+        """``step(*args)`` on the calling thread, ended once it has run ``timeout`` seconds
+        (unbounded: simply called).
 
-        Runs on a thread of the process's database pool; past the bound the caller gets
-        :class:`DatabaseTimeout` while the step may still finish (a late audit record still
-        lands; a late feedback write is a duplicate of the client's retry, stored once).
-        A step still running :data:`CUT_AFTER_SECONDS` later has every connection of this
-        engine shut down under it. Raises what ``step`` raises, or :class:`DatabaseTimeout`
-        (also at once during the cool-down after a timeout, or with too many steps pending).
+        Common path: two plain dict writes around the call, no lock, no thread hand-off. The
+        bound: SQLite's lock waits end by themselves (``busy_timeout`` = ``timeout``); on
+        PostgreSQL the process's watchdog shuts down this engine's sockets once a step has
+        run ``timeout`` seconds (noticed within :data:`WATCH_INTERVAL_S`, or a quarter of
+        ``timeout``), so the blocked call fails, and a connection opened within the step gets
+        only what is left of the bound. A step past its bound is aborted, not left to finish:
+        its transaction is rolled back unless its commit had already reached the database
+        (then the write lands: a late audit record is kept, a late feedback write is a
+        duplicate of the client's retry, stored once). A nested call runs within the outer bound.
+
+        Raises what ``step`` raises, or :class:`DatabaseTimeout` when the step failed after
+        running its bound (the database is then left alone for :data:`COOLDOWN_SECONDS`, and
+        calls meanwhile raise it at once).
         """
         if self.timeout is None:
             return step(*args)
-        with self._lock:
-            if time.monotonic() < self._retry_at:
-                raise DatabaseTimeout(f"the {self.backend} database did not answer a moment ago")
-            if self._pending >= MAX_PENDING_STEPS:
-                raise DatabaseTimeout(f"{self._pending} database steps already waiting")
-            self._pending += 1
-
-        def run() -> _T:
-            try:
-                return step(*args)
-            finally:
-                with self._lock:
-                    self._pending -= 1
-
-        future = _db_pool().submit(contextvars.copy_context().run, run)
+        started = time.monotonic()
+        if started < self._retry_at:
+            raise DatabaseTimeout(f"the {self.backend} database did not answer a moment ago")
+        steps, me = self._steps, threading.get_ident()
+        if me in steps:
+            return step(*args)
+        if self._watched and _WATCHDOG.thread is None:
+            _WATCHDOG.start()
+        steps[me] = started
         try:
-            return future.result(timeout=self.timeout)
+            return step(*args)
+        except SQLAlchemyError as exc:
+            if not isinstance(exc, DatabaseTimeout) and time.monotonic() - started < self.timeout:
+                raise  # a refusal within the bound (constraint, read-only, connection refused)
+            self._timed_out(started)
+            raise DatabaseTimeout(f"the {self.backend} database did not answer within {self.timeout:g} s") from None
+        finally:
+            del steps[me]
+
+    def _timed_out(self, started: float) -> None:
+        """Start the cool-down after a step that began at ``started`` ran out of its bound
+        (logged once per cool-down)."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        self._retry_at = now + COOLDOWN_SECONDS
+        log.error("the %s database did not answer within %g s (a step running for %.1f s); not tried again for %g s",
+                  self.backend, self.timeout, now - started, COOLDOWN_SECONDS)
+
+    def _end_late_steps(self, now: float) -> None:
+        """The watchdog's look at this database at ``now``: once a step has run its bound,
+        start the cool-down and cut every connection of the engine (the step blocked on one
+        of them then fails; so does any other step using one, which only a threaded worker
+        can have). Each late step is cut once."""
+        timeout = self.timeout
+        assert timeout is not None  # only bounded databases are watched
+        running = set(self._steps.values())  # one C-level copy: safe against the request threads
+        late = {started for started in running if now - started >= timeout} - self._cut_steps
+        self._cut_steps = (self._cut_steps | late) & running
+        if late:
+            self._timed_out(min(late))
+            self.cut_connections()
+
+    def _connect_within_bound(self, dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        """``do_connect`` listener of a bounded PostgreSQL engine: within a step, connect on a
+        helper thread and wait only for what is left of the step's bound (a connection cannot
+        be cut before it exists, and libpq's connect timeout is 2 s at least); a connection
+        that comes later is closed. Outside a step (start-up checks), SQLAlchemy connects as usual."""
+        started = self._steps.get(threading.get_ident())
+        if started is None or self.timeout is None:
+            return None
+        left = started + self.timeout - time.monotonic()
+        if left <= 0:
+            raise DatabaseTimeout(f"the {self.backend} database did not answer within {self.timeout:g} s")
+        connected: Future[Any] = Future()
+
+        def connect() -> None:
+            try:
+                connected.set_result(dialect.connect(*cargs, **cparams))
+            except BaseException as exc:
+                connected.set_exception(exc)
+
+        threading.Thread(target=connect, name="db-connect", daemon=True).start()
+        try:
+            return connected.result(timeout=left)
         except FutureTimeout:
-            with self._lock:
-                self._retry_at = time.monotonic() + COOLDOWN_SECONDS
-            if self.backend == "postgresql":  # SQLite's waits end by themselves (busy_timeout)
-                timer = threading.Timer(CUT_AFTER_SECONDS, lambda: None if future.done() else self.cut_connections())
-                timer.daemon = True
-                timer.start()
-            log.error("the %s database did not answer within %g s; not tried again for %g s", self.backend,
-                      self.timeout, COOLDOWN_SECONDS)
+            connected.add_done_callback(_close_connection)
             raise DatabaseTimeout(f"the {self.backend} database did not answer within {self.timeout:g} s") from None
 
     @property
     def pending(self) -> int:
-        """Database steps of this process submitted through :meth:`bounded` and not finished
-        (including those whose caller stopped waiting)."""
-        with self._lock:
-            return self._pending
+        """Database steps of this process running through :meth:`bounded` now."""
+        return len(self._steps)
 
     def cut_connections(self) -> int:
         """Shut down the socket of every PostgreSQL connection of this engine (a blocked
-        read then fails, its thread ends, and the pool replaces the connection); returns how
-        many. SQLite has no socket: its waits end with ``busy_timeout``."""
+        read then fails in the thread waiting on it, and the pool replaces the connection);
+        returns how many. SQLite has no socket: its waits end with ``busy_timeout``."""
         cut = 0
         for connection in list(self._connections):
             fd = getattr(getattr(connection, "pgconn", None), "socket", -1)
@@ -466,16 +530,66 @@ def replay_params(key: str, expires_at: float) -> dict[str, Any]:
     return {"key_hash": _key_hash(key), "expires_at": float(expires_at), "now": time.time()}
 
 
-_DB_POOL: tuple[int, ThreadPoolExecutor] | None = None
-_DB_POOL_LOCK = threading.Lock()
+def _close_connection(connected: Future[Any]) -> None:
+    """Close a connection that arrived after its step had given up on it."""
+    if connected.exception() is None:
+        with contextlib.suppress(Exception):
+            connected.result().close()
 
 
-def _db_pool() -> ThreadPoolExecutor:
-    """The process's database threads (threads do not survive gunicorn's fork: one pool per
-    process, made on first use). Four: a sync worker runs one request at a time; the
-    spare threads carry steps that outlived their bound."""
-    global _DB_POOL
-    with _DB_POOL_LOCK:
-        if _DB_POOL is None or _DB_POOL[0] != os.getpid():
-            _DB_POOL = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="db"))
-        return _DB_POOL[1]
+class _Watchdog:
+    """The process's watch over bounded database steps: a daemon thread, started by the first
+    PostgreSQL step (threads do not survive gunicorn's fork: after a fork the child starts
+    its own), that looks at the steps in flight every :data:`WATCH_INTERVAL_S` (or a quarter
+    of the smallest bound) and has a database whose step ran out of its bound cut its
+    connections (:meth:`Database._end_late_steps`). It ends when no watched database is left.
+    Its lock is never taken on the request path."""
+
+    def __init__(self) -> None:
+        self.databases: weakref.WeakSet[Database] = weakref.WeakSet()
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def register(self, database: Database) -> None:
+        """Watch ``database`` (a bounded one) from now on, for as long as it lives."""
+        with self._lock:
+            self.databases.add(database)
+
+    def start(self) -> None:
+        """Start the thread unless it runs (idempotent, thread-safe)."""
+        with self._lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="db-watchdog", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        interval = self._tick(None)
+        while interval is not None:
+            time.sleep(interval)
+            interval = self._tick(time.monotonic())
+
+    def _tick(self, now: float | None) -> float | None:
+        """End the late steps at ``now`` (None: only look); return the seconds until the next
+        look, or None (and the thread ends) when no database is watched. The databases are
+        referenced only here, never over the sleep, so they can still be collected."""
+        with self._lock:
+            watched = [db for db in self.databases if db._watched]
+            if not watched:
+                self.thread = None
+                return None
+        if now is not None:
+            for database in watched:
+                database._end_late_steps(now)
+        return min(WATCH_INTERVAL_S, *(db.timeout / 4 for db in watched if db.timeout is not None))
+
+    def _after_fork(self) -> None:
+        # The parent's threads are gone in the child, and so are their steps.
+        self._lock = threading.Lock()
+        self.thread = None
+        for database in list(self.databases):
+            database._steps.clear()
+            database._cut_steps.clear()
+
+
+_WATCHDOG = _Watchdog()
