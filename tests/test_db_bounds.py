@@ -207,3 +207,69 @@ def test_a_locked_sqlite_database_never_holds_a_call(tmp_path):
     with database.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(AuditCall)).scalar_one() == 1
     database.dispose()
+
+
+def test_pooled_connections_lost_to_a_server_restart_cost_no_call(postgres_behind_proxy):
+    # The request path's pool lends connections without pinging them first: the step that
+    # finds its connection dead (here its server process ended, as a restart ends them all)
+    # runs once more on a fresh one. Nothing is lost and the jti still counts.
+    _proxy, config, direct_url = postgres_behind_proxy
+    app = bounded_app(**config)
+    caller = Caller(app)
+    database = state_of(app).database
+    assert caller.hook()[0].status_code == 200
+    assert caller.feedback()[0].status_code == 200
+    pids = {connection.info.backend_pid for connection in list(database._connections) if not connection.closed}
+    admin = create_engine(direct_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for pid in pids:
+                assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar() is True
+        token = sandbox_token(BASE + SERVICE)
+        resp, _ = caller.hook(token)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        assert state_of(app).audit.failures.value == 0  # its audit record was written
+        with admin.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(AuditCall)).scalar_one() == 2
+        assert Caller(bounded_app(**config)).hook(token)[0].status_code == 401  # another worker sees the jti
+        assert caller.feedback()[0].status_code == 200
+        assert caller.readyz()[0].status_code == 200
+    finally:
+        admin.dispose()
+
+
+def test_an_audit_write_that_landed_before_its_connection_was_lost_is_not_taken_for_a_replay(
+        postgres_behind_proxy, monkeypatch):
+    # The connection dies after the server committed the write but before its answer came
+    # back: the second try finds the call's own jti recorded. That is not a replay.
+    from contextlib import contextmanager
+
+    from sqlalchemy.exc import OperationalError
+
+    from cds_service.store.db import Database
+
+    _proxy, config, direct_url = postgres_behind_proxy
+    real, lost = Database.autocommit, []
+
+    @contextmanager
+    def answer_lost_after_commit(self):
+        with real(self) as conn:
+            yield conn
+        if not lost:
+            lost.append(True)
+            raise OperationalError("INSERT ...", {}, Exception("server closed the connection unexpectedly"),
+                                   connection_invalidated=True)
+
+    monkeypatch.setattr(Database, "autocommit", answer_lost_after_commit)
+    app = bounded_app(**config)
+    token = sandbox_token(BASE + SERVICE)
+    resp, _ = Caller(app).hook(token)
+    assert lost and resp.status_code == 200, resp.get_data(as_text=True)
+    assert state_of(app).audit.failures.value == 0
+    admin = create_engine(direct_url)
+    try:
+        with admin.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(AuditCall)).scalar_one() == 1  # written once
+    finally:
+        admin.dispose()
+    assert Caller(bounded_app(**config)).hook(token)[0].status_code == 401  # and its jti counts

@@ -9,8 +9,8 @@ HMAC-SHA256(key, fhirServer + newline + patientId); no names, no tokens, no reso
 
 The hook must not fail or wait on the database: :func:`record_outcome` and
 :func:`record_rejection` never raise and wait at most ``DB_TIMEOUT_SECONDS`` for the write
-(:meth:`cds_service.store.db.Database.bounded`; a write that outlives the bound may still
-land); a failed or late write is counted in the trail's :class:`FailureCounter` (and the
+(:meth:`cds_service.store.db.Database.bounded`; a write that outlives the bound is aborted,
+and lands only if its commit had reached the database); a failed or late write is counted in the trail's :class:`FailureCounter` (and the
 ``vcf_cds_audit_write_failures_total`` metric) and logged without patient data.
 
 With client authentication on, the call's ``jti`` replay entry is written in the same
@@ -190,18 +190,24 @@ def write_record(db: Database, record: CallRecord | None, token: tuple[str, floa
     second one is refused. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot
     be written (then nothing was written: neither the record nor the replay entry).
 
-    PostgreSQL: one statement (:func:`_pg_write_statement`). SQLite, which has no
-    data-modifying WITH: one statement per table (orders and cards: one executemany each).
+    PostgreSQL: one statement (:func:`_pg_write_statement`) on an autocommit connection
+    (one round trip). SQLite, which has no data-modifying WITH: one transaction, one statement
+    per table (orders and cards: one executemany each). On a second try after a lost
+    connection (:meth:`cds_service.store.db.Database.second_try`) a ``jti`` found recorded is
+    taken as the first try's, which landed: None is returned and nothing more is written.
     """
-    with db.transaction() as conn:
-        if record is not None and db.backend == "postgresql":
-            params = {**record.call, _ORDER_ROWS: record.orders, _CARD_ROWS: record.cards}
-            if token is not None:
-                params.update(replay_params(*token))
+    if record is not None and db.backend == "postgresql":
+        params = {**record.call, _ORDER_ROWS: record.orders, _CARD_ROWS: record.cards}
+        if token is not None:
+            params.update(replay_params(*token))
+        with db.autocommit() as conn:  # one statement: atomic alone, no BEGIN / COMMIT round trips
             call_id = conn.execute(_pg_write_statement(token is not None), params).scalar()
-            if call_id is None:
-                raise TokenReplayed
-            return int(call_id)
+        if call_id is None:
+            if db.second_try():
+                return None  # the first try's write landed before its connection was lost
+            raise TokenReplayed
+        return int(call_id)
+    with db.transaction() as conn:
         if token is not None and not db.remember_token(conn, *token):
             raise TokenReplayed
         if record is None:

@@ -69,7 +69,8 @@ def store_feedback(db: Database, service_id: str, entries: list[FeedbackEntry],
     ``dedup_key`` decides. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database
     cannot be read or written (nothing of the request is then stored), and its subclass
     :class:`cds_service.store.db.DatabaseTimeout` when it does not answer within
-    ``DB_TIMEOUT_SECONDS`` (the write may still land: the client's retry is then a duplicate).
+    ``DB_TIMEOUT_SECONDS`` (the write is aborted, and lands only if its commit had reached the
+    database: the client's retry is then a duplicate, stored once).
     """
     return db.bounded(_store, db, service_id, entries, now or datetime.now(UTC))
 
