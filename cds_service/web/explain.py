@@ -74,7 +74,9 @@ def explain() -> Response:
         log.info("explanation page: 403 (link not valid)")
         return _error(403)
     try:
-        explanation = load_explanation(st.database, st.knowledge, card_uuid)
+        # Bounded like every request's database step: a hung database gets a 503 in time, and
+        # a pooled connection lost to a server restart is replaced, not shown as an error.
+        explanation = st.database.bounded(load_explanation, st.database, st.knowledge, card_uuid)
     except SQLAlchemyError as exc:
         log.error("explanation page: audit record not readable (%s)", type(exc).__name__)
         return _error(503)
