@@ -712,7 +712,10 @@ def _start_target(stack: contextlib.ExitStack, kind: str, key: str, config_env: 
     else:
         argv = [sys.executable, str(BENCH / "serve.py")]
     argv += ["--port", str(port), "--workers", workers, *threads]
-    server = stack.enter_context(running(argv, config_env[key], tmp / f"{kind}-{key}.log"))
+    # Its own DATA_DIR: the targets run side by side, and two services starting on one
+    # SQLite file would race to migrate it.
+    env = {**config_env[key], "VCF_CDS_DATA_DIR": str(tmp / f"data-{kind}-{key}")}
+    server = stack.enter_context(running(argv, env, tmp / f"{kind}-{key}.log"))
     return Target(key, label, server, f"http://127.0.0.1:{port}{SERVICE_PATH}", auth=key.startswith("on-"),
                   cluster=cluster if key == "on-postgresql" else None)
 

@@ -54,6 +54,26 @@ def test_embedded_database_is_a_wal_sqlite_file_in_the_data_dir(tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
+def test_start_up_migration_waits_out_another_process_holding_the_sqlite_file(tmp_path):
+    # Two services starting on one DATA_DIR: the second migrates once the first lets go of
+    # the file, though that takes longer than a request's database step may wait.
+    import sqlite3
+    import threading
+
+    data_dir = tmp_path / "shared"
+    data_dir.mkdir(mode=0o700)
+    holder = sqlite3.connect(data_dir / "vcf-cds.sqlite3", check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(1.5, holder.commit)
+    release.start()
+    try:
+        app = make_app(DATA_DIR=str(data_dir), DB_TIMEOUT_SECONDS=0.5)
+        assert state_of(app).database.revision() == head_revision()
+    finally:
+        release.join()
+        holder.close()
+
+
 def test_db_upgrade_command_migrates_a_configured_database(tmp_path, monkeypatch, capsys):
     url = f"sqlite:///{tmp_path / 'ops.sqlite3'}"
     monkeypatch.setenv("VCF_CDS_DATABASE_URL", url)

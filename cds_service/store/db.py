@@ -507,7 +507,10 @@ def open_database(settings: Settings, *, strict: bool = False) -> Database:
     """
     database = Database.from_settings(settings, bounded=not strict)
     if database.embedded:
-        database.upgrade()
+        # Through an unbounded engine: a migration may wait out another process's lock for
+        # SQLITE_BUSY_TIMEOUT_S, where a request's step gives up after DB_TIMEOUT_SECONDS.
+        with Database.from_settings(settings) as migrating:
+            migrating.upgrade()
     else:
         try:
             database.check_schema()
