@@ -105,11 +105,11 @@ def free_port() -> int:
 class Server:
     """A server subprocess (its output in a log file) and the time it took to answer 200."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT):
         self.log = log
         self._log_file = open(log, "ab")  # noqa: SIM115 - closed in stop(), outlives this call
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
 
     def wait_for_200(self, url: str, body: bytes | None = None, timeout: float = 60) -> float:
         """Seconds from process start to the first 200 answer to ``url`` (POST ``body``, or GET)."""
@@ -147,8 +147,8 @@ class Server:
 
 
 @contextmanager
-def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[Server]:
-    server = Server(argv, env, log)
+def running(argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> Iterator[Server]:
+    server = Server(argv, env, log, cwd)
     try:
         yield server
     finally:
@@ -547,6 +547,9 @@ def main() -> int:
     parser.add_argument("--servers", type=_choices(SERVERS), default=["sync"], metavar="LIST",
                         help="gunicorn worker classes the configuration table runs under, comma-separated: sync (the "
                              f"service's own), gthread ({GTHREAD_THREADS} threads per worker); default sync")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="a checkout of another version of the service, installed in DIR/.venv: its service "
+                             "configurations run in the same interleaved rounds as ours (a before/after in one run)")
     parser.add_argument("--growth-seconds", type=float, default=1.5,
                         help="seconds of sequential calls per grown request and round (0: skip the growth figures)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers (default: cores)")
@@ -561,6 +564,9 @@ def main() -> int:
         return 2
     if args.skip_load:
         args.configs, args.scenarios = [], []
+    if args.baseline and not (args.baseline / ".venv" / "bin" / "python").is_file():
+        print(f"--baseline {args.baseline}: no .venv/bin/python there (install that checkout first)", file=sys.stderr)
+        return 2
 
     tmp = Path(tempfile.mkdtemp(prefix="vcf-cds-bench-"))
     py = sys.executable
@@ -625,19 +631,24 @@ def main() -> int:
             if cluster is None:
                 args.configs.remove("on-postgresql")
         wanted = [(kind, key) for kind in args.servers for key in args.configs]
+        if args.baseline:
+            wanted += [("baseline", key) for key in args.configs if key != "floor"]
         if args.scenarios:  # the scenarios run on the sync floor and the auth-off service
             wanted += [("sync", key) for key in ("floor", "off-sqlite") if ("sync", key) not in wanted]
         targets = {}
         for kind, key in wanted:
-            targets[kind, key] = _start_target(stack, kind, key, config_env, cluster, tmp, workers)
+            targets[kind, key] = _start_target(stack, kind, key, config_env, cluster, tmp, workers, args.baseline)
         for target in targets.values():
             target.server.wait_for_200(target.url.removesuffix(SERVICE_PATH) + "/readyz")
-        table_targets = [targets[kind, key] for kind in args.servers for key in args.configs]
+        table_targets = [targets[kind, key] for kind in (*args.servers, "baseline") for key in args.configs
+                         if (kind, key) in targets]
         if table_targets:
             interleaved(table_targets, TYPICAL, args.duration, args.warmup, args.rounds, tmp)
-            for kind in args.servers:
-                floor_target = targets.get((kind, "floor"))
+            for kind in (*args.servers, "baseline"):
+                floor_target = targets.get(("sync" if kind == "baseline" else kind, "floor"))
                 for key in args.configs:
+                    if (kind, key) not in targets:
+                        continue
                     target = targets[kind, key]
                     table[target.label] = medians(target, floor_target if floor_target and floor_target.runs else None)
         if args.scenarios:
@@ -700,12 +711,19 @@ def _start_postgres(stack: contextlib.ExitStack, tmp: Path, service_env: dict[st
 
 
 def _start_target(stack: contextlib.ExitStack, kind: str, key: str, config_env: dict[str, dict[str, str]],
-                  cluster: Cluster | None, tmp: Path, workers: str) -> Target:
-    """Start configuration ``key`` under gunicorn worker class ``kind`` (not yet ready)."""
+                  cluster: Cluster | None, tmp: Path, workers: str, baseline: Path | None = None) -> Target:
+    """Start configuration ``key`` under gunicorn worker class ``kind`` (not yet ready); kind
+    ``baseline``: ``vcf-cds serve`` of the checkout ``baseline`` (its own .venv), sync workers."""
     port = free_port()
     threads = ["--worker-class", "gthread", "--threads", str(GTHREAD_THREADS)] if kind == "gthread" else []
     label = CONFIGS[key] + (f" [gthread x{GTHREAD_THREADS}]" if kind == "gthread" else "")
-    if key == "floor":
+    cwd = ROOT
+    if kind == "baseline":
+        assert baseline is not None
+        label = CONFIGS[key].replace("ours", f"baseline {baseline.name}")
+        argv = [str(baseline / ".venv" / "bin" / "python"), "-m", "cds_service.ops.cli", "serve"]
+        cwd = baseline  # -m puts the working directory first on sys.path: its own package
+    elif key == "floor":
         argv = [sys.executable, str(BENCH / "floor.py")]
     elif kind == "sync":
         argv = [sys.executable, "-m", "cds_service.ops.cli", "serve"]
@@ -715,7 +733,7 @@ def _start_target(stack: contextlib.ExitStack, kind: str, key: str, config_env: 
     # Its own DATA_DIR: the targets run side by side, and two services starting on one
     # SQLite file would race to migrate it.
     env = {**config_env[key], "VCF_CDS_DATA_DIR": str(tmp / f"data-{kind}-{key}")}
-    server = stack.enter_context(running(argv, env, tmp / f"{kind}-{key}.log"))
+    server = stack.enter_context(running(argv, env, tmp / f"{kind}-{key}.log", cwd))
     return Target(key, label, server, f"http://127.0.0.1:{port}{SERVICE_PATH}", auth=key.startswith("on-"),
                   cluster=cluster if key == "on-postgresql" else None)
 
