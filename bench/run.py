@@ -91,6 +91,7 @@ from ehr_server import without_prefetch  # noqa: E402
 from postgres import Cluster  # noqa: E402
 
 from cds_service.ops.tokens import mint_client_token  # noqa: E402
+from cds_service.web.hooks import decode_json, encode_json  # noqa: E402 - the service's own JSON both ways
 
 
 def free_port() -> int:
@@ -317,12 +318,12 @@ def stage_profile(body_file: Path, runs: int, raw: bytes | None = None) -> dict[
         for n in range(runs + 1):
             spent.clear()
             t0 = time.perf_counter()
-            body = json.loads(raw)
+            body = decode_json(raw)
             t1 = time.perf_counter()
             out = pipeline.evaluate(st.knowledge, st.schemas, body, service_id="vcf-order-select",
                                     options=st.render_options, max_depth=st.settings.max_json_depth)
             t2 = time.perf_counter()
-            json.dumps(out.rendered.response, ensure_ascii=False, separators=(",", ":"))
+            encode_json(out.rendered.response)
             t3 = time.perf_counter()
             if n == 0:
                 continue
@@ -376,9 +377,9 @@ def worst_in_process(body_file: Path, runs: int) -> dict[str, float]:
     gc.freeze()
     for n in range(runs + 1):
         t = time.process_time()
-        out = pipeline.evaluate(st.knowledge, st.schemas, json.loads(raw), service_id="vcf-order-select",
+        out = pipeline.evaluate(st.knowledge, st.schemas, decode_json(raw), service_id="vcf-order-select",
                                 options=st.render_options, **st.settings.request_limits)
-        size = len(json.dumps(out.rendered.response, ensure_ascii=False, separators=(",", ":")).encode())
+        size = len(encode_json(out.rendered.response))
         if n:
             cpu.append(1000 * (time.process_time() - t))
     return {"cpu_ms": statistics.median(cpu), "bytes": size, "request_bytes": len(raw)}
@@ -395,9 +396,9 @@ def cpu_per_call(bodies: dict[str, bytes], runs: int, rounds: int = 5) -> dict[s
     st = state_of(app)
 
     def call(raw: bytes) -> None:
-        out = pipeline.evaluate(st.knowledge, st.schemas, json.loads(raw), service_id="vcf-order-select",
+        out = pipeline.evaluate(st.knowledge, st.schemas, decode_json(raw), service_id="vcf-order-select",
                                 options=st.render_options, max_depth=st.settings.max_json_depth)
-        json.dumps(out.rendered.response, ensure_ascii=False, separators=(",", ":"))
+        encode_json(out.rendered.response)
 
     per_round = max(1, runs // rounds)
     best = {name: float("inf") for name in bodies}
