@@ -52,6 +52,37 @@ def test_a_nul_character_in_hook_instance_is_still_audited(db_app, database):
     assert call["hook_instance"] == "d1577c69-dfbe-44ad-ba6d\ufffd-3e05e953b2ea"
 
 
+def _with_lone_surrogate(where: str) -> dict:
+    body = json.loads(json.dumps(REQUEST))
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    lone = "x\ud800y"  # what a request decodes to from the escape "x\\ud800y"
+    if where == "hookInstance":
+        body["hookInstance"] = lone
+    elif where == "fhirServer":
+        body["fhirServer"] = "https://ehr.example.org/" + lone
+    elif where == "selections":
+        body["context"]["selections"] = [lone]
+    elif where == "order resourceType":
+        order["resourceType"] = lone
+    elif where == "prefetch key":
+        body["prefetch"][lone] = None
+    return body
+
+
+@pytest.mark.parametrize("where, status", [("hookInstance", 200), ("fhirServer", 200), ("selections", 400),
+                                           ("order resourceType", 400), ("prefetch key", 200)])
+def test_a_lone_surrogate_escaped_in_the_request_is_answered_and_audited(where, status, db_app, database):
+    # JSON lets a request escape half of a surrogate pair ("\ud800"); no UTF-8 text can hold
+    # one. The answer is still JSON (such a character written back escaped), never a 500.
+    raw = json.dumps(_with_lone_surrogate(where)).encode("ascii")
+    resp = db_app.test_client().post(SERVICE_URL, data=raw, content_type="application/json")
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    json.loads(resp.get_data())  # valid JSON, in valid UTF-8
+    assert state_of(db_app).audit.failures.value == 0
+    [call] = table_rows(database, AuditCall)
+    assert call["status"] == status
+
+
 # ----------------------------------------------------------------------------- tokens
 
 

@@ -149,8 +149,12 @@ class RequestSchemas:
     def is_valid(self, validator: Draft202012Validator, instance: Any) -> bool:
         """Whether ``instance`` is valid against ``validator`` (one of this object's), by its
         compiled twin. A False is final only from ``validator`` itself: the two regex engines
-        differ on corner cases (``$`` before a final newline)."""
-        return bool(self._compiled[id(validator)].is_valid(instance))
+        differ on corner cases (``$`` before a final newline), and a value the compiled one
+        cannot read (a lone surrogate, which a request may send escaped) counts as a False."""
+        try:
+            return bool(self._compiled[id(validator)].is_valid(instance))
+        except ValueError:  # UnicodeEncodeError: jsonschema_rs reads strings as UTF-8
+            return False
 
     def context_for(self, hook: str) -> Draft202012Validator:
         """The context validator of ``hook`` (``order-select`` or ``order-sign``)."""

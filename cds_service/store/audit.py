@@ -53,6 +53,7 @@ log = logging.getLogger("cds_service.store.audit")
 
 KEY_FILE = "audit-hmac.key"
 _HOOK_INSTANCE_MAX = 128
+_SUMMARY_MAX = 160  # audit_card.summary (CDS Hooks keeps a summary under 140 characters)
 
 
 def load_hmac_key(settings: Settings) -> bytes:
@@ -102,7 +103,8 @@ def _key_file(path: Path) -> bytes:
 
 def patient_hash(key: bytes, fhir_server: str | None, patient_id: str) -> str:
     """HMAC-SHA256 hex of the patient: ids are only unique per FHIR server, so both count."""
-    message = f"{fhir_server or ''}\n{patient_id}".encode()
+    # surrogatepass: an id holding a lone surrogate (sent escaped) is hashed as sent, not refused.
+    message = f"{fhir_server or ''}\n{patient_id}".encode("utf-8", "surrogatepass")
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
@@ -139,7 +141,7 @@ def build_record(outcome: Outcome, *, service_id: str, latency_ms: float, knowle
             "evidence": order_evidence(knowledge, od) if knowledge is not None else None,
         })
     cards = [{"uuid": c["uuid"], "kind": outcome.rendered.card_kinds.get(c["uuid"], "unknown"),
-              "indicator": c["indicator"], "summary": c["summary"],
+              "indicator": c["indicator"], "summary": _clip(c["summary"], _SUMMARY_MAX),
               "suggestions": [s["uuid"] for s in c.get("suggestions", ()) if s.get("uuid")],
               "order_position": outcome.rendered.card_orders.get(c["uuid"])}
              for c in response["cards"]]
@@ -164,8 +166,12 @@ def _first_coding(raw: Mapping) -> Mapping:
 
 
 def _clip(value: Any, limit: int) -> str | None:
-    # U+0000 replaced: PostgreSQL text cannot hold it, and the record must be written anyway.
-    return value[:limit].replace("\x00", "\ufffd") if isinstance(value, str) else None
+    # U+0000 and lone surrogates (a request may escape one, "\ud800") replaced: neither
+    # database's text can hold them, and the record must be written anyway.
+    if not isinstance(value, str):
+        return None
+    value = value[:limit].replace("\x00", "\ufffd")
+    return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
 
 
 class TokenReplayed(Exception):

@@ -44,7 +44,8 @@ def encode_json(payload: Any) -> bytes:
     refuses what ``json.dumps`` handles otherwise (keys that are not strings, integers beyond
     64 bits, lone surrogates, nesting past its limit of 254 levels, a dataclass or datetime),
     and writes floats below 1e-4 differently. Those payloads are encoded with ``json.dumps``,
-    so the response is the same whichever encoder ran. NaN and infinities (which no decoded
+    so the response is the same whichever encoder ran; a payload holding a lone surrogate
+    comes out ASCII, with every non-ASCII character escaped. NaN and infinities (which no decoded
     request holds) are the exception: orjson writes ``null`` where ``json.dumps`` writes ``NaN``.
 
     Raises:
@@ -55,7 +56,13 @@ def encode_json(payload: Any) -> bytes:
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         out = None
     if out is None or _SMALL_FLOAT.search(out):
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate, which the request can only have sent escaped ("\ud800"; in
+            # an OperationOutcome's diagnostics, say): written back escaped, as it came.
+            return json.dumps(payload, separators=(",", ":")).encode("ascii")
     return out
 
 
