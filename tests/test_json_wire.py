@@ -82,3 +82,24 @@ def test_selection_with_a_final_newline_is_still_not_found(client):
     body["context"]["selections"] = [body["context"]["selections"][0] + "\n"]
     outcome = assert_operation_outcome(post(client, body), 400)
     assert outcome["issue"][0]["code"] == "not-found"
+
+
+def test_a_request_schema_reading_inside_prefetch_refuses_to_load(schemas):
+    # The compiled envelope check sees prefetch values emptied (a large record is not
+    # converted for a check that reads none of it): a schema that read inside them would
+    # be fooled, so it is refused at start-up instead.
+    from jsonschema import Draft202012Validator
+
+    from cds_service.protocol.request import RequestSchemas
+
+    deeper = copy.deepcopy(schemas.request.schema)
+    deeper["properties"]["prefetch"]["additionalProperties"]["required"] = ["resourceType"]
+    with pytest.raises(ValueError, match="reads deeper"):
+        RequestSchemas(Draft202012Validator(deeper), schemas.order_select_context, schemas.order_sign_context)
+
+
+@pytest.mark.parametrize("prefetch", [{"conditions": []}, {"conditions": "x"}, {"conditions": 3}])
+def test_a_prefetch_value_that_is_not_an_object_or_null_is_still_a_400(client, prefetch):
+    resp = post(client, {**copy.deepcopy(BASE), "prefetch": prefetch})
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert resp.get_json()["issue"][0]["expression"] == ["prefetch.conditions"]

@@ -143,6 +143,7 @@ class RequestSchemas:
     _compiled: dict[int, jsonschema_rs.Validator] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        _assert_envelope_view_applies(self.request.schema)
         validators = (self.request, self.order_select_context, self.order_sign_context)
         object.__setattr__(self, "_compiled", {id(v): _compile(v.schema) for v in validators})
 
@@ -403,7 +404,7 @@ def parse_envelope(
         )
     _check_counts(body, max_draft_orders, max_prefetch_entries)
 
-    _check_schema(schemas, schemas.request, body, prefix="")
+    _check_schema(schemas, schemas.request, body, prefix="", compiled_view=_envelope_view(body))
     if body["hook"] != hook:
         raise RequestError(
             400,
@@ -592,8 +593,56 @@ def _check_counts(body: Mapping[str, Any], max_draft_orders: int, max_prefetch_e
             )
 
 
-def _check_schema(schemas: RequestSchemas, validator: Draft202012Validator, instance: Any, *, prefix: str) -> None:
-    if schemas.is_valid(validator, instance):
+# The members the request schema reads beyond their JSON type. Of the others (context, which
+# has a schema of its own, extension, unknown members) and of each prefetch value, it checks
+# the type only (asserted at start-up: _assert_envelope_view_applies).
+_ENVELOPE_READ = frozenset({"hook", "hookInstance", "fhirServer", "fhirAuthorization"})
+
+
+def _envelope_view(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as the request schema sees it: every object or array it checks by type only
+    replaced by an empty one. jsonschema_rs converts its whole input before checking it, so
+    the 3 MB prefetch of a large record cost its conversion (about 1.5 us a Condition) for a
+    check that reads none of it."""
+    view: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in _ENVELOPE_READ:
+            view[key] = value
+        elif key == "prefetch" and type(value) is dict:
+            view[key] = {name: _stand_in(member) for name, member in value.items()}
+        else:
+            view[key] = _stand_in(value)
+    return view
+
+
+def _stand_in(value: Any) -> Any:
+    kind = type(value)
+    return {} if kind is dict else [] if kind is list else value
+
+
+def _assert_envelope_view_applies(schema: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` unless the request schema checks, of what :func:`_envelope_view`
+    empties, the JSON type only (so the view is valid exactly when the body is)."""
+    shallow = {"type", "description"}
+    properties = schema.get("properties", {})
+    prefetch = properties.get("prefetch", {})
+    problems = [
+        set(schema) & {"additionalProperties", "patternProperties", "unevaluatedProperties", "propertyNames",
+                       "minProperties", "maxProperties", "allOf", "anyOf", "oneOf", "not", "if", "$ref"},
+        {key for key, sub in properties.items()
+         if key not in _ENVELOPE_READ and key != "prefetch" and not set(sub) <= shallow},
+        set(prefetch) - {*shallow, "additionalProperties"},
+        set(prefetch.get("additionalProperties", {})) - shallow,
+    ]
+    if any(problems):
+        raise ValueError(f"the request schema reads deeper than _envelope_view keeps: {problems}")
+
+
+def _check_schema(schemas: RequestSchemas, validator: Draft202012Validator, instance: Any, *, prefix: str,
+                  compiled_view: Any = None) -> None:
+    # ``compiled_view``: what the compiled check is given instead of ``instance`` (see
+    # _envelope_view); python-jsonschema, which names the error, always reads ``instance``.
+    if schemas.is_valid(validator, instance if compiled_view is None else compiled_view):
         return
     try:
         error = best_match(validator.iter_errors(instance))
