@@ -98,7 +98,8 @@ class CardKind(StrEnum):
 
 CARD_KINDS: tuple[str, ...] = (*CardKind, *Advisory)
 
-# ACR rating categories (decision-rules.md §1) and Argonaut PAMA rating codes (§5): the code
+# ACR rating categories (ACR Appropriateness Criteria rating scale) and Argonaut PAMA rating codes
+# ('CDS Hooks for PAMA'): the code
 # compares against these; ratings.json gives each its display, score range and mapping.
 Category = Literal["UA", "MBA", "MBA-D", "UNA"]
 CATEGORIES: tuple[str, ...] = get_args(Category)
@@ -111,11 +112,11 @@ PAMA_RATINGS: tuple[str, ...] = get_args(PamaRating)
 NO_CRITERIA_APPLY: PamaRating = "no-criteria-apply"
 APPROPRIATE: PamaRating = "appropriate"
 NOT_APPROPRIATE: PamaRating = "not-appropriate"
-# Rating provenance (decision-rules.md §1): the setting PAMA_OFFICIAL_ONLY sends only these.
+# Rating provenance (the tag each rating of acr/*.json carries): the setting PAMA_OFFICIAL_ONLY sends only these.
 OFFICIAL = "OFFICIAL"
 
 # Variants with this ``routing`` (``acr/*.json``) rate imaging when a neurologic red flag has
-# taken the patient out of the routine VCF pathway (decision-rules.md §2.1).
+# taken the patient out of the routine VCF pathway (IR teaching cases' neurologic FAQ and escalation; CMS LCD L34228).
 RedFlagRouting = Literal["red-flag"]
 RED_FLAG_ROUTING: RedFlagRouting = "red-flag"
 # Procedures of this category (``acr/procedures.json``) get the augmentation advisories.

@@ -1,7 +1,7 @@
 """The decision: selected orders + record + knowledge -> variant, rating and advisories.
 
-Pure (no Flask, no I/O). Implements decision-rules.md §3 (classification, facts, variant)
-and the rules of §2 that attach to the ordered procedure (augmentation contraindications
+Pure (no Flask, no I/O). Implements the product's scenario inference (classification, facts, variant)
+and the clinical rules that attach to the ordered procedure (augmentation contraindications
 and reminders, MRI after vertebral augmentation, steering to IR).
 """
 
@@ -60,7 +60,7 @@ class OrderDecision:
     the order itself is out of scope (no procedure). ``rating`` is the ACR cell for the
     ordered procedure in the chosen variant; ``pama`` the Argonaut rating code, None when no
     rating can be determined (the order then SHALL NOT appear in rating actions,
-    decision-rules.md §5), also when the order misses the fractured region or the site sends
+    Argonaut 'CDS Hooks for PAMA'), also when the order misses the fractured region or the site sends
     only OFFICIAL ratings. ``alternatives`` are the variant's Usually appropriate procedures
     other than the one ordered, in table order. ``fracture_regions`` are the spine regions
     the record's fracture codes name (M48.5-, S22.0-, S32.0-). ``reading`` is what the
@@ -101,7 +101,7 @@ class Decision:
 
 
 def classify_order(knowledge: Knowledge, raw: Mapping) -> OrderClass:
-    """Classify an order by its ``code.coding`` (CPT, LOINC, SNOMED CT; decision-rules.md §3.1)."""
+    """Classify an order by its ``code.coding`` (CPT, LOINC, SNOMED CT)."""
     term = knowledge.terminology
     procedure = region = coding = None
     by_vs, region_by_vs = knowledge.procedure_by_valueset, knowledge.region_by_valueset
@@ -128,7 +128,7 @@ def _rating(variant: Variant | None, oc: OrderClass) -> Rating | None:
 
 
 def fracture_regions(knowledge: Knowledge, facts: FactSet) -> tuple[Region, ...]:
-    """Regions named by the record's vertebral fracture codes (decision-rules.md §6.8)."""
+    """Regions named by the record's vertebral fracture codes (ICD-10-CM code titles)."""
     term = knowledge.terminology
     # Each distinct code once: a long record repeats a few codes thousands of times.
     codes = {(e.system, e.code) for f in (*knowledge.acuity.vcfFacts, Fact.VCF_TRAUMATIC)
@@ -144,8 +144,8 @@ def region_mismatch(oc: OrderClass, fractured: Sequence[Region]) -> bool:
 
 
 def _agreement(choice: VariantChoice, oc: OrderClass, facts: FactSet) -> VariantChoice | None:
-    """Rate when every variant the facts leave open rates the order alike (decision-rules.md
-    §6.10: V2/V4 MRI without and with contrast UA, V6/V7 ablation UNA).
+    """Rate when every variant the facts leave open rates the order alike (product
+    decision: V2/V4 MRI without and with contrast UA, V6/V7 ablation UNA).
 
     Variants that all fit (``conflict``) agree on any rating. Open variants (``missing``)
     agree on a Usually not appropriate rating outright; on any other rating only when they
@@ -196,8 +196,8 @@ def _advisories(knowledge: Knowledge, oc: OrderClass, facts: FactSet, choice: Va
 def _augmentation_advisories(facts: FactSet, choice: VariantChoice,
                              reading: OrderReading | None = None) -> list[Advisory]:
     """Contraindications to vertebral augmentation on record (infection first: an absolute
-    exclusion), then reminders of what the routine pathway needs first (decision-rules.md
-    §2.2, §2.3, §2.6, §6.5, §6.9). An INR or platelet count outside the SIR threshold
+    exclusion), then reminders of what the routine pathway needs first (CMS LCD
+    L34228; IR case presentation; IR teaching cases). An INR or platelet count outside the SIR threshold
     (``reading.labs``) is a bleeding item too; the 'no MRI evidence' reminder is left out
     when a spine MRI report was read (its findings decided the variant)."""
     out = [advisory for fact, advisory in ((Fact.INFECTION, Advisory.AUGMENT_INFECTION),
@@ -207,13 +207,13 @@ def _augmentation_advisories(facts: FactSet, choice: VariantChoice,
     if reading is not None and reading.labs and Advisory.AUGMENT_BLEEDING not in out:
         out.insert(1 if Fact.INFECTION in facts else 0, Advisory.AUGMENT_BLEEDING)
     # Reminders belong to the routine pathway; a red flag or an infection has already taken
-    # the patient out of it (decision-rules.md §2.1, §6.5), and the critical card says what
+    # the patient out of it (IR teaching cases; CMS LCD L34228), and the critical card says what
     # to do instead.
     if Fact.NEURO_RED_FLAG in facts or Fact.INFECTION in facts:
         return out
     named_missing = any(Fact.MARROW_EDEMA in gap for gap in choice.missing)
-    # Reports read and no spine MRI among them: the MRI is the next step (seed 001 FAQ, seed
-    # 000 takeaway 2), said on the checklist even beside the card asking for the fact.
+    # Reports read and no spine MRI among them: the MRI is the next step (IR teaching case FAQ;
+    # IR case presentation, takeaway 2), said on the checklist even beside the card asking for the fact.
     mri_read = reading is not None and reading.reports_read and not reading.no_spine_mri
     no_mri = reading is not None and reading.no_spine_mri
     if Fact.MARROW_EDEMA not in facts and not mri_read and (no_mri or not named_missing):
@@ -268,8 +268,8 @@ def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Map
         knowledge, facts, oc.procedure.kind)
     choice = _agreement(choice, oc, facts) or choice
     if oc.procedure.category == AUGMENTATION and Fact.INFECTION in facts:
-        # Active infection is an absolute exclusion for augmentation (LCD L34228;
-        # decision-rules.md §6.5): no ACR cell applies, so no rating beside the critical card.
+        # Active infection is an absolute exclusion for augmentation (LCD L34228):
+        # no ACR cell applies, so no rating beside the critical card.
         choice = VariantChoice("contraindicated")
     rating = _rating(choice.variant, oc)
     pama: PamaRating | None = None
@@ -281,7 +281,7 @@ def decide_order(knowledge: Knowledge, raw: Mapping, *, conditions: Sequence[Map
     mismatch = region_mismatch(oc, fractured)
     if mismatch and pama != NOT_APPROPRIATE:
         # An order that misses the fractured region is not the study or treatment the
-        # variant rates (decision-rules.md §6.8): no 'appropriate', a warning instead.
+        # variant rates (product decision): no 'appropriate', a warning instead.
         pama = None
     if pama_official_only and (rating is None or rating.provenance != OFFICIAL):
         pama = None

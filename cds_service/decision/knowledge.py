@@ -3,7 +3,7 @@
 Layout of the directory (see ``cds_service/decision/data/README.md``)::
 
     valuesets/*.json     FHIR R4 ValueSet resources (validated with fhir.resources R4B)
-    facts.json           fact kinds -> value sets (decision-rules.md §3.2)
+    facts.json           fact kinds -> value sets
     acr/procedures.json  ACR procedures and spine regions -> order value sets
     ratings.json         ACR rating categories -> display, score range, PAMA rating
     acr/*.json           one file per ACR topic: variants, criteria, ratings with provenance
@@ -109,8 +109,8 @@ class QualifiedFact(_Strict):
     ``requires``: some of these base facts must hold (e.g. osteoporosis for a fragility
     fracture, a spine problem for an unspecific neurologic symptom). ``recentWithinDays``:
     only evidence with onset at most that many days before the order, stated on the order's
-    reasonCode, or an encounter diagnosis of the order's encounter counts (decision-rules.md
-    §6.2, §6.3). ``rule`` cites the source, or says the figure is a product decision.
+    reasonCode, or an encounter diagnosis of the order's encounter counts. ``rule``
+    cites the source, or says the figure is a product decision.
     """
 
     id: str
@@ -166,7 +166,7 @@ class Procedure(_Strict):
 class Region(_Strict):
     """A spine region: ``valueSet`` holds the order codes naming it; ``fractureValueSet`` the
     fracture codes naming it (M48.5-, S22.0-, S32.0-); ``covers`` the fracture regions an
-    order for this region images or treats (decision-rules.md §6.8)."""
+    order for this region images or treats."""
 
     id: str
     display: str

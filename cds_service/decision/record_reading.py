@@ -1,12 +1,12 @@
 """Facts from what the clinician sees beyond codes: radiology reports, medications and labs.
 
-The readers of :mod:`cds_service.decision.reading` applied to one order (issue 13;
-decision-rules.md §2 rules 2, 3, 6 and 7, §6 rules 3, 6 and 9):
+The readers of :mod:`cds_service.decision.reading` applied to one order (CMS LCD L34228;
+Dansie et al.; IR teaching cases; SIR consensus, Patel IJ et al., JVIR 2019):
 
 - a present marrow edema or intravertebral cleft in a spine MRI of the last 12 weeks at the
   level of a current fracture (CMS LCD L34228: acute < 6 weeks, subacute 6-12 weeks) gives the
   ``marrow-edema`` fact that ACR variant 6 needs; edema at a level augmented before does not
-  (seed 002: not by itself a new fracture);
+  (Dansie et al.: not by itself a new fracture);
 - an incidental, age-indeterminate or chronic-appearing fracture described in a non-spine study,
   with no recent back pain on record, gives ``asymptomatic`` (probable asymptomatic VCF,
   variants 4 / 5);
@@ -52,7 +52,7 @@ REPORTS_KEY = "radiologyReports"
 MEDICATION_KEYS = ("medicationRequests", "medicationStatements")
 LABS_KEY = "coagulationLabs"
 # Medication classes of data/reading/medications.json -> the decision fact each one shows
-# (decision-rules.md §2 rule 6: osteoporosis therapy; §2 rule 2 and SIR 2019: drugs that
+# (osteoporosis therapy: IR teaching cases; CMS LCD L34228 and SIR 2019: drugs that
 # need peri-procedural management before an augmentation).
 MEDICATION_FACTS: Mapping[str, Fact] = MappingProxyType({
     "osteoporosis-therapy": Fact.OSTEOPOROSIS_THERAPY,

@@ -806,8 +806,8 @@ class _Renderer:
 
     def mri_next_step(self, od: OrderDecision) -> list[dict]:
         """No spine MRI among the radiology reports of an augmentation order: a suggestion to
-        order an MRI without contrast of the fracture region (seed 001 FAQ, seed 000
-        takeaway 2), unless a draft order already images it."""
+        order an MRI without contrast of the fracture region (IR teaching case 'How Should You Image New
+        Back Pain...' FAQ; IR case presentation, takeaway 2), unless a draft order already images it."""
         if od.reading is None or not od.reading.no_spine_mri or Advisory.AUGMENT_NO_EDEMA not in od.advisories:
             return []
         mri = next((p for p in self.k.procedures.values()
@@ -826,7 +826,7 @@ class _Renderer:
     def reading_items(self, od: OrderDecision) -> list[tuple[str, str]]:
         """Checklist items from the radiology reports and labs: the MRI as next step (no
         spine MRI among the reports; replaces the 'no MRI evidence' reminder), edema at a
-        level treated before (seed 002), an INR or platelet count outside the SIR threshold."""
+        level treated before (Dansie et al.), an INR or platelet count outside the SIR threshold."""
         reading = od.reading
         if reading is None:
             return []

@@ -1,4 +1,4 @@
-"""Facts from the record, and the ACR variant they select (decision-rules.md §3).
+"""Facts from the record, and the ACR variant they select (product decision).
 
 Pure functions over raw FHIR JSON (already validated by ``fhir_input``) and the frozen
 :class:`~cds_service.decision.knowledge.Knowledge`. Every fact keeps its evidence: the resource
@@ -102,7 +102,7 @@ def reference_date(order_raw: Mapping) -> date:
 
 def is_active_condition(raw: Mapping) -> bool:
     """clinicalStatus active / recurrence / relapse, and not refuted or entered-in-error
-    (FHIR R4 Condition; decision-rules.md §3.2)."""
+    (FHIR R4 Condition)."""
     if _status_code(raw.get("verificationStatus")) in EXCLUDED_VERIFICATION:
         return False
     return _status_code(raw.get("clinicalStatus")) in ACTIVE_CLINICAL
@@ -359,8 +359,8 @@ def extract_facts(
     reference date for onset-based acuity (``reference_date``). Returns a :class:`FactSet`
     with, in this order: base facts (value sets), qualified facts (a base fact's evidence
     that passes a context or recency test: fragility fracture, new neurologic symptom,
-    recent worsening; decision-rules.md §6.2-§6.4), derived facts, and ``vcf-new`` /
-    ``vcf-prior`` / ``vcf-current`` (§3.2, §6.3).
+    recent worsening; ICD-10-CM Official Guidelines I.C.13.d.2, product decisions), derived facts,
+    and ``vcf-new`` / ``vcf-prior`` / ``vcf-current`` (CMS LCD L34228 acute / subacute).
 
     ``record``: the same ``conditions`` and ``procedures`` already read once for every order
     of the request (:class:`RecordFacts`); the facts are the same with or without it.
@@ -380,7 +380,8 @@ def _is_recent(e: Evidence, as_of: date, within_days: int) -> bool:
 
 def _is_current(knowledge: Knowledge, e: Evidence, as_of: date) -> bool:
     """VCF evidence of a current fracture: not a sequela (7th character S) and, when the
-    onset is known, not older than ``acuity.currentWithinDays`` (decision-rules.md §6.3)."""
+    onset is known, not older than ``acuity.currentWithinDays`` (a product decision; CMS LCD L34228
+    covers acute and subacute fractures)."""
     acu = knowledge.acuity
     bare = e.code.replace(".", "").upper()
     if e.system == ICD10CM and len(bare) == 7 and bare[-1] in acu.sequelaCharacters:
@@ -408,7 +409,7 @@ def _add_facts(knowledge: Knowledge, found: dict[str, list[Evidence]],
 
 
 def _acuity(knowledge: Knowledge, e: Evidence, as_of: date) -> Literal["new", "prior"] | None:
-    """A VCF evidence's acuity (decision-rules.md §3.2): the encounter its code names
+    """A VCF evidence's acuity (ICD-10-CM 7th character): the encounter its code names
     (initial: new, subsequent: prior), else its onset within ``acuity.newWithinDays`` (new)
     or before (prior); None when neither is known."""
     if e.encounter == "initial":
@@ -449,8 +450,8 @@ def _fits(v: Variant, facts: FactSet) -> bool:
 def choose_variant(knowledge: Knowledge, facts: FactSet, order_kind: str) -> VariantChoice:
     """Pick the ACR variant for an order of ``order_kind`` ('imaging' | 'treatment').
 
-    Red flags outrank every variant (decision-rules.md §2.1); a traumatic fracture is
-    outside the criteria (§2.5); otherwise exactly one variant must fit, else the order is
+    Red flags outrank every variant (IR teaching cases); a traumatic fracture is
+    outside the criteria (IR teaching case on osteoporotic VCF with edema); otherwise exactly one variant must fit, else the order is
     not rated and the missing or conflicting facts are reported (§3.3).
     """
     if Fact.NEURO_RED_FLAG in facts:

@@ -81,7 +81,7 @@ def order_evidence(knowledge: Knowledge, od: OrderDecision) -> dict[str, Any]:
     One ``facts`` entry per code of one resource, listing every fact (base, derived, acuity)
     that code supports, in record order; at most :data:`FACTS_LISTED_MAX` entries.
     ``days_before_order`` is the Condition's onset or the Procedure's date counted back from
-    the order's authoredOn (decision-rules.md §3.2), not the date.
+    the order's authoredOn, not the date.
     """
     as_of = reference_date(od.raw)
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}

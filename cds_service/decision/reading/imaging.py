@@ -1,13 +1,13 @@
 """Imaging facts for the decision, from report readings (:mod:`cds_service.decision.reading.reports`).
 
-The rules (decision-rules.md §2 rules 3 and 7, §6 rules 3 and 9; windows in
-``data/reading/imaging-rules.json``):
+The rules (CMS LCD L34228 acute / subacute fracture with edema; Dansie et al.; IR teaching cases on
+asymptomatic fractures; windows in ``data/reading/imaging-rules.json``):
 
 - *Edema or cleft at a current fracture* (ACR variant 6): a present marrow edema or
   intravertebral cleft, in a spine MRI of the last 12 weeks (CMS LCD L34228: acute < 6 weeks,
   subacute 6-12 weeks), at the level of a current fracture: a level the caller knows from coded
   data, or a fracture the spine MRIs of that window describe as present and not chronic/healed.
-- Not at a *previously augmented level* (seed 002, Dansie et al.: edema persists or appears at
+- Not at a *previously augmented level* (Dansie DM et al., AJNR: edema persists or appears at
   a treated level after vertebroplasty and is not by itself a new fracture). Augmented levels come
   from the caller (Procedures) and from the reports ("prior L2 kyphoplasty").
 - *No spine MRI on record* within the window: the reminder / "suggest an MRI" case.
